@@ -1,0 +1,241 @@
+"""One greedy speculative decoding loop for every mode.
+
+Each cycle:  propose W draft tokens -> verify them in one target forward -> accept (the rule
+in :mod:`autojudge.acceptance`) -> commit ``n + 1`` tokens and crop both KV caches to the
+accepted length. Nothing is re-prefilled: each model only ever reads the tokens its cache
+has not seen yet.
+
+Modes (all the same loop):
+
+- ``target``: plain greedy decoding of the target, the baseline (a window of 0).
+- ``lossless``: standard greedy speculative decoding; output identical to ``target``.
+- ``topk``: a draft token also passes if it is in the target's top-K (a lossy baseline).
+- ``judge``: AutoJudge; a mismatch also passes if the judge calls it unimportant.
+  **Intentionally lossy**: the output may differ from the target's own.
+
+Cache invariant: after a cycle the target cache holds every committed token but the last
+(which the next verification feeds first); the draft cache holds a prefix of the
+committed tokens and lags by whatever it has not read yet.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from autojudge.acceptance import accept, judge_mismatch_ok, topk_mismatch_ok
+from autojudge.errors import AutoJudgeError
+from autojudge.judge import Judge
+from autojudge.metrics import SpecDecodeMetrics
+from autojudge.models import CausalLM, crop_cache
+
+MODES = ("target", "lossless", "topk", "judge")
+MAX_WINDOW = 64
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    mode: str = "lossless"
+    window: int = 8  # W: draft tokens proposed per cycle
+    max_new_tokens: int = 256
+    top_k: int = 4  # mode topk only
+    threshold: float | None = None  # mode judge only; None = the judge artifact's threshold
+    stop: tuple[str, ...] = ()  # stop strings; the text is cut before the first one
+
+    def validate(self, has_draft: bool, judge: Judge | None) -> None:
+        if self.mode not in MODES:
+            raise AutoJudgeError(f"unknown mode {self.mode!r}: choose one of {', '.join(MODES)}")
+        if self.mode != "target":
+            if not has_draft:
+                raise AutoJudgeError(f"mode {self.mode!r} needs a draft model")
+            if not 1 <= self.window <= MAX_WINDOW:
+                raise AutoJudgeError(f"window must be in 1..{MAX_WINDOW}, got {self.window}")
+        if self.max_new_tokens < 1:
+            raise AutoJudgeError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.mode == "topk" and self.top_k < 1:
+            raise AutoJudgeError(f"top_k must be >= 1, got {self.top_k}")
+        if self.mode == "judge" and judge is None:
+            raise AutoJudgeError("mode 'judge' needs a judge artifact (--judge DIR)")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise AutoJudgeError(f"threshold must be in [0, 1], got {self.threshold}")
+        if any(not s for s in self.stop):
+            raise AutoJudgeError("stop strings must not be empty")
+
+
+@dataclass
+class GenerationResult:
+    token_ids: list[int]  # generated tokens only (no prompt)
+    text: str
+    finish_reason: str  # "eos" | "length" | "stop"
+    metrics: SpecDecodeMetrics
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "token_ids": self.token_ids,
+                "finish_reason": self.finish_reason, "metrics": self.metrics.to_dict()}
+
+
+class SpeculativeDecoder:
+    """Greedy speculative decoding of ``target`` with ``draft`` (and optionally a judge)."""
+
+    def __init__(self, target: CausalLM, draft: CausalLM | None = None, judge: Judge | None = None,
+                 check_judge_names: bool = True):
+        self.target, self.draft, self.judge = target, draft, judge
+        if judge is not None:
+            judge.check_models(draft.name if draft else "", draft.hidden_size if draft else 0,
+                               target.name, target.hidden_size, check_names=check_judge_names)
+        # Tokens past the smaller vocabulary are padding rows, never real tokens.
+        self._vocab = min(target.vocab_size, draft.vocab_size) if draft else target.vocab_size
+
+    def _argmax(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits[..., : self._vocab].argmax(dim=-1)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        config: DecodeConfig = DecodeConfig(),
+        eos_token_ids: frozenset[int] | None = None,
+        on_tokens: Callable[[list[int]], None] | None = None,
+    ) -> GenerationResult:
+        """Decode from ``prompt_ids``; ``on_tokens`` gets each cycle's committed tokens."""
+        config.validate(self.draft is not None, self.judge)
+        if not prompt_ids:
+            raise AutoJudgeError("the prompt is empty")
+        eos = self.target.eos_token_ids if eos_token_ids is None else eos_token_ids
+        window = 0 if config.mode == "target" else config.window
+        threshold = config.threshold
+        if config.mode == "judge" and threshold is None:
+            threshold = self.judge.meta.threshold
+        need_draft_hidden = config.mode == "judge" and self.judge.uses_draft_hidden
+        stops = _StopStrings(self.target.tokenizer, config.stop)
+        metrics = SpecDecodeMetrics(mode=config.mode, window=window)
+
+        start = time.perf_counter()
+        device = self.target.device
+        tokens = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)  # [B, T]
+        prompt_len = tokens.shape[1]
+        target_cache = self.target.new_cache()
+        draft_cache = self.draft.new_cache() if window else None
+        finish_reason = "length"
+
+        while (generated := tokens.shape[1] - prompt_len) < config.max_new_tokens:
+            committed = tokens.shape[1]
+            w = min(window, config.max_new_tokens - generated - 1)  # a cycle emits <= w + 1
+
+            # --- propose: w greedy draft tokens, with the draft's hidden state at each
+            draft_tokens = tokens.new_empty((1, 0))  # [B, w]
+            draft_hidden = None  # [B, w, Hd]
+            if w:
+                draft_tokens, draft_hidden = self._propose(tokens, draft_cache, w, need_draft_hidden)
+                metrics.num_draft_calls += w + int(need_draft_hidden)
+                metrics.num_drafts += 1
+                metrics.num_draft_tokens += w
+
+            # --- verify: one target forward over the unseen suffix + the w draft tokens
+            fresh = torch.cat([tokens[:, target_cache.get_seq_length():], draft_tokens], dim=1)
+            hidden = self.target.hidden_states(fresh, target_cache)[:, -(w + 1):]  # [B, w+1, Ht]
+            logits = self.target.logits(hidden)  # [B, w+1, V]
+            target_tokens = self._argmax(logits)  # [B, w+1]
+            metrics.num_target_calls += 1
+
+            # --- accept: lossy modes only rewrite the mismatch mask
+            mismatch_ok = None
+            if w and config.mode == "topk":
+                mismatch_ok = topk_mismatch_ok(draft_tokens, logits[:, :w, : self._vocab], config.top_k)
+            elif w and config.mode == "judge":
+                probs = self.judge.probabilities(draft_hidden, hidden[:, 1:])  # [B, w]
+                mismatch_ok = judge_mismatch_ok(probs, threshold)
+            result = accept(draft_tokens, target_tokens, mismatch_ok)
+            n = int(result.num_accepted[0])
+            metrics.num_accepted_tokens += n
+            metrics.num_accepted_mismatches += int(result.mismatch_accepted[0].sum())
+            for k in range(n):
+                metrics.num_accepted_tokens_per_pos[k] += 1
+
+            # --- commit n + 1 tokens; caches keep only what is still valid
+            new = torch.cat([draft_tokens[:, :n], result.next_tokens[:, None]], dim=1)  # [B, n+1]
+            tokens = torch.cat([tokens, new], dim=1)
+            crop_cache(target_cache, committed + n)
+            if draft_cache is not None:
+                crop_cache(draft_cache, committed + n)
+
+            new_ids = new[0].tolist()
+            cut, reason = _first_stop(new_ids, eos)
+            if reason is None and stops:
+                cut, reason = stops.check(tokens[0, prompt_len:].tolist(), len(new_ids))
+            if cut < len(new_ids):
+                tokens = tokens[:, : committed + cut]
+                new_ids = new_ids[:cut]
+            if on_tokens and new_ids:
+                on_tokens(new_ids)
+            if reason:
+                finish_reason = reason
+                break
+
+        token_ids = tokens[0, prompt_len:].tolist()
+        metrics.num_generated_tokens = len(token_ids)
+        metrics.wall_time_s = time.perf_counter() - start
+        text = self.target.tokenizer.decode(token_ids, skip_special_tokens=True)
+        if finish_reason == "stop":
+            text = stops.cut_text(text)
+        return GenerationResult(token_ids, text, finish_reason, metrics)
+
+    def _propose(self, tokens: torch.Tensor, cache, w: int, need_last_hidden: bool):
+        """Greedy-draft w tokens after ``tokens`` [B, T].
+
+        Returns draft tokens [B, w] and, if asked, the draft hidden states [B, w, Hd] at the
+        positions of d_0 .. d_{w-1} (the state after reading d_k: the judge's feature for d_k).
+        The state at d_{w-1} costs one extra draft forward, made only when it is needed.
+        """
+        fed = tokens[:, cache.get_seq_length():]  # [B, S] tokens the draft has not read yet
+        drafted, states = [], []
+        for step in range(w + int(need_last_hidden)):
+            hidden = self.draft.hidden_states(fed, cache)[:, -1:]  # [B, 1, Hd]
+            if step:
+                states.append(hidden)  # the state after reading d_{step-1}
+            if step == w:
+                break
+            fed = self._argmax(self.draft.logits(hidden))  # [B, 1]
+            drafted.append(fed)
+        draft_tokens = torch.cat(drafted, dim=1)  # [B, w]
+        return draft_tokens, (torch.cat(states, dim=1) if need_last_hidden else None)
+
+
+def _first_stop(new_ids: list[int], eos: frozenset[int]) -> tuple[int, str | None]:
+    """(how many of new_ids to keep, 'eos' or None): EOS is kept, what follows is dropped."""
+    for i, token in enumerate(new_ids):
+        if token in eos:
+            return i + 1, "eos"
+    return len(new_ids), None
+
+
+class _StopStrings:
+    """User stop strings; the output text is cut before the first one (as vLLM does)."""
+
+    def __init__(self, tokenizer, stop: Sequence[str]):
+        self.tokenizer, self.stop = tokenizer, tuple(stop)
+
+    def __bool__(self) -> bool:
+        return bool(self.stop)
+
+    def _find(self, text: str) -> int:
+        hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        return min(hits) if hits else -1
+
+    def check(self, generated: list[int], num_new: int) -> tuple[int, str | None]:
+        """(how many of the newest num_new tokens to keep, 'stop' or None)."""
+        decode = self.tokenizer.decode
+        if self._find(decode(generated, skip_special_tokens=True)) < 0:
+            return num_new, None
+        old = len(generated) - num_new
+        for keep in range(1, num_new + 1):  # the first token that completes a stop string
+            if self._find(decode(generated[: old + keep], skip_special_tokens=True)) >= 0:
+                return keep, "stop"
+        return num_new, "stop"
+
+    def cut_text(self, text: str) -> str:
+        index = self._find(text)
+        return text if index < 0 else text[:index]

