@@ -45,7 +45,7 @@ def _model_options(f):
         click.option("--draft", default=None,
                      help="Draft model: 'layers:N' (the target's first N layers, weights shared) "
                           "or any model spec sharing the target's tokenizer. "
-                          "[default: the embedded draft]"),
+                          "[default: the embedded draft, for the embedded target only]"),
         click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
                      default="float32", show_default=True, help="Weights and activations dtype."),
         click.option("--device", default="auto", show_default=True,
@@ -103,6 +103,10 @@ def generate(prompt, prompt_file, target, draft, dtype, device, mode, window, to
         raise click.UsageError("the prompt is empty")
     if mode == "judge" and judge_path is None:
         raise click.UsageError("--mode judge needs --judge DIR (a judge artifact)")
+    if mode != "target" and draft is None and target != "embedded":
+        raise click.UsageError(f"--mode {mode} with --target {target} needs --draft (a model "
+                               "sharing its tokenizer, or layers:N); only the embedded target "
+                               "has a default draft")
 
     from tqdm import tqdm
 
@@ -111,13 +115,13 @@ def generate(prompt, prompt_file, target, draft, dtype, device, mode, window, to
     from autojudge.models import DEFAULT_DRAFT, encode_prompt, load_draft, load_target, quiet_transformers
 
     quiet_transformers()
+    judge = Judge.load(judge_path) if judge_path else None  # cheap: fail before loading models
     _status(f"Loading target {target} ...")
     target_lm = load_target(target, dtype=dtype, device=device)
     draft_lm = None
     if mode != "target":
         _status(f"Loading draft {draft or DEFAULT_DRAFT} ...")
         draft_lm = load_draft(draft or DEFAULT_DRAFT, target_lm)
-    judge = Judge.load(judge_path) if judge_path else None
     decoder = SpeculativeDecoder(target_lm, draft_lm, judge, check_judge_names=not ignore_judge_models)
     config = DecodeConfig(mode=mode, window=window, max_new_tokens=max_new_tokens, top_k=top_k,
                           threshold=threshold, stop=tuple(stop))

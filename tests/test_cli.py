@@ -1,0 +1,92 @@
+"""The autojudge-trt CLI, driven as a user would (click's runner, a tiny local checkpoint)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from autojudge.cli import main
+from autojudge.judge import Judge, JudgeMetadata
+from conftest import tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, smol_tokenizer):
+    path = tmp_path_factory.mktemp("tiny-target")
+    tiny_model(0, layers=4).save_pretrained(path)
+    smol_tokenizer.save_pretrained(path)
+    return path
+
+
+def _run(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_help_explains_every_option():
+    result = _run("generate", "--help")
+    assert result.exit_code == 0
+    for option in ("--prompt", "--prompt-file", "--mode", "--window", "--judge", "--threshold",
+                   "--max-new-tokens", "--json", "--stop", "--draft", "--target"):
+        assert option in result.output
+
+
+@pytest.mark.parametrize("mode", ["target", "lossless", "topk"])
+def test_generate_json(tiny_dir, mode):
+    result = _run("generate", "--target", str(tiny_dir), "--draft", "layers:2", "--mode", mode,
+                  "--prompt", "What is 2 + 2?", "--max-new-tokens", "12", "--json", "--no-progress")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert len(report["token_ids"]) == report["metrics"]["num_generated_tokens"] <= 12
+    assert report["metrics"]["mode"] == mode
+    assert report["metrics"]["num_target_calls"] >= 1
+    assert report["draft"] == (None if mode == "target" else f"{tiny_dir}[layers:2]")
+
+
+def test_generate_judge_mode_with_artifact(tiny_dir, tmp_path):
+    name = str(tiny_dir)
+    meta = JudgeMetadata(target_model=name, target_hidden_size=64, draft_model=f"{name}[layers:2]",
+                         draft_hidden_size=64, threshold=0.4)
+    Judge(weight=torch.zeros(128), bias=0.0, meta=meta).save(tmp_path / "judge")  # p = 0.5
+    base = ["generate", "--target", name, "--draft", "layers:2", "--mode", "judge", "--judge",
+            str(tmp_path / "judge"), "-p", "Hi", "--max-new-tokens", "16", "--json", "--no-progress"]
+    strict = json.loads(_run(*base).stdout)["metrics"]  # 0.5 > 0.4: nothing accepted
+    loose = json.loads(_run(*base, "--threshold", "0.5").stdout)["metrics"]  # ties pass
+    assert strict["num_accepted_mismatches"] == 0
+    assert loose["num_accepted_mismatches"] > 0
+    assert loose["mean_acceptance_length"] == 16 / 2  # 9 tokens, then 7 (capped by max tokens)
+
+
+def test_text_output_has_metrics_table(tiny_dir):
+    result = _run("generate", "--target", str(tiny_dir), "--draft", "layers:1", "-p", "Hi",
+                  "--max-new-tokens", "5", "--no-progress")
+    assert result.exit_code == 0
+    assert "tau (tokens per target call" in result.output and "draft acceptance rate" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "exactly one of --prompt or --prompt-file"),
+    (["-p", "  "], "the prompt is empty"),
+    (["-p", "x", "--mode", "judge"], "--mode judge needs --judge"),
+    (["-p", "x", "--window", "0"], "0 is not in the range 1<=x<=64"),
+    (["-p", "x", "--threshold", "2"], "2.0 is not in the range 0<=x<=1"),
+])
+def test_usage_errors(args, message):
+    result = CliRunner().invoke(main, ["generate", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_domain_errors_are_one_line_exit_2(tiny_dir, tmp_path):
+    result = CliRunner().invoke(main, ["generate", "--target", str(tiny_dir), "--mode", "judge",
+                                       "--draft", "layers:2", "--judge", str(tmp_path), "-p", "x"])
+    assert result.exit_code == 2
+    assert "error: judge artifact" in result.output and "Traceback" not in result.output
+    assert "Loading target" not in result.output  # the cheap check runs before model loading
+    result = CliRunner().invoke(main, ["generate", "--target", str(tiny_dir), "-p", "x",
+                                       "--draft", "layers:6"])
+    assert result.exit_code == 2 and "bad draft spec 'layers:6'" in result.output
+    result = CliRunner().invoke(main, ["generate", "--target", str(tiny_dir), "-p", "x"])
+    assert result.exit_code == 2 and "needs --draft" in result.output

@@ -1,0 +1,113 @@
+"""Judge artifacts: round trip, and every way a bad artifact is refused with a useful message."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from autojudge.decoding import SpeculativeDecoder
+from autojudge.errors import JudgeArtifactError
+from autojudge.judge import METADATA_FILE, WEIGHTS_FILE, Judge, JudgeMetadata
+from conftest import tiny_model
+
+
+def _judge(layout="draft+target", hd=64, ht=64, threshold=0.3, target="t", draft="d"):
+    meta = JudgeMetadata(target_model=target, target_hidden_size=ht, draft_model=draft,
+                         draft_hidden_size=hd, feature_layout=layout, threshold=threshold,
+                         extra={"recall_curve": [[0.9, 0.5]]})
+    return Judge(weight=torch.randn(meta.num_features), bias=-0.25, meta=meta)
+
+
+@pytest.mark.parametrize("layout, features", [("draft+target", 96), ("target", 64)])
+def test_round_trip(tmp_path, layout, features):
+    judge = _judge(layout, hd=32, ht=64)
+    judge.save(tmp_path / "j")
+    loaded = Judge.load(tmp_path / "j")
+    assert loaded.meta == judge.meta
+    assert loaded.weight.shape == (features,)
+    assert torch.equal(loaded.weight, judge.weight) and loaded.bias == -0.25
+    assert Judge.load(tmp_path / "j" / METADATA_FILE).meta == judge.meta  # either file works
+    assert not any(p.name.startswith(".") for p in (tmp_path / "j").iterdir())  # no temp leftovers
+
+
+def test_probabilities_use_the_layout():
+    judge = _judge("target", hd=8, ht=4)
+    target_hidden = torch.randn(1, 3, 4)
+    expected = torch.sigmoid(target_hidden @ judge.weight + judge.bias)
+    assert torch.allclose(judge.probabilities(None, target_hidden), expected)
+
+
+def test_missing_file(tmp_path):
+    _judge().save(tmp_path)
+    (tmp_path / WEIGHTS_FILE).unlink()
+    with pytest.raises(JudgeArtifactError, match="has no judge.safetensors"):
+        Judge.load(tmp_path)
+
+
+def test_corrupt_weights_are_detected(tmp_path):
+    _judge().save(tmp_path)
+    data = bytearray((tmp_path / WEIGHTS_FILE).read_bytes())
+    data[-3] ^= 0xFF
+    (tmp_path / WEIGHTS_FILE).write_bytes(bytes(data))
+    with pytest.raises(JudgeArtifactError, match="does not match the sha256"):
+        Judge.load(tmp_path)
+
+
+def test_corrupt_json(tmp_path):
+    _judge().save(tmp_path)
+    (tmp_path / METADATA_FILE).write_text('{"format": "autojudge.judge/v1", ')
+    with pytest.raises(JudgeArtifactError, match="not valid JSON"):
+        Judge.load(tmp_path)
+
+
+def _rewrite_meta(tmp_path, **changes):
+    meta = json.loads((tmp_path / METADATA_FILE).read_text())
+    meta.update(changes)
+    (tmp_path / METADATA_FILE).write_text(json.dumps(meta))
+
+
+def test_wrong_dimensions(tmp_path):
+    _judge(hd=64, ht=64).save(tmp_path)
+    _rewrite_meta(tmp_path, target_hidden_size=128)
+    with pytest.raises(JudgeArtifactError, match=r"weight has shape \(128,\).*needs \(192,\)"):
+        Judge.load(tmp_path)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"format": "something-else"}, "not a judge artifact"),
+    ({"feature_layout": "draft"}, "unknown feature_layout"),
+    ({"threshold": 1.5}, "outside"),
+])
+def test_bad_metadata(tmp_path, changes, message):
+    _judge().save(tmp_path)
+    _rewrite_meta(tmp_path, **changes)
+    with pytest.raises(JudgeArtifactError, match=message):
+        Judge.load(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(make_lm):
+    target = make_lm(tiny_model(0), "tiny-target")
+    return target, make_lm(tiny_model(1), "tiny-draft")
+
+
+def test_judge_for_other_hidden_size_is_refused(tiny_pair):
+    target, draft = tiny_pair
+    judge = _judge(hd=64, ht=576, target="tiny-target", draft="tiny-draft")
+    with pytest.raises(JudgeArtifactError, match="expects a target hidden size of 576.*has 64"):
+        SpeculativeDecoder(target, draft, judge)
+
+
+def test_judge_for_other_models_is_refused_unless_ignored(tiny_pair):
+    target, draft = tiny_pair
+    judge = _judge(target="meta-llama/Llama-3.1-8B-Instruct", draft="tiny-draft")
+    with pytest.raises(JudgeArtifactError, match="trained for target 'meta-llama/Llama-3.1-8B-Instruct'"):
+        SpeculativeDecoder(target, draft, judge)
+    SpeculativeDecoder(target, draft, judge, check_judge_names=False)  # sizes agree: allowed
+
+
+def test_target_only_judge_ignores_draft(tiny_pair):
+    target, draft = tiny_pair
+    SpeculativeDecoder(target, draft, _judge("target", hd=999, target="tiny-target", draft="other"))
