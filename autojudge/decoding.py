@@ -89,9 +89,6 @@ class SpeculativeDecoder:
         # Tokens past the smaller vocabulary are padding rows, never real tokens.
         self._vocab = min(target.vocab_size, draft.vocab_size) if draft else target.vocab_size
 
-    def _argmax(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits[..., : self._vocab].argmax(dim=-1)
-
     @torch.inference_mode()
     def generate(
         self,
@@ -137,14 +134,14 @@ class SpeculativeDecoder:
             # --- verify: one target forward over the unseen suffix + the w draft tokens
             fresh = torch.cat([tokens[:, target_cache.get_seq_length():], draft_tokens], dim=1)
             hidden = self.target.hidden_states(fresh, target_cache)[:, -(w + 1):]  # [B, w+1, Ht]
-            logits = self.target.logits(hidden)  # [B, w+1, V]
-            target_tokens = self._argmax(logits)  # [B, w+1]
+            target_tokens = self.target.greedy(hidden, self._vocab)  # [B, w+1]
             metrics.num_target_calls += 1
 
             # --- accept: lossy modes only rewrite the mismatch mask
             mismatch_ok = None
             if w and config.mode == "topk":
-                mismatch_ok = topk_mismatch_ok(draft_tokens, logits[:, :w, : self._vocab], config.top_k)
+                logits = self.target.logits(hidden[:, :w])[..., : self._vocab]  # [B, w, V]
+                mismatch_ok = topk_mismatch_ok(draft_tokens, logits, config.top_k)
             elif w and config.mode == "judge":
                 probs = self.judge.probabilities(draft_hidden, hidden[:, 1:])  # [B, w]
                 mismatch_ok = judge_mismatch_ok(probs, threshold)
@@ -198,7 +195,7 @@ class SpeculativeDecoder:
                 states.append(hidden)  # the state after reading d_{step-1}
             if step == w:
                 break
-            fed = self._argmax(self.draft.logits(hidden))  # [B, 1]
+            fed = self.draft.greedy(hidden, self._vocab)  # [B, 1]
             drafted.append(fed)
         draft_tokens = torch.cat(drafted, dim=1)  # [B, w]
         return draft_tokens, (torch.cat(states, dim=1) if need_last_hidden else None)

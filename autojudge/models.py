@@ -31,6 +31,7 @@ from transformers import (
 
 from autojudge.cache import atomic_directory, cache_root
 from autojudge.errors import IncompatibleModelsError, MissingDependencyError, ModelLoadError
+from autojudge.greedy_head import ScreenedGreedyHead
 
 EMBEDDED = "embedded"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
@@ -58,11 +59,14 @@ class CausalLM:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     eos_token_ids: frozenset[int] = field(default_factory=frozenset)
+    # Exact bf16-screened argmax for fp32 LM heads (see autojudge.greedy_head).
+    screened_greedy: bool = True
 
     def __post_init__(self) -> None:
         self.model.eval()
         self._decoder = self.model.get_decoder()
         self._lm_head = self.model.get_output_embeddings()
+        self._greedy_heads: dict[int, ScreenedGreedyHead] = {}  # by vocab limit
         if not self.eos_token_ids:
             self.eos_token_ids = _eos_ids(self.model, self.tokenizer)
 
@@ -97,6 +101,17 @@ class CausalLM:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [B, S, H] -> [B, S, V]. Final softcaps/scales are monotonic: greedy-safe."""
         return self._lm_head(hidden)
+
+    def greedy(self, hidden: torch.Tensor, vocab_limit: int | None = None) -> torch.Tensor:
+        """hidden: [B, S, H] -> [B, S] greedy token ids among the first ``vocab_limit``."""
+        limit = vocab_limit or self.vocab_size
+        head = self._lm_head
+        if not (self.screened_greedy and self.dtype == torch.float32
+                and isinstance(head, torch.nn.Linear) and head.bias is None):
+            return self.logits(hidden)[..., :limit].argmax(dim=-1)
+        if limit not in self._greedy_heads:
+            self._greedy_heads[limit] = ScreenedGreedyHead(head.weight[:limit])
+        return self._greedy_heads[limit](hidden)
 
 
 def crop_cache(cache: DynamicCache, length: int) -> None:
@@ -236,12 +251,15 @@ def truncated_draft(target: CausalLM, num_layers: int) -> CausalLM:
     shared = target.model.state_dict()
     draft.load_state_dict({k: shared[k] for k in draft.state_dict()}, assign=True, strict=True)
     draft.to(target.device)
-    return CausalLM(
+    lm = CausalLM(
         name=f"{target.name}[{SELF_DRAFT_PREFIX}{num_layers}]",
         model=draft,
         tokenizer=target.tokenizer,
         eos_token_ids=target.eos_token_ids,
+        screened_greedy=target.screened_greedy,
     )
+    lm._greedy_heads = target._greedy_heads  # the same LM-head tensor: share its bf16 copy
+    return lm
 
 
 # ----------------------------------------------------------------------------- checks
