@@ -6,7 +6,9 @@ Methods, interleaved prompt by prompt so that machine drift hits all alike:
 - ``ours_target``: our loop in mode ``target`` (plain greedy);
 - ``hf_assisted@W``: ``target.generate(assistant_model=draft)`` with a constant window W
   (``num_assistant_tokens_schedule="constant"``, confidence early-exit off), the same draft;
-- ``ours_lossless@W``: our loop in mode ``lossless`` with window W.
+- ``ours_lossless@W``: our loop in mode ``lossless`` with window W;
+- with ``--plain-head``, also ``ours_*_plain_head``: the same with the screened greedy head
+  off (full fp32 LM head), to measure what that optimisation brings.
 
 Every method must produce the same tokens (greedy is greedy); the script checks it.
 
@@ -44,8 +46,9 @@ def _questions(path: Path, count: int) -> list[str]:
 @click.option("--windows", default="2,4,8", show_default=True, help="Comma-separated W values.")
 @click.option("--dtype", default="float32", show_default=True)
 @click.option("--threads", type=int, default=0, help="torch threads (0: torch's default).")
+@click.option("--plain-head", is_flag=True, help="Also time our loop with the full fp32 LM head.")
 @click.option("--out", type=click.Path(path_type=Path), help="Write the JSON report here.")
-def main(target, draft, data, prompts, max_new_tokens, windows, dtype, threads, out):
+def main(target, draft, data, prompts, max_new_tokens, windows, dtype, threads, plain_head, out):
     quiet_transformers()
     if threads:
         torch.set_num_threads(threads)
@@ -68,15 +71,20 @@ def main(target, draft, data, prompts, max_new_tokens, windows, dtype, threads, 
         out_ids = target_lm.model.generate(torch.tensor([ids]), **kwargs)[0, len(ids):].tolist()
         return out_ids, time.perf_counter() - start
 
-    def ours(ids, mode, window=8):
+    def ours(ids, mode, window=8, screened=True):
+        target_lm.screened_greedy = draft_lm.screened_greedy = screened
         r = decoder.generate(ids, DecodeConfig(mode=mode, window=window, max_new_tokens=max_new_tokens))
         return r.token_ids, r.metrics.wall_time_s, r.metrics
 
-    methods = {"hf_greedy": lambda ids: hf_generate(ids)[:2] + (None,),
+    methods = {"hf_greedy": lambda ids: hf_generate(ids) + (None,),
                "ours_target": lambda ids: ours(ids, "target")}
+    if plain_head:
+        methods["ours_target_plain_head"] = lambda ids: ours(ids, "target", screened=False)
     for w in window_list:
         methods[f"hf_assisted@{w}"] = lambda ids, w=w: hf_generate(ids, w) + (None,)
         methods[f"ours_lossless@{w}"] = lambda ids, w=w: ours(ids, "lossless", w)
+        if plain_head:
+            methods[f"ours_lossless@{w}_plain_head"] = lambda ids, w=w: ours(ids, "lossless", w, False)
 
     prompt_ids = [encode_prompt(target_lm.tokenizer, q) for q in _questions(data, prompts)]
     with torch.inference_mode():
@@ -100,10 +108,10 @@ def main(target, draft, data, prompts, max_new_tokens, windows, dtype, threads, 
         t["tokens_per_s"] = t["tokens"] / t["seconds"]
         t["tau"] = t["tokens"] / t["target_calls"] if t["target_calls"] else None
     base = totals["hf_greedy"]["tokens_per_s"]
-    print(f"\n{'method':<22}{'tokens/s':>10}{'vs hf_greedy':>14}{'tau':>7}{'same tokens':>13}")
+    print(f"\n{'method':<28}{'tokens/s':>10}{'vs hf_greedy':>14}{'tau':>7}{'same tokens':>13}")
     for name, t in totals.items():
         tau = f"{t['tau']:.2f}" if t["tau"] else "-"
-        print(f"{name:<22}{t['tokens_per_s']:>10.2f}{t['tokens_per_s'] / base:>13.2f}x{tau:>7}"
+        print(f"{name:<28}{t['tokens_per_s']:>10.2f}{t['tokens_per_s'] / base:>13.2f}x{tau:>7}"
               f"{str(t['identical']):>13}")
     print()
     ratios = {}
