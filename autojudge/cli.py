@@ -98,7 +98,10 @@ def generate(prompt, prompt_file, target, draft, dtype, device, mode, window, to
     """
     if (prompt is None) == (prompt_file is None):
         raise click.UsageError("give exactly one of --prompt or --prompt-file")
-    text = prompt if prompt is not None else prompt_file.read_text()
+    try:
+        text = prompt if prompt is not None else prompt_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise click.UsageError(f"{prompt_file} is not UTF-8 text ({exc})") from exc
     if not text.strip():
         raise click.UsageError("the prompt is empty")
     if mode == "judge" and judge_path is None:

@@ -150,7 +150,14 @@ def parse_dtype(name: str) -> torch.dtype:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {name!r} was asked for, but torch sees no CUDA GPU here "
+                             f"(torch {torch.__version__}); use --device cpu")
+    return device
 
 
 # ----------------------------------------------------------------------------- loading

@@ -51,6 +51,17 @@ def test_lossless_is_identical_to_target_greedy(tiny_pairs, pair, window):
     assert result.metrics.num_accepted_mismatches == 0
 
 
+def test_lossless_is_identical_in_bfloat16(make_lm):
+    target_model = tiny_model(3).to(torch.bfloat16)
+    target = make_lm(target_model, "t3-bf16")
+    draft = make_lm(perturbed(target_model, 0.07, 3), "d3-bf16")
+    reference = _greedy(target, eos_token_ids=frozenset())
+    result = SpeculativeDecoder(target, draft).generate(
+        PROMPT, DecodeConfig(mode="lossless", window=4, max_new_tokens=40), eos_token_ids=frozenset())
+    assert result.token_ids == reference.token_ids
+    assert 0 < result.metrics.num_accepted_tokens < result.metrics.num_draft_tokens
+
+
 def test_noisy_draft_gets_partial_acceptance(tiny_pairs):
     """Guards the fixtures: the lossless tests above must exercise accepts and rejects."""
     target, draft = tiny_pairs["noisy-0"]

@@ -101,6 +101,12 @@ def test_bad_model_specs(spec, message):
         load_target(spec)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_without_gpu_is_a_clear_error():
+    with pytest.raises(ModelLoadError, match="torch sees no CUDA GPU"):
+        load_target("embedded", device="cuda")
+
+
 def test_gguf_file_loads_directly(embedded_target):
     import importlib.util
 
