@@ -62,8 +62,8 @@ def _status(message: str) -> None:
 
 @main.command()
 @click.option("--prompt", "-p", help="The prompt text (a user message when --chat).")
-@click.option("--prompt-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Read the prompt from this file ('-' is not accepted; use --prompt).")
+@click.option("--prompt-file", type=click.File("r", encoding="utf-8"),
+              help="Read the prompt from this UTF-8 file ('-' reads standard input).")
 @_model_options
 @click.option("--mode", type=click.Choice(["target", "lossless", "topk", "judge"]),
               default="lossless", show_default=True, help=MODE_HELP)
@@ -79,7 +79,8 @@ def _status(message: str) -> None:
 @click.option("--ignore-judge-models", is_flag=True,
               help="Use a judge whose recorded model names differ from --draft/--target "
                    "(hidden sizes are still checked).")
-@click.option("--max-new-tokens", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1), default=256, show_default=True,
+              help="Stop after this many generated tokens (EOS and --stop may end it sooner).")
 @click.option("--stop", multiple=True, help="Stop string (repeatable); the text ends before it.")
 @click.option("--chat/--raw", default=True, show_default=True,
               help="Wrap the prompt in the tokenizer's chat template, or feed it raw.")
@@ -99,9 +100,9 @@ def generate(prompt, prompt_file, target, draft, dtype, device, mode, window, to
     if (prompt is None) == (prompt_file is None):
         raise click.UsageError("give exactly one of --prompt or --prompt-file")
     try:
-        text = prompt if prompt is not None else prompt_file.read_text(encoding="utf-8")
+        text = prompt if prompt is not None else prompt_file.read()
     except UnicodeDecodeError as exc:
-        raise click.UsageError(f"{prompt_file} is not UTF-8 text ({exc})") from exc
+        raise click.UsageError(f"{prompt_file.name} is not UTF-8 text ({exc})") from exc
     if not text.strip():
         raise click.UsageError("the prompt is empty")
     if mode == "judge" and judge_path is None:

@@ -59,6 +59,18 @@ def test_generate_judge_mode_with_artifact(tiny_dir, tmp_path):
     assert loose["mean_acceptance_length"] == 16 / 2  # 9 tokens, then 7 (capped by max tokens)
 
 
+def test_prompt_from_stdin_and_file(tiny_dir, tmp_path):
+    args = ["generate", "--target", str(tiny_dir), "--draft", "layers:1", "--max-new-tokens", "4",
+            "--json", "--no-progress", "--prompt-file"]
+    from_stdin = CliRunner().invoke(main, [*args, "-"], input="What is 2 + 2?")
+    (tmp_path / "q.txt").write_text("What is 2 + 2?")
+    from_file = CliRunner().invoke(main, [*args, str(tmp_path / "q.txt")])
+    assert json.loads(from_stdin.stdout)["token_ids"] == json.loads(from_file.stdout)["token_ids"]
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\x00bad")
+    bad = CliRunner().invoke(main, [*args, str(tmp_path / "bad.txt")])
+    assert bad.exit_code == 2 and "is not UTF-8 text" in bad.output
+
+
 def test_text_output_has_metrics_table(tiny_dir):
     result = _run("generate", "--target", str(tiny_dir), "--draft", "layers:1", "-p", "Hi",
                   "--max-new-tokens", "5", "--no-progress")
