@@ -172,9 +172,12 @@ DEFAULT_GSM8K = "../shared/data/gsm8k"
               help="Sequences per training step.")
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--full-vocab", is_flag=True,
+              help="Let the draft propose any token. By default it proposes only tokens found in "
+                   "the teacher answers, computing just those rows of the LM head (much cheaper).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def distill(target, out, data, prompts, max_new_tokens, teacher_batch, init_layers, steps,
-            batch_sequences, lr, seed, progress):
+            batch_sequences, lr, seed, full_vocab, progress):
     """Distil a small draft from TARGET on the target's own greedy GSM8K answers.
 
     \b
@@ -186,7 +189,7 @@ def distill(target, out, data, prompts, max_new_tokens, teacher_batch, init_laye
     """
     import sys as _sys
 
-    from autojudge.distill import DistillConfig, export_draft, train_student
+    from autojudge.distill import DistillConfig, export_draft, teacher_vocabulary, train_student
     from autojudge.models import encode_prompt, load_target, quiet_transformers
     from autojudge.tasks.gsm8k import format_prompt, load_questions
     from autojudge.teacher import generate_teacher_data
@@ -209,7 +212,8 @@ def distill(target, out, data, prompts, max_new_tokens, teacher_batch, init_laye
     command = "autojudge-trt draft distill " + " ".join(_sys.argv[3:]) if len(_sys.argv) > 3 else None
     made_by = {"command": command, "config": {**config.__dict__, "init_layers": list(layers)},
                "teacher_prompts": len(records), "data": str(data)}
-    path = export_draft(student, target_lm, out / "draft", layers, made_by)
+    vocab = None if full_vocab else teacher_vocabulary(records, target_lm.eos_token_ids)
+    path = export_draft(student, target_lm, out / "draft", layers, made_by, greedy_vocab=vocab)
     click.echo(f"draft written to {path}; try: autojudge-trt generate --draft {path}")
 
 

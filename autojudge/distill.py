@@ -14,8 +14,14 @@ moments go to ``checkpoint.safetensors`` (atomically, never pickle) with the ste
 resumed run sees the same batches as an uninterrupted one.
 
 A draft artifact is a directory with ``draft.safetensors`` (the trained layers and norm,
-fp16) and ``draft.json`` (format, target name and shape, layer count, sha256 of the
-weights, how it was made).
+fp16, and optionally ``greedy_vocab``) and ``draft.json`` (format, target name and shape,
+layer count, sha256 of the weights, how it was made).
+
+**Greedy vocabulary** (optional, on by default in ``draft distill``): the ascending ids of
+every token in the teacher answers. The draft proposes only those, computing just their
+rows of the (shared) LM head: on GSM8K ~3k of 49k rows, so the head, a third of a draft
+step, becomes ~15x cheaper. The draft can then never propose a token the target did not
+use in its answers; such positions become certain rejections (lossless stays exact).
 """
 
 from __future__ import annotations
@@ -232,10 +238,21 @@ def greedy_agreement(draft: CausalLM, records: list[dict]) -> float:
 # ----------------------------------------------------------------------------- artifact
 
 
+GREEDY_VOCAB = "greedy_vocab"
+
+
+def teacher_vocabulary(records: list[dict], eos_token_ids) -> torch.Tensor:
+    """[K] ascending ids of every token the target emitted in ``records`` (and EOS)."""
+    ids = {t for r in records for t in r["completion_ids"]} | set(eos_token_ids)
+    return torch.tensor(sorted(ids), dtype=torch.long)
+
+
 def export_draft(student: CausalLM, target: CausalLM, directory: Path, init_layers, made_by: dict,
-                 name: str | None = None) -> Path:
+                 name: str | None = None, greedy_vocab: torch.Tensor | None = None) -> Path:
     """Write the draft artifact: trained tensors in fp16 + metadata with their sha256."""
     tensors = {n: p.detach().to(torch.float16).contiguous() for n, p in trainable_state(student).items()}
+    if greedy_vocab is not None:
+        tensors[GREEDY_VOCAB] = greedy_vocab.to(torch.long).contiguous()
     weights = safetensors_save(tensors)
     meta = {
         "format": DRAFT_FORMAT,
@@ -244,6 +261,7 @@ def export_draft(student: CausalLM, target: CausalLM, directory: Path, init_laye
         "target_hidden_size": target.hidden_size,
         "target_vocab_size": target.vocab_size,
         "num_layers": len(init_layers),
+        "greedy_vocab_size": None if greedy_vocab is None else int(greedy_vocab.numel()),
         "init_layers": list(init_layers),
         "shared_with_target": list(SHARED_PREFIXES),
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
@@ -284,6 +302,13 @@ def load_draft_artifact(directory: Path, target: CausalLM) -> CausalLM:
         )
     student = build_student(target, tuple(meta["init_layers"]))
     tensors = safetensors_load(weights)
+    greedy_vocab = tensors.pop(GREEDY_VOCAB, None)
+    if greedy_vocab is not None:
+        if greedy_vocab.dim() != 1 or not bool((greedy_vocab[1:] > greedy_vocab[:-1]).all()) or \
+                int(greedy_vocab.max()) >= target.vocab_size or int(greedy_vocab.min()) < 0:
+            raise ModelLoadError(f"{weights_path}: {GREEDY_VOCAB} must be ascending token ids "
+                                 f"below {target.vocab_size}")
+        student.greedy_vocab = greedy_vocab.to(target.device)
     params = trainable_state(student)
     if set(tensors) != set(params):
         raise ModelLoadError(f"{weights_path} holds tensors {sorted(set(tensors) ^ set(params))[:4]} "

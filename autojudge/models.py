@@ -46,8 +46,8 @@ EMBEDDED_CACHE_ENTRY = "smollm2-135m-instruct-v1"
 EMBEDDED_DRAFT_DIR = Path(__file__).parent / "drafts" / "smollm2-135m-instruct"
 
 SELF_DRAFT_PREFIX = "layers:"
-# Until a trained draft ships, the embedded draft is the target's first layers.
-DEFAULT_DRAFT = "layers:6"
+# The default draft of the embedded target: distilled by the project (autojudge/drafts/).
+DEFAULT_DRAFT = "embedded"
 
 
 @dataclass(eq=False)
@@ -66,12 +66,15 @@ class CausalLM:
     eos_token_ids: frozenset[int] = field(default_factory=frozenset)
     # Exact bf16-screened argmax for fp32 LM heads (see autojudge.greedy_head).
     screened_greedy: bool = True
+    # [K] ascending token ids this model may emit greedily (a distilled draft's vocabulary);
+    # None = the whole vocabulary. Only ``greedy`` uses it; hidden states are unaffected.
+    greedy_vocab: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.model.eval()
         self._decoder = self.model.get_decoder()
         self._lm_head = self.model.get_output_embeddings()
-        self._greedy_heads: dict[int, ScreenedGreedyHead] = {}  # by vocab limit
+        self._greedy_heads: dict = {}  # greedy heads by vocabulary (limit or subset)
         if not self.eos_token_ids:
             self.eos_token_ids = _eos_ids(self.model, self.tokenizer)
 
@@ -108,15 +111,26 @@ class CausalLM:
         return self._lm_head(hidden)
 
     def greedy(self, hidden: torch.Tensor, vocab_limit: int | None = None) -> torch.Tensor:
-        """hidden: [B, S, H] -> [B, S] greedy token ids among the first ``vocab_limit``."""
+        """hidden: [B, S, H] -> [B, S] greedy token ids among the first ``vocab_limit``
+        (and within ``greedy_vocab`` when set)."""
         limit = vocab_limit or self.vocab_size
-        head = self._lm_head
-        if not (self.screened_greedy and self.dtype == torch.float32
-                and isinstance(head, torch.nn.Linear) and head.bias is None):
-            return self.logits(hidden)[..., :limit].argmax(dim=-1)
-        if limit not in self._greedy_heads:
-            self._greedy_heads[limit] = ScreenedGreedyHead(head.weight[:limit])
-        return self._greedy_heads[limit](hidden)
+        if self.greedy_vocab is None:
+            return self._greedy_head(("limit", limit), lambda: slice(0, limit))(hidden)
+        ids = self.greedy_vocab[self.greedy_vocab < limit]  # [K]
+        return ids[self._greedy_head(("subset", limit, self.greedy_vocab.data_ptr()), lambda: ids)(hidden)]
+
+    def _greedy_head(self, key, rows):
+        """argmax over ``weight[rows]``: screened (exact, half the bytes) for fp32 heads."""
+        key = (*key, self.screened_greedy)
+        if key not in self._greedy_heads:
+            head = self._lm_head
+            weight = head.weight[rows()]  # [K, H]
+            if self.screened_greedy and weight.dtype == torch.float32 and head.bias is None:
+                self._greedy_heads[key] = ScreenedGreedyHead(weight)
+            else:
+                bias = None if head.bias is None else head.bias[rows()]
+                self._greedy_heads[key] = lambda h: torch.nn.functional.linear(h, weight, bias).argmax(-1)
+        return self._greedy_heads[key]
 
 
 def crop_cache(cache: DynamicCache, length: int) -> None:

@@ -157,3 +157,22 @@ def test_draft_for_another_target_is_refused(artifact, make_lm, tmp_path):
         load_draft_artifact(artifact[0], other)
     meta = json.loads((artifact[0] / DRAFT_METADATA).read_text())
     assert meta["target"] == "tiny-target" and len(meta["weights_sha256"]) == 64
+
+
+def test_greedy_vocabulary_restricts_proposals_and_stays_lossless(tiny_target, teacher_records, artifact, tmp_path):
+    from autojudge.distill import teacher_vocabulary
+
+    _, student = artifact
+    vocab = teacher_vocabulary(teacher_records, tiny_target.eos_token_ids)
+    assert bool((vocab[1:] > vocab[:-1]).all()) and 2 in vocab.tolist()
+    directory = export_draft(student, tiny_target, tmp_path / "draft", (0, 2), {}, greedy_vocab=vocab)
+    draft = load_draft(str(directory), tiny_target)
+    assert torch.equal(draft.greedy_vocab, vocab)
+    hidden = torch.randn(1, 20, 64)
+    expected = vocab[(hidden @ tiny_target.model.lm_head.weight[vocab].T).argmax(-1)]
+    assert torch.equal(draft.greedy(hidden), expected)
+    assert set(draft.greedy(hidden).flatten().tolist()) <= set(vocab.tolist())
+    greedy = SpeculativeDecoder(tiny_target).generate(PROMPTS[3], DecodeConfig(mode="target", max_new_tokens=30))
+    lossless = SpeculativeDecoder(tiny_target, draft).generate(PROMPTS[3], DecodeConfig(window=3, max_new_tokens=30))
+    assert lossless.token_ids == greedy.token_ids
+    assert greedy_agreement(draft, teacher_records) > 0.0

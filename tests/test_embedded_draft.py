@@ -1,0 +1,88 @@
+"""The draft shipped with the project for the embedded target."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+
+from autojudge.distill import DRAFT_METADATA, DRAFT_WEIGHTS, load_draft_artifact
+from autojudge.errors import ModelLoadError
+from autojudge.models import DEFAULT_DRAFT, EMBEDDED_DRAFT_DIR, load_draft
+
+
+def test_default_draft_is_the_shipped_one():
+    assert DEFAULT_DRAFT == "embedded"
+
+
+def test_shipped_draft_loads_with_checksum_shapes_and_tokenizer(embedded_target):
+    meta = json.loads((EMBEDDED_DRAFT_DIR / DRAFT_METADATA).read_text())
+    weights = (EMBEDDED_DRAFT_DIR / DRAFT_WEIGHTS).read_bytes()
+    assert hashlib.sha256(weights).hexdigest() == meta["weights_sha256"]
+    assert len(weights) <= 30 * 1024 * 1024  # shipped in the repository: at most 30 MB
+    assert meta["made_by"]["command"].startswith("autojudge-trt draft distill")
+    assert "seed" in meta["made_by"]["config"]
+    draft = load_draft("embedded", embedded_target)
+    assert draft.num_layers == meta["num_layers"] == len(meta["init_layers"])
+    assert draft.hidden_size == embedded_target.hidden_size
+    assert draft.tokenizer is embedded_target.tokenizer  # identical vocabulary by construction
+    # embedding and LM head are the target's own tensors, not copies from the artifact
+    assert draft.model.lm_head.weight.data_ptr() == embedded_target.model.lm_head.weight.data_ptr()
+    assert draft.model.model.embed_tokens.weight.data_ptr() == embedded_target.model.model.embed_tokens.weight.data_ptr()
+
+
+def test_shipped_draft_agrees_with_target_more_than_a_truncation(embedded_target):
+    from autojudge.decoding import DecodeConfig, SpeculativeDecoder
+    from autojudge.models import encode_prompt
+    from autojudge.tasks.gsm8k import format_prompt
+
+    prompt = encode_prompt(embedded_target.tokenizer, format_prompt(
+        "Tom has 3 boxes with 12 pencils each. He gives away 10 pencils. How many are left?"))
+    rates = {}
+    for spec in ("embedded", "layers:4"):
+        decoder = SpeculativeDecoder(embedded_target, load_draft(spec, embedded_target))
+        rates[spec] = decoder.generate(prompt, DecodeConfig(window=3, max_new_tokens=48)).metrics.draft_acceptance_rate
+    assert rates["embedded"] > rates["layers:4"] + 0.2
+
+
+@pytest.mark.parametrize("damage", ["flip-byte", "truncate", "delete", "bad-json"])
+def test_damaged_shipped_draft_is_a_clear_error(embedded_target, tmp_path, damage):
+    copy = shutil.copytree(EMBEDDED_DRAFT_DIR, tmp_path / "draft")
+    weights = copy / DRAFT_WEIGHTS
+    if damage == "flip-byte":
+        data = bytearray(weights.read_bytes())
+        data[12345] ^= 0x01
+        weights.write_bytes(bytes(data))
+    elif damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "delete":
+        weights.unlink()
+    else:
+        (copy / DRAFT_METADATA).write_text("{not json")
+    message = {"flip-byte": "sha256", "truncate": "sha256", "delete": "has no draft.safetensors",
+               "bad-json": "not valid JSON"}[damage]
+    with pytest.raises(ModelLoadError, match=message):
+        load_draft_artifact(copy, embedded_target)
+
+
+def test_embedded_draft_refuses_another_target(make_lm):
+    from conftest import tiny_model
+
+    with pytest.raises(ModelLoadError, match="the embedded draft is distilled for SmolLM2-135M-Instruct"):
+        load_draft("embedded", make_lm(tiny_model(0), "tiny"))
+
+
+def test_lossless_with_shipped_draft_equals_target(embedded_target):
+    from autojudge.decoding import DecodeConfig, SpeculativeDecoder
+    from autojudge.models import encode_prompt
+    from autojudge.tasks.gsm8k import format_prompt
+
+    decoder = SpeculativeDecoder(embedded_target, load_draft("embedded", embedded_target))
+    prompt = encode_prompt(embedded_target.tokenizer, format_prompt(
+        "A shop sells 5 apples for $2. How much do 20 apples cost?"))
+    reference = decoder.generate(prompt, DecodeConfig(mode="target", max_new_tokens=40))
+    for window in (2, 4, 8):
+        result = decoder.generate(prompt, DecodeConfig(mode="lossless", window=window, max_new_tokens=40))
+        assert result.token_ids == reference.token_ids
