@@ -187,8 +187,6 @@ def distill(target, out, data, prompts, max_new_tokens, teacher_batch, init_laye
     3. export: OUT/draft/ (draft.safetensors fp16 + draft.json with its sha256).
     Use it with: autojudge-trt generate --draft OUT/draft
     """
-    import sys as _sys
-
     from autojudge.distill import DistillConfig, export_draft, teacher_vocabulary, train_student
     from autojudge.models import encode_prompt, load_target, quiet_transformers
     from autojudge.tasks.gsm8k import format_prompt, load_questions
@@ -209,7 +207,7 @@ def distill(target, out, data, prompts, max_new_tokens, teacher_batch, init_laye
     config = DistillConfig(init_layers=layers, steps=steps, batch_sequences=batch_sequences,
                            lr=lr, seed=seed)
     student = train_student(target_lm, records, out, config, progress=progress)
-    command = "autojudge-trt draft distill " + " ".join(_sys.argv[3:]) if len(_sys.argv) > 3 else None
+    command = "autojudge-trt draft distill " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else None
     made_by = {"command": command, "config": {**config.__dict__, "init_layers": list(layers)},
                "teacher_prompts": len(records), "data": str(data)}
     vocab = None if full_vocab else teacher_vocabulary(records, target_lm.eos_token_ids)
