@@ -26,7 +26,6 @@ use in its answers; such positions become certain rejections (lossless stays exa
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -42,12 +41,11 @@ from tqdm import tqdm
 
 from autojudge.cache import atomic_write_bytes
 from autojudge.errors import AutoJudgeError, ModelLoadError
-from autojudge.models import CausalLM
+from autojudge.models import SHARED_PREFIXES, CausalLM, layer_subset_model
 
 DRAFT_FORMAT = "autojudge.draft/v1"
 DRAFT_WEIGHTS = "draft.safetensors"
 DRAFT_METADATA = "draft.json"
-SHARED_PREFIXES = ("model.embed_tokens.", "lm_head.")  # taken from the target at load time
 
 
 @dataclass(frozen=True)
@@ -67,38 +65,11 @@ class DistillConfig:
 def build_student(target: CausalLM, init_layers: tuple[int, ...]) -> CausalLM:
     """The target's architecture with ``len(init_layers)`` layers copied from ``init_layers``;
     embedding and LM head shared with the target (same tensors, frozen)."""
-    from transformers import AutoModelForCausalLM
-    from transformers.initialization import no_init_weights
-
-    if not init_layers or any(not 0 <= i < target.num_layers for i in init_layers):
-        raise AutoJudgeError(f"init layers {init_layers} must be in 0..{target.num_layers - 1}")
-    config = copy.deepcopy(target.model.config)
-    text_config = config.get_text_config()
-    text_config.num_hidden_layers = len(init_layers)
-    if getattr(text_config, "layer_types", None):
-        text_config.layer_types = [text_config.layer_types[i] for i in init_layers]
-    with no_init_weights():
-        student = AutoModelForCausalLM.from_config(config, dtype=target.dtype)
-    source = target.model.state_dict()
-    state = {}
-    for name in student.state_dict():
-        if name.startswith(SHARED_PREFIXES):
-            state[name] = source[name]  # shared, not copied
-        elif ".layers." in name:
-            head, rest = name.split(".layers.", 1)
-            index, tail = rest.split(".", 1)
-            state[name] = source[f"{head}.layers.{init_layers[int(index)]}.{tail}"].clone()
-        else:
-            state[name] = source[name].clone()
-    student.load_state_dict(state, assign=True, strict=True)
-    student.to(target.device)
-    for name, param in student.named_parameters():
-        param.requires_grad_(not name.startswith(SHARED_PREFIXES))
-    lm = CausalLM(name=f"{target.name}[distilled:{len(init_layers)}]", model=student,
-                  tokenizer=target.tokenizer, eos_token_ids=target.eos_token_ids,
-                  screened_greedy=target.screened_greedy)
-    lm._greedy_heads = target._greedy_heads  # same LM-head tensor
-    return lm
+    try:
+        return layer_subset_model(target, tuple(init_layers), trainable=True,
+                                  name=f"{target.name}[distilled:{len(init_layers)}]")
+    except ModelLoadError as exc:
+        raise AutoJudgeError(f"bad init layers: {exc}") from exc
 
 
 def trainable_state(student: CausalLM) -> dict[str, torch.Tensor]:

@@ -275,29 +275,53 @@ def embedded_target_dir(progress=print) -> Path:
     return final
 
 
-def truncated_draft(target: CausalLM, num_layers: int) -> CausalLM:
-    """The target's first ``num_layers`` layers + final norm + LM head, weights shared."""
+# Parameters a derived draft always takes from its target (never trained, never stored).
+SHARED_PREFIXES = ("model.embed_tokens.", "lm_head.")
+
+
+def layer_subset_model(target: CausalLM, layers: tuple[int, ...], name: str,
+                       trainable: bool = False) -> CausalLM:
+    """The target's architecture with only ``layers`` (in that order), its final norm and LM head.
+
+    Embedding and LM head are the target's own tensors. The layers and norm are the target's
+    tensors too (``trainable=False``: a free self-speculative draft) or copies that can be
+    trained (``trainable=True``: a student for distillation).
+    """
     from transformers.initialization import no_init_weights
 
+    if not layers or any(not 0 <= i < target.num_layers for i in layers):
+        raise ModelLoadError(f"layers {layers} must be in 0..{target.num_layers - 1}")
     config = copy.deepcopy(target.model.config)
     text_config = config.get_text_config()
-    text_config.num_hidden_layers = num_layers
+    text_config.num_hidden_layers = len(layers)
     if getattr(text_config, "layer_types", None):
-        text_config.layer_types = text_config.layer_types[:num_layers]
+        text_config.layer_types = [text_config.layer_types[i] for i in layers]
     with no_init_weights():
-        draft = AutoModelForCausalLM.from_config(config, dtype=target.dtype)
-    shared = target.model.state_dict()
-    draft.load_state_dict({k: shared[k] for k in draft.state_dict()}, assign=True, strict=True)
-    draft.to(target.device)
-    lm = CausalLM(
-        name=f"{target.name}[{SELF_DRAFT_PREFIX}{num_layers}]",
-        model=draft,
-        tokenizer=target.tokenizer,
-        eos_token_ids=target.eos_token_ids,
-        screened_greedy=target.screened_greedy,
-    )
-    lm._greedy_heads = target._greedy_heads  # the same LM-head tensor: share its bf16 copy
+        model = AutoModelForCausalLM.from_config(config, dtype=target.dtype)
+    source = target.model.state_dict()
+    state = {}
+    for key in model.state_dict():
+        source_key = key
+        if ".layers." in key:
+            head, rest = key.split(".layers.", 1)
+            index, tail = rest.split(".", 1)
+            source_key = f"{head}.layers.{layers[int(index)]}.{tail}"
+        shared = not trainable or key.startswith(SHARED_PREFIXES)
+        state[key] = source[source_key] if shared else source[source_key].clone()
+    model.load_state_dict(state, assign=True, strict=True)
+    model.to(target.device)
+    for key, param in model.named_parameters():
+        param.requires_grad_(trainable and not key.startswith(SHARED_PREFIXES))
+    lm = CausalLM(name=name, model=model, tokenizer=target.tokenizer,
+                  eos_token_ids=target.eos_token_ids, screened_greedy=target.screened_greedy)
+    lm._greedy_heads = target._greedy_heads  # the same LM-head tensor: share its greedy heads
     return lm
+
+
+def truncated_draft(target: CausalLM, num_layers: int) -> CausalLM:
+    """The target's first ``num_layers`` layers + final norm + LM head, weights shared."""
+    return layer_subset_model(target, tuple(range(num_layers)),
+                              name=f"{target.name}[{SELF_DRAFT_PREFIX}{num_layers}]")
 
 
 # ----------------------------------------------------------------------------- checks
