@@ -26,7 +26,6 @@ use in its answers; such positions become certain rejections (lossless stays exa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -39,6 +38,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from tqdm import tqdm
 
+from autojudge.artifact import read_artifact, write_artifact
 from autojudge.cache import atomic_write_bytes
 from autojudge.errors import AutoJudgeError, ModelLoadError
 from autojudge.models import SHARED_PREFIXES, CausalLM, layer_subset_model
@@ -221,10 +221,9 @@ def teacher_vocabulary(records: list[dict], eos_token_ids) -> torch.Tensor:
 def export_draft(student: CausalLM, target: CausalLM, directory: Path, init_layers, made_by: dict,
                  name: str | None = None, greedy_vocab: torch.Tensor | None = None) -> Path:
     """Write the draft artifact: trained tensors in fp16 + metadata with their sha256."""
-    tensors = {n: p.detach().to(torch.float16).contiguous() for n, p in trainable_state(student).items()}
+    tensors = {n: p.detach().to(torch.float16) for n, p in trainable_state(student).items()}
     if greedy_vocab is not None:
-        tensors[GREEDY_VOCAB] = greedy_vocab.to(torch.long).contiguous()
-    weights = safetensors_save(tensors)
+        tensors[GREEDY_VOCAB] = greedy_vocab.to(torch.long)
     meta = {
         "format": DRAFT_FORMAT,
         "name": name or f"{target.name}-draft-{len(init_layers)}L",
@@ -235,13 +234,9 @@ def export_draft(student: CausalLM, target: CausalLM, directory: Path, init_laye
         "greedy_vocab_size": None if greedy_vocab is None else int(greedy_vocab.numel()),
         "init_layers": list(init_layers),
         "shared_with_target": list(SHARED_PREFIXES),
-        "weights_sha256": hashlib.sha256(weights).hexdigest(),
         "made_by": made_by,
     }
-    directory.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(directory / DRAFT_WEIGHTS, weights)
-    atomic_write_bytes(directory / DRAFT_METADATA, json.dumps(meta, indent=2).encode())
-    return directory
+    return write_artifact(directory, DRAFT_WEIGHTS, DRAFT_METADATA, tensors, meta)
 
 
 def is_draft_artifact(path: Path) -> bool:
@@ -250,21 +245,10 @@ def is_draft_artifact(path: Path) -> bool:
 
 def load_draft_artifact(directory: Path, target: CausalLM) -> CausalLM:
     """A distilled draft for ``target``: shared tensors from the target, the rest from disk."""
-    meta_path, weights_path = directory / DRAFT_METADATA, directory / DRAFT_WEIGHTS
-    for required in (weights_path, meta_path):
-        if not required.is_file():
-            raise ModelLoadError(f"draft artifact {directory} has no {required.name}: reinstall the "
-                                 "package or re-run `autojudge-trt draft distill`")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{meta_path} is not valid JSON: the draft artifact is corrupt") from exc
-    if meta.get("format") != DRAFT_FORMAT:
-        raise ModelLoadError(f"{meta_path} is not a draft artifact of format {DRAFT_FORMAT!r}")
-    weights = weights_path.read_bytes()
-    if hashlib.sha256(weights).hexdigest() != meta.get("weights_sha256"):
-        raise ModelLoadError(f"{weights_path} does not match the sha256 in {meta_path}: the draft "
-                             "weights are corrupt or were replaced")
+    meta, tensors = read_artifact(directory, DRAFT_WEIGHTS, DRAFT_METADATA, DRAFT_FORMAT, "draft",
+                                  ModelLoadError, "reinstall the package or re-run "
+                                  "`autojudge-trt draft distill`")
+    weights_path = directory / DRAFT_WEIGHTS
     if (meta["target_hidden_size"], meta["target_vocab_size"]) != (target.hidden_size, target.vocab_size):
         raise ModelLoadError(
             f"draft {directory} was distilled for {meta['target']!r} (hidden {meta['target_hidden_size']}, "
@@ -272,7 +256,6 @@ def load_draft_artifact(directory: Path, target: CausalLM) -> CausalLM:
             f"vocab {target.vocab_size})"
         )
     student = build_student(target, tuple(meta["init_layers"]))
-    tensors = safetensors_load(weights)
     greedy_vocab = tensors.pop(GREEDY_VOCAB, None)
     if greedy_vocab is not None:
         if greedy_vocab.dim() != 1 or not bool((greedy_vocab[1:] > greedy_vocab[:-1]).all()) or \

@@ -14,18 +14,13 @@ Feature layouts (the order of the concatenation the weight vector expects):
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as safetensors_load, save as safetensors_save
-
 from autojudge.acceptance import judge_probabilities
-from autojudge.cache import atomic_write_bytes
+from autojudge.artifact import read_artifact, write_artifact
 from autojudge.errors import JudgeArtifactError
 
 FORMAT = "autojudge.judge/v1"
@@ -99,43 +94,20 @@ class Judge:
                 )
 
     def save(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        weights = safetensors_save({"weight": self.weight.float().contiguous(),
-                        "bias": torch.tensor([self.bias], dtype=torch.float32)})
-        metadata = {"format": FORMAT, **asdict(self.meta),
-                    "weights_sha256": hashlib.sha256(weights).hexdigest()}
-        atomic_write_bytes(directory / WEIGHTS_FILE, weights)
-        atomic_write_bytes(directory / METADATA_FILE, json.dumps(metadata, indent=2).encode())
-        return directory
+        tensors = {"weight": self.weight.float(), "bias": torch.tensor([self.bias], dtype=torch.float32)}
+        return write_artifact(Path(directory), WEIGHTS_FILE, METADATA_FILE, tensors,
+                              {"format": FORMAT, **asdict(self.meta)})
 
     @classmethod
     def load(cls, path: str | Path) -> Judge:
         """Load from the artifact directory (or either of its two files)."""
         path = Path(path)
         directory = path.parent if path.name in (WEIGHTS_FILE, METADATA_FILE) else path
+        raw, tensors = read_artifact(
+            directory, WEIGHTS_FILE, METADATA_FILE, FORMAT, "judge", JudgeArtifactError,
+            f"a judge is a directory with {METADATA_FILE} and {WEIGHTS_FILE}, as written by "
+            "`autojudge-trt train`.")
         meta_path, weights_path = directory / METADATA_FILE, directory / WEIGHTS_FILE
-        for required in (meta_path, weights_path):
-            if not required.is_file():
-                raise JudgeArtifactError(
-                    f"judge artifact {directory} has no {required.name}: a judge is a directory "
-                    f"with {METADATA_FILE} and {WEIGHTS_FILE}, as written by `autojudge-trt train`."
-                )
-        try:
-            raw = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise JudgeArtifactError(f"{meta_path} is not valid JSON ({exc}): the file is corrupt") from exc
-        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-            raise JudgeArtifactError(
-                f"{meta_path} is not a judge artifact of format {FORMAT!r} "
-                f"(found format {raw.get('format') if isinstance(raw, dict) else None!r})"
-            )
-        weights_bytes = weights_path.read_bytes()
-        if hashlib.sha256(weights_bytes).hexdigest() != raw.get("weights_sha256"):
-            raise JudgeArtifactError(
-                f"{weights_path} does not match the sha256 recorded in {meta_path}: the weights "
-                "are corrupt or were replaced. Re-export the judge."
-            )
         try:
             known = {k: raw[k] for k in JudgeMetadata.__dataclass_fields__ if k in raw}
             meta = JudgeMetadata(**known)
@@ -147,10 +119,6 @@ class Judge:
             )
         if not 0.0 <= float(meta.threshold) <= 1.0:
             raise JudgeArtifactError(f"{meta_path}: threshold {meta.threshold} is outside [0, 1]")
-        try:
-            tensors = safetensors_load(weights_bytes)
-        except SafetensorError as exc:
-            raise JudgeArtifactError(f"{weights_path} is not a valid safetensors file: {exc}") from exc
         weight, bias = tensors.get("weight"), tensors.get("bias")
         if weight is None or bias is None or bias.numel() != 1:
             raise JudgeArtifactError(f"{weights_path} must hold tensors 'weight' [F] and 'bias' [1]")
