@@ -41,7 +41,7 @@ from tqdm import tqdm
 from autojudge.artifact import read_artifact, write_artifact
 from autojudge.cache import atomic_write_bytes
 from autojudge.errors import AutoJudgeError, ModelLoadError
-from autojudge.models import SHARED_PREFIXES, CausalLM, layer_subset_model
+from autojudge.models import CausalLM, layer_subset_model, trainable_parameters
 
 DRAFT_FORMAT = "autojudge.draft/v1"
 DRAFT_WEIGHTS = "draft.safetensors"
@@ -73,7 +73,7 @@ def build_student(target: CausalLM, init_layers: tuple[int, ...]) -> CausalLM:
 
 
 def trainable_state(student: CausalLM) -> dict[str, torch.Tensor]:
-    return {n: p for n, p in student.model.named_parameters() if not n.startswith(SHARED_PREFIXES)}
+    return trainable_parameters(student.model)
 
 
 # ----------------------------------------------------------------------------- training
@@ -233,7 +233,7 @@ def export_draft(student: CausalLM, target: CausalLM, directory: Path, init_laye
         "num_layers": len(init_layers),
         "greedy_vocab_size": None if greedy_vocab is None else int(greedy_vocab.numel()),
         "init_layers": list(init_layers),
-        "shared_with_target": list(SHARED_PREFIXES),
+        "shared_with_target": ["token embedding", "LM head"],
         "made_by": made_by,
     }
     return write_artifact(directory, DRAFT_WEIGHTS, DRAFT_METADATA, tensors, meta)

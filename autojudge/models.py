@@ -275,8 +275,16 @@ def embedded_target_dir(progress=print) -> Path:
     return final
 
 
-# Parameters a derived draft always takes from its target (never trained, never stored).
-SHARED_PREFIXES = ("model.embed_tokens.", "lm_head.")
+def embedding_tensors(model: PreTrainedModel) -> tuple[torch.Tensor, ...]:
+    """The token embedding and LM head weights (one tensor if tied), whatever the family's names."""
+    tensors = (model.get_input_embeddings().weight, model.get_output_embeddings().weight)
+    return tensors[:1] if tensors[0] is tensors[1] else tensors
+
+
+def trainable_parameters(model: PreTrainedModel) -> dict[str, torch.nn.Parameter]:
+    """Every parameter but the embedding and LM head, which derived drafts share with the target."""
+    shared = embedding_tensors(model)
+    return {n: p for n, p in model.named_parameters() if not any(p is t for t in shared)}
 
 
 def layer_subset_model(target: CausalLM, layers: tuple[int, ...], name: str,
@@ -299,6 +307,7 @@ def layer_subset_model(target: CausalLM, layers: tuple[int, ...], name: str,
     with no_init_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=target.dtype)
     source = target.model.state_dict()
+    shared_ptrs = {t.data_ptr() for t in embedding_tensors(target.model)}
     state = {}
     for key in model.state_dict():
         source_key = key
@@ -306,12 +315,14 @@ def layer_subset_model(target: CausalLM, layers: tuple[int, ...], name: str,
             head, rest = key.split(".layers.", 1)
             index, tail = rest.split(".", 1)
             source_key = f"{head}.layers.{layers[int(index)]}.{tail}"
-        shared = not trainable or key.startswith(SHARED_PREFIXES)
+        shared = not trainable or source[source_key].data_ptr() in shared_ptrs
         state[key] = source[source_key] if shared else source[source_key].clone()
     model.load_state_dict(state, assign=True, strict=True)
     model.to(target.device)
-    for key, param in model.named_parameters():
-        param.requires_grad_(trainable and not key.startswith(SHARED_PREFIXES))
+    model.requires_grad_(False)
+    if trainable:
+        for param in trainable_parameters(model).values():
+            param.requires_grad_(True)
     lm = CausalLM(name=name, model=model, tokenizer=target.tokenizer,
                   eos_token_ids=target.eos_token_ids, screened_greedy=target.screened_greedy)
     lm._greedy_heads = target._greedy_heads  # the same LM-head tensor: share its greedy heads
