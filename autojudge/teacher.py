@@ -50,7 +50,7 @@ def generate_teacher_data(target: CausalLM, prompts: Sequence[list[int]], path: 
                           progress: bool = True) -> list[dict]:
     """Greedy completions of ``prompts`` by ``target``, appended to ``path``; resumable."""
     _drop_torn_tail(path)
-    done = set()
+    done: dict[int, dict] = {}  # index -> record, for the prompts asked for
     for record in read_records(path):
         i = record["index"]
         if i < len(prompts):
@@ -59,7 +59,7 @@ def generate_teacher_data(target: CausalLM, prompts: Sequence[list[int]], path: 
                     f"{path} answers another prompt at index {i} (other questions, prompt format or "
                     "tokenizer): use a new output directory"
                 )
-            done.add(i)
+            done[i] = record
     todo = [i for i in range(len(prompts)) if i not in done]
     # Similar lengths together: less padding. Order only affects speed, not the records.
     todo.sort(key=lambda i: len(prompts[i]))
@@ -84,11 +84,10 @@ def generate_teacher_data(target: CausalLM, prompts: Sequence[list[int]], path: 
             for i, completion in zip(batch, generated):
                 end = next((k + 1 for k, t in enumerate(completion) if t in target.eos_token_ids),
                            len(completion))
-                out.write(json.dumps({"index": i, "prompt_ids": list(prompts[i]),
-                                      "completion_ids": completion[:end]}) + "\n")
+                done[i] = {"index": i, "prompt_ids": list(prompts[i]), "completion_ids": completion[:end]}
+                out.write(json.dumps(done[i]) + "\n")
             out.flush()
             os.fsync(out.fileno())
             bar.update(len(batch))
     bar.close()
-    wanted = [r for r in read_records(path) if r["index"] < len(prompts)]
-    return sorted(wanted, key=lambda r: r["index"])
+    return [done[i] for i in sorted(done)]
