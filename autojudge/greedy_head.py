@@ -11,6 +11,10 @@ token, a third of a draft step). So:
 3. **recompute in fp32** only the rows whose upper bound reaches the best lower bound
    (about 2 of 49,152 on SmolLM2) and take their argmax.
 
+This pays for one row (a decode step: 3.2 ms instead of 9 ms on SmolLM2). Several rows
+(a verification) go through one fp32 weight-first GEMM (:mod:`autojudge.few_rows_linear`),
+which reads the fp32 weight once for all rows and is faster than screening each row.
+
 The result is the argmax of the fp32 logits (ties aside, which no greedy decoder
 resolves meaningfully): the draft proposes, and the target verifies, exactly as before.
 """
@@ -19,6 +23,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from autojudge.few_rows_linear import few_rows_linear
 
 BF16_OUTPUT_ROUNDING = 2.0**-7  # bf16 keeps 8 significant bits: 2^-9 relative, doubled twice
 FP32_ACCUMULATION = 1e-4  # >= K * 2^-24 for hidden sizes up to ~1,600; generous beyond
@@ -37,6 +43,8 @@ class ScreenedGreedyHead:
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [..., H] fp32 -> [...] int64 greedy token ids."""
         flat = hidden.reshape(-1, hidden.shape[-1])  # [N, H]
+        if flat.shape[0] > 1:  # verification: fp32 weight-first GEMM beats N bf16 GEMVs
+            return few_rows_linear(flat, self.weight).argmax(-1).reshape(hidden.shape[:-1])
         hidden16 = flat.to(torch.bfloat16)
         approx = F.linear(hidden16, self.weight16).float()  # [N, V]
         norm = flat.norm(dim=-1, keepdim=True)  # [N, 1]

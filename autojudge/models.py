@@ -34,6 +34,7 @@ from transformers import (
 
 from autojudge.cache import atomic_directory, cache_root
 from autojudge.errors import IncompatibleModelsError, MissingDependencyError, ModelLoadError
+from autojudge.few_rows_linear import few_rows_linear, use_few_rows_linear
 from autojudge.greedy_head import ScreenedGreedyHead
 
 EMBEDDED = "embedded"
@@ -72,6 +73,7 @@ class CausalLM:
 
     def __post_init__(self) -> None:
         self.model.eval()
+        use_few_rows_linear(self.model)  # CPU fp32: W+1-token verification at ~1-token cost
         self._decoder = self.model.get_decoder()
         self._lm_head = self.model.get_output_embeddings()
         self._greedy_heads: dict = {}  # greedy heads by vocabulary (limit or subset)
@@ -129,7 +131,7 @@ class CausalLM:
                 self._greedy_heads[key] = ScreenedGreedyHead(weight)
             else:
                 bias = None if head.bias is None else head.bias[rows()]
-                self._greedy_heads[key] = lambda h: torch.nn.functional.linear(h, weight, bias).argmax(-1)
+                self._greedy_heads[key] = lambda h: few_rows_linear(h, weight, bias).argmax(-1)
         return self._greedy_heads[key]
 
 
