@@ -148,7 +148,6 @@ def draft() -> None:
     """Make and check draft models (distilled from the target itself)."""
 
 
-DEFAULT_GSM8K = "../shared/data/gsm8k"
 
 
 @draft.command()
@@ -156,9 +155,8 @@ DEFAULT_GSM8K = "../shared/data/gsm8k"
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Work directory: teacher data, checkpoints, and the draft artifact (OUT/draft). "
                    "Re-running with the same settings resumes where it stopped.")
-@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=f"{DEFAULT_GSM8K}/train.jsonl", show_default=True,
-              help="GSM8K-style JSONL of training questions.")
+@click.option("--data", default="train", show_default=True,
+              help="A GSM8K split shipped with the package (train, test) or a JSONL file.")
 @click.option("--prompts", type=click.IntRange(1), default=1000, show_default=True,
               help="How many training questions the target answers (the teacher data).")
 @click.option("--max-new-tokens", type=click.IntRange(8), default=256, show_default=True,
@@ -218,8 +216,8 @@ def distill(target, out, data, prompts, max_new_tokens, teacher_batch, init_laye
 @draft.command("eval")
 @click.option("--target", default="embedded", show_default=True)
 @click.option("--draft", "draft_spec", default=None, help="Draft spec [default: the embedded draft].")
-@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=f"{DEFAULT_GSM8K}/test.jsonl", show_default=True)
+@click.option("--data", default="test", show_default=True,
+              help="A GSM8K split shipped with the package (train, test) or a JSONL file.")
 @click.option("--prompts", type=click.IntRange(1), default=50, show_default=True)
 @click.option("--teacher-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Cache of the target's answers (JSONL, reused and extended).")
@@ -274,3 +272,118 @@ def _print_metrics(result) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ------------------------------------------------------------------ mining and training
+
+def _load_pair(target: str, draft: str | None, dtype: str = "float32", device: str = "auto"):
+    from autojudge.models import DEFAULT_DRAFT, load_draft, load_target, quiet_transformers
+
+    if draft is None and target != "embedded":
+        raise click.UsageError(f"--target {target} needs --draft (only the embedded target has a default draft)")
+    quiet_transformers()
+    _status(f"Loading target {target} and draft {draft or DEFAULT_DRAFT} ...")
+    target_lm = load_target(target, dtype=dtype, device=device)
+    return target_lm, load_draft(draft or DEFAULT_DRAFT, target_lm)
+
+
+@main.command()
+@click.option("--task", "task_spec", default="gsm8k", show_default=True,
+              help="gsm8k, humaneval, an entry-point name, or package.module:attribute.")
+@click.option("--split", default="train", show_default=True,
+              help="The task's split (gsm8k: train, test) or a JSONL file of its format.")
+@click.option("--limit", type=click.IntRange(1), help="Mine at most this many examples.")
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@_model_options
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Mining directory: shards, features and mining.json (created; resumed if it exists).")
+@click.option("--num-shards", type=click.IntRange(1), default=1, show_default=True,
+              help="Split the examples into this many shards (one process or host each).")
+@click.option("--shard-id", type=click.IntRange(0), default=0, show_default=True,
+              help="The shard this process mines: examples with index % num_shards == shard_id.")
+@click.option("--max-new-tokens", type=click.IntRange(8), help="Answer budget [default: the task's].")
+@click.option("--naive", is_flag=True,
+              help="The reference loop (regenerate the whole answer per mismatch, no KV reuse, no "
+                   "early stop), to measure what the fast loop saves. Same labels, far slower.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def mine(task_spec, split, limit, offset, target, draft, dtype, device, out, num_shards, shard_id,
+         max_new_tokens, naive, as_json, progress):
+    """Label the draft's mismatches important or not, self-supervised (AutoJudge mining).
+
+    \b
+    For each example the target answers greedily; then, left to right, each draft token
+    that differs from the answer is swapped in and the target finishes: if the task's
+    result changes the mismatch is IMPORTANT, otherwise UNIMPORTANT (and the swap stays).
+    Output: OUT/shard-*.jsonl (one line per prompt) and OUT/shard-*.features/ (draft and
+    target hidden states at each label, fp16). Interrupt any time; re-run to resume.
+    Parallel: run --num-shards N --shard-id 0..N-1 with the same --out, then
+    `autojudge-trt merge OUT` (or train on OUT directly).
+    """
+    from autojudge.mining import mine as run_mining
+    from autojudge.tasks import get_task
+
+    task = get_task(task_spec)
+    examples = task.load(split, limit=limit, offset=offset)
+    if not examples:
+        raise click.UsageError(f"no examples in {task.name} split {split!r} at offset {offset}")
+    target_lm, draft_lm = _load_pair(target, draft, dtype, device)
+    summary = run_mining(target_lm, draft_lm, task, examples, out, split=f"{split}[{offset}:{offset + len(examples)}]",
+                         num_shards=num_shards, shard_id=shard_id, max_new_tokens=max_new_tokens,
+                         naive=naive, progress=progress)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(f"{summary['shard']}: {summary['prompts']} prompts, {summary['labels']} labels "
+                   f"({summary['important_fraction']:.1%} important), "
+                   f"{summary['target_forward_tokens_per_prompt']:.0f} target forward tokens per prompt")
+
+
+@main.command()
+@click.argument("mining_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory for the merged dataset (mining.json, dataset.jsonl, dataset.safetensors).")
+def merge(mining_dir, out):
+    """Join the shards of MINING_DIR into one dataset (one JSONL + one safetensors file)."""
+    from autojudge.mining import merge as merge_shards
+
+    data = merge_shards(mining_dir, out)
+    click.echo(f"{len(data.labels)} labels from {len(set(data.prompt_index.tolist()))} prompts -> {out}")
+
+
+@main.command()
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              required=True, help="A mining directory (or a merged one).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Judge artifact directory to write (judge.safetensors + judge.json).")
+@click.option("--layout", type=click.Choice(["draft+target", "target"]), default="draft+target",
+              show_default=True, help="Features: both models' hidden states, or the target's only "
+                                      "(for drafters without hidden states).")
+@click.option("--target-recall", type=click.FloatRange(0, 1), default=0.9, show_default=True,
+              help="Pick the threshold that still rejects this fraction of important mismatches.")
+@click.option("--val-fraction", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True,
+              help="Fraction of prompts held out for choosing C and the threshold.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def train(data_dir, out, layout, target_recall, val_fraction, seed, as_json, progress):
+    """Train the judge (scaler + logistic regression, C by validation AUC) and export it."""
+    from dataclasses import asdict
+
+    from autojudge.judge_training import TrainConfig, train_judge
+    from autojudge.mining import read_mined
+
+    data = read_mined(data_dir)
+    judge, report = train_judge(data, TrainConfig(layout=layout, target_recall=target_recall,
+                                                  val_fraction=val_fraction, seed=seed), progress=progress)
+    path = judge.save(out)
+    if as_json:
+        summary = {k: v for k, v in asdict(report).items() if k != "curve"}
+        click.echo(json.dumps({"judge": str(path), **summary}, indent=2))
+        return
+    click.echo(f"judge written to {path}")
+    click.echo(f"labels: {report.train_labels} train / {report.val_labels} validation "
+               f"({report.important_fraction:.1%} important)")
+    click.echo(f"validation ROC-AUC {report.val_auc:.3f} at C={report.best_c:.0e}; threshold "
+               f"{report.threshold:.4f} rejects {report.val_recall:.1%} of important mismatches and "
+               f"accepts {report.val_acceptance:.1%} of all mismatches")

@@ -8,8 +8,6 @@ skips every index already written.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,39 +15,15 @@ import torch
 from tqdm import tqdm
 
 from autojudge.errors import AutoJudgeError
+from autojudge.jsonl import append_records, drop_torn_tail, read_records
 from autojudge.models import CausalLM
-
-
-def read_records(path: Path) -> list[dict]:
-    """Every complete record; a torn last line (a crash mid-write) is ignored."""
-    if not path.exists():
-        return []
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return records
-
-
-def _drop_torn_tail(path: Path) -> None:
-    """Cut a partial last line (left by a crash) so that appends start on a fresh line."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end != len(data):
-        with open(path, "r+b") as f:
-            f.truncate(end)
 
 
 def generate_teacher_data(target: CausalLM, prompts: Sequence[list[int]], path: Path,
                           max_new_tokens: int = 256, batch_size: int = 32,
                           progress: bool = True) -> list[dict]:
     """Greedy completions of ``prompts`` by ``target``, appended to ``path``; resumable."""
-    _drop_torn_tail(path)
+    drop_torn_tail(path)
     done: dict[int, dict] = {}  # index -> record, for the prompts asked for
     for record in read_records(path):
         i = record["index"]
@@ -85,9 +59,7 @@ def generate_teacher_data(target: CausalLM, prompts: Sequence[list[int]], path: 
                 end = next((k + 1 for k, t in enumerate(completion) if t in target.eos_token_ids),
                            len(completion))
                 done[i] = {"index": i, "prompt_ids": list(prompts[i]), "completion_ids": completion[:end]}
-                out.write(json.dumps(done[i]) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
+            append_records(out, (done[i] for i in batch))
             bar.update(len(batch))
     bar.close()
     return [done[i] for i in sorted(done)]

@@ -1,0 +1,307 @@
+"""Mining important mismatches, self-supervised (ALGORITHM.md section 1).
+
+For each prompt: the target answers greedily (the reference); then, at each mismatch
+between the draft's greedy token and the current sequence (left to right), the draft
+token is swapped in and the target finishes the answer. If the task's result is
+unchanged the mismatch is UNIMPORTANT and the swap is kept; otherwise it is IMPORTANT and
+the target's token stays. Labels are relative to the target's own answer, not the gold.
+
+Why it is fast (against the naive loop that regenerates the whole answer per mismatch):
+- the target's KV cache of the shared prefix is reused (:class:`PrefixCache`): a
+  continuation costs only its new tokens;
+- every generation stops as soon as the result is *determined* (the final-answer line is
+  complete, the code block is closed, EOS): later tokens cannot change the result, so
+  mismatches after that point are not visited by either loop;
+- the draft's predictions come from one teacher-forced pass, kept in step with the cache;
+- features come free: the target's hidden state at the swapped-in draft token is the
+  first state of its continuation, and the draft's costs one draft token.
+``naive=True`` runs the reference loop (no reuse, generation to EOS) on the same
+positions; it yields the same labels and exists to measure the saving.
+
+Output: append-only shards, one JSONL line per prompt, written after its features file
+(``features-*/<index>.safetensors``, fp16, written atomically); the JSONL line is the
+commit. A crash loses at most the prompt in flight; re-running resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+from tqdm import tqdm
+
+from autojudge.cache import atomic_write_bytes
+from autojudge.errors import AutoJudgeError
+from autojudge.jsonl import append_records, drop_torn_tail, read_records
+from autojudge.models import CausalLM, encode_prompt
+from autojudge.prefix_cache import PrefixCache
+from autojudge.tasks import Example, Task
+
+MINING_FORMAT = "autojudge.mining/v1"
+
+
+@dataclass
+class Continuation:
+    tokens: list[int]  # generated after the prefix
+    determined_at: int  # tokens[:determined_at] fix the result (== len(tokens) when stopped early)
+    first_hidden: torch.Tensor  # [H] last-layer state at the prefix's last token
+
+
+def continue_greedily(pc: PrefixCache, prefix: list[int], prompt_len: int, task: Task,
+                      example: Example, max_new_tokens: int, stop_when_determined: bool = True
+                      ) -> Continuation:
+    """The target's greedy continuation of ``prefix`` until EOS, ``max_new_tokens``
+    generated tokens in all, or (by default) the moment the task's result is determined."""
+    lm = pc.lm
+    _, hidden = pc.extend(prefix)
+    first_hidden = hidden[-1]
+    answer = prefix[prompt_len:]
+    out: list[int] = []
+    determined_at = None
+    while len(answer) + len(out) < max_new_tokens:
+        token = int(lm.greedy(hidden[-1:][None])[0, -1])
+        out.append(token)
+        if token in lm.eos_token_ids:
+            break
+        if determined_at is None and task.determined(example, _text(lm, answer + out)):
+            determined_at = len(out)
+            if stop_when_determined:
+                break
+        hidden = pc.append([token])
+    return Continuation(out, len(out) if determined_at is None else determined_at, first_hidden)
+
+
+def _text(lm: CausalLM, ids: list[int]) -> str:
+    return lm.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+@dataclass
+class MinedPrompt:
+    record: dict  # the JSONL line (labels and costs)
+    draft_hidden: torch.Tensor  # [N, Hd] at each labelled position (the draft token swapped in)
+    target_hidden: torch.Tensor  # [N, Ht]
+
+
+def mine_example(target: CausalLM, draft: CausalLM, task: Task, example: Example,
+                 prompt_ids: list[int], max_new_tokens: int, naive: bool = False) -> MinedPrompt:
+    """The semi-greedy search of ALGORITHM.md section 1 for one prompt."""
+    start_time = time.perf_counter()
+    tpc, dpc = PrefixCache(target), PrefixCache(draft, track_greedy=True)
+    P = len(prompt_ids)
+    ref = continue_greedily(tpc, prompt_ids, P, task, example, max_new_tokens, not naive)
+    cur = prompt_ids + ref.tokens
+    end = P + ref.determined_at  # positions in [P, end) can change the result
+    reference = task.result(example, _text(target, cur[P:end]))
+    labels, draft_states, target_states = [], [], []
+    left = P
+    while left < end:
+        dpc.extend(cur[: end - 1])
+        drafted = torch.tensor(dpc.predictions[left - 1: end - 1])  # [end - left] draft greedy
+        differs = (drafted != torch.tensor(cur[left:end])).nonzero()
+        if len(differs) == 0:
+            break
+        i = left + int(differs[0])
+        draft_token = int(drafted[i - left])
+        if naive:
+            tpc.reset()
+        alt = continue_greedily(tpc, cur[:i] + [draft_token], P, task, example, max_new_tokens, not naive)
+        _, draft_hidden = dpc.extend(cur[:i] + [draft_token])
+        alt_end = i + 1 + alt.determined_at
+        alt_cur = cur[:i] + [draft_token] + alt.tokens
+        important = not task.same(task.result(example, _text(target, alt_cur[P:alt_end])), reference)
+        labels.append({"pos": i - P, "draft_token": draft_token, "target_token": cur[i],
+                       "important": important})
+        draft_states.append(draft_hidden[-1])
+        target_states.append(alt.first_hidden)
+        if not important:
+            cur, end = alt_cur, alt_end
+        left = i + 1
+    empty = torch.empty(0)
+    record = {
+        "example_id": example.id, "prompt_len": P, "reference_result": _jsonable(reference),
+        "reference_tokens": ref.determined_at, "final_ids": cur[P:end], "labels": labels,
+        "num_important": sum(label["important"] for label in labels),
+        "target_forward_tokens": tpc.tokens_fed, "draft_forward_tokens": dpc.tokens_fed,
+        "seconds": round(time.perf_counter() - start_time, 3),
+    }
+    return MinedPrompt(
+        record,
+        torch.stack(draft_states).half() if draft_states else empty.reshape(0, draft.hidden_size).half(),
+        torch.stack(target_states).half() if target_states else empty.reshape(0, target.hidden_size).half(),
+    )
+
+
+def _jsonable(value):
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        return repr(value)
+
+
+# ---------------------------------------------------------------------------- shards
+
+def shard_name(shard_id: int, num_shards: int) -> str:
+    return f"shard-{shard_id:05d}-of-{num_shards:05d}"
+
+
+def _check_manifest(out_dir: Path, manifest: dict) -> None:
+    """All shards of a mining directory share one manifest (models, task, budget)."""
+    path = out_dir / "mining.json"
+    if path.exists():
+        existing = json.loads(path.read_text())
+        if existing != manifest:
+            diff = {k: (existing.get(k), manifest.get(k)) for k in manifest if existing.get(k) != manifest.get(k)}
+            raise AutoJudgeError(f"{out_dir} was mined with other settings {diff} (was, now); "
+                                 "use another --out directory or the same settings to resume")
+    else:
+        atomic_write_bytes(path, json.dumps(manifest, indent=2).encode())
+
+
+def mine(target: CausalLM, draft: CausalLM, task: Task, examples: list[Example], out_dir: Path,
+         split: str, num_shards: int = 1, shard_id: int = 0, max_new_tokens: int | None = None,
+         naive: bool = False, progress: bool = True) -> dict:
+    """Mine ``examples[i]`` for every ``i % num_shards == shard_id`` into ``out_dir``; resumable.
+    Returns a summary (prompts, labels, important fraction, cost per prompt)."""
+    if not 0 <= shard_id < num_shards:
+        raise AutoJudgeError(f"--shard-id must be in [0, {num_shards}) (got {shard_id})")
+    max_new_tokens = max_new_tokens or task.max_new_tokens
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_manifest(out_dir, {
+        "format": MINING_FORMAT, "task": task.name, "split": split, "target": target.name,
+        "target_hidden_size": target.hidden_size, "draft": draft.name,
+        "draft_hidden_size": draft.hidden_size, "max_new_tokens": max_new_tokens,
+        "naive": naive, "num_examples": len(examples),
+    })
+    name = shard_name(shard_id, num_shards)
+    labels_path, features_dir = out_dir / f"{name}.jsonl", out_dir / f"{name}.features"
+    features_dir.mkdir(exist_ok=True)
+    drop_torn_tail(labels_path)
+    done = {r["index"]: r for r in read_records(labels_path)}
+    mine_ids = [i for i in range(shard_id, len(examples), num_shards)]
+    todo = [i for i in mine_ids if i not in done]
+    stats = _Stats(list(done.values()))
+    bar = tqdm(total=len(mine_ids), initial=len(mine_ids) - len(todo), desc=f"mining {name}",
+               unit="prompt", disable=not progress, dynamic_ncols=True)
+    bar.set_postfix(stats.postfix())
+    with open(labels_path, "a", encoding="utf-8") as out, torch.inference_mode():
+        for i in todo:
+            example = examples[i]
+            prompt_ids = encode_prompt(target.tokenizer, task.prompt(example), system=task.system)
+            mined = mine_example(target, draft, task, example, prompt_ids, max_new_tokens, naive)
+            record = {"index": i, **mined.record}
+            atomic_write_bytes(features_dir / f"{i:06d}.safetensors", save(
+                {"draft_hidden": mined.draft_hidden.contiguous(), "target_hidden": mined.target_hidden.contiguous()}))
+            append_records(out, [record])
+            stats.add(record)
+            bar.update(1)
+            bar.set_postfix(stats.postfix())
+    bar.close()
+    return {"shard": name, **stats.summary()}
+
+
+class _Stats:
+    def __init__(self, records: list[dict]):
+        self.records = []
+        for r in records:
+            self.add(r)
+
+    def add(self, record: dict) -> None:
+        self.records.append(record)
+
+    def postfix(self) -> dict:
+        labels = sum(len(r["labels"]) for r in self.records)
+        important = sum(r["num_important"] for r in self.records)
+        return {"labels": labels, "important": f"{important / max(labels, 1):.0%}"}
+
+    def summary(self) -> dict:
+        n = max(len(self.records), 1)
+        labels = sum(len(r["labels"]) for r in self.records)
+        return {
+            "prompts": len(self.records), "labels": labels,
+            "important_fraction": sum(r["num_important"] for r in self.records) / max(labels, 1),
+            "target_forward_tokens_per_prompt": sum(r["target_forward_tokens"] for r in self.records) / n,
+            "seconds_per_prompt": sum(r["seconds"] for r in self.records) / n,
+        }
+
+
+# ---------------------------------------------------------------------------- reading
+
+@dataclass
+class MinedDataset:
+    """Every label of a mining directory, in prompt order."""
+
+    labels: list[dict]  # {"index", "example_id", "pos", "draft_token", "target_token", "important"}
+    draft_hidden: torch.Tensor  # [N, Hd] fp16
+    target_hidden: torch.Tensor  # [N, Ht] fp16
+    manifest: dict
+
+    @property
+    def important(self) -> torch.Tensor:  # [N] bool
+        return torch.tensor([label["important"] for label in self.labels], dtype=torch.bool)
+
+    @property
+    def prompt_index(self) -> torch.Tensor:  # [N] int64: which prompt each label came from
+        return torch.tensor([label["index"] for label in self.labels], dtype=torch.long)
+
+
+def read_mined(out_dir: Path) -> MinedDataset:
+    """Join all shards of ``out_dir`` (or read its merged ``dataset.*`` when present)."""
+    out_dir = Path(out_dir)
+    manifest_path = out_dir / "mining.json"
+    if not manifest_path.exists():
+        raise AutoJudgeError(f"{out_dir} is not a mining directory (no mining.json); "
+                             "run `autojudge-trt mine --out DIR` first")
+    manifest = json.loads(manifest_path.read_text())
+    shard_files = sorted(out_dir.glob("shard-*.jsonl"))
+    merged = out_dir / "dataset.safetensors"
+    if not shard_files and merged.exists():
+        tensors = load_file(merged)
+        labels = read_records(out_dir / "dataset.jsonl")
+        if len(labels) != tensors["target_hidden"].shape[0]:
+            raise AutoJudgeError(f"{out_dir}/dataset.* disagree: merge again")
+        return MinedDataset(labels, tensors["draft_hidden"], tensors["target_hidden"], manifest)
+    if not shard_files:
+        raise AutoJudgeError(f"{out_dir} has no shards yet: run `autojudge-trt mine --out {out_dir}`")
+    by_index: dict[int, tuple[dict, Path]] = {}
+    for path in shard_files:
+        for record in read_records(path):
+            if record["index"] in by_index:
+                raise AutoJudgeError(f"prompt {record['index']} is in both {by_index[record['index']][1].name} "
+                                     f"and {path.name}: shards of different --num-shards were mixed")
+            by_index[record["index"]] = (record, path)
+    labels, draft_parts, target_parts = [], [], []
+    for index in sorted(by_index):
+        record, path = by_index[index]
+        features_path = path.with_suffix(".features") / f"{index:06d}.safetensors"
+        try:
+            tensors = load_file(features_path)
+        except (FileNotFoundError, OSError) as exc:
+            raise AutoJudgeError(f"{features_path} is missing or unreadable ({exc}); delete line of "
+                                 f"prompt {index} in {path} and re-run mining to recompute it") from exc
+        if tensors["target_hidden"].shape[0] != len(record["labels"]):
+            raise AutoJudgeError(f"{features_path} has {tensors['target_hidden'].shape[0]} rows for "
+                                 f"{len(record['labels'])} labels")
+        labels += [{"index": index, "example_id": record["example_id"], **label} for label in record["labels"]]
+        draft_parts.append(tensors["draft_hidden"])
+        target_parts.append(tensors["target_hidden"])
+    return MinedDataset(labels, torch.cat(draft_parts), torch.cat(target_parts), manifest)
+
+
+def merge(out_dir: Path, dest: Path) -> MinedDataset:
+    """Join the shards of ``out_dir`` into ``dest``: mining.json, dataset.jsonl (one label
+    per line) and dataset.safetensors (written last: its presence marks a complete merge)."""
+    data = read_mined(out_dir)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "dataset.safetensors").unlink(missing_ok=True)
+    atomic_write_bytes(dest / "mining.json", json.dumps(data.manifest, indent=2).encode())
+    lines = "".join(json.dumps(label, separators=(",", ":")) + "\n" for label in data.labels)
+    atomic_write_bytes(dest / "dataset.jsonl", lines.encode())
+    atomic_write_bytes(dest / "dataset.safetensors", save(
+        {"draft_hidden": data.draft_hidden.contiguous(), "target_hidden": data.target_hidden.contiguous()}))
+    return data
