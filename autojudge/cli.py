@@ -305,10 +305,13 @@ def _load_pair(target: str, draft: str | None, dtype: str = "float32", device: s
 @click.option("--naive", is_flag=True,
               help="The reference loop (regenerate the whole answer per mismatch, no KV reuse, no "
                    "early stop), to measure what the fast loop saves. Same labels, far slower.")
+@click.option("--lookahead", type=click.IntRange(0, 64), default=8, show_default=True,
+              help="Verify this many tokens of the pre-swap answer per target forward when "
+                   "continuing after a swap (same labels; 0 = one token per forward).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def mine(task_spec, split, limit, offset, target, draft, dtype, device, out, num_shards, shard_id,
-         max_new_tokens, naive, as_json, progress):
+         max_new_tokens, naive, lookahead, as_json, progress):
     """Label the draft's mismatches important or not, self-supervised (AutoJudge mining).
 
     \b
@@ -330,7 +333,7 @@ def mine(task_spec, split, limit, offset, target, draft, dtype, device, out, num
     target_lm, draft_lm = _load_pair(target, draft, dtype, device)
     summary = run_mining(target_lm, draft_lm, task, examples, out, split=f"{split}[{offset}:{offset + len(examples)}]",
                          num_shards=num_shards, shard_id=shard_id, max_new_tokens=max_new_tokens,
-                         naive=naive, progress=progress)
+                         naive=naive, lookahead=lookahead, progress=progress)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:

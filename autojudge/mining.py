@@ -13,6 +13,9 @@ Why it is fast (against the naive loop that regenerates the whole answer per mis
   complete, the code block is closed, EOS): later tokens cannot change the result, so
   mismatches after that point are not visited by either loop;
 - the draft's predictions come from one teacher-forced pass, kept in step with the cache;
+- continuations are verified several tokens per target forward against the answer
+  before the swap (prompt-lookup speculation, ``lookahead``): the target mostly rewrites
+  it, so a continuation of 100 tokens takes ~15 forwards instead of 100, same tokens;
 - features come free: the target's hidden state at the swapped-in draft token is the
   first state of its continuation, and the draft's costs one draft token.
 ``naive=True`` runs the reference loop (no reuse, generation to EOS) on the same
@@ -42,6 +45,7 @@ from autojudge.prefix_cache import PrefixCache
 from autojudge.tasks import Example, Task
 
 MINING_FORMAT = "autojudge.mining/v1"
+DEFAULT_LOOKAHEAD = 8  # tokens of the previous answer verified per target forward
 
 
 @dataclass
@@ -52,27 +56,55 @@ class Continuation:
 
 
 def continue_greedily(pc: PrefixCache, prefix: list[int], prompt_len: int, task: Task,
-                      example: Example, max_new_tokens: int, stop_when_determined: bool = True
-                      ) -> Continuation:
+                      example: Example, max_new_tokens: int, stop_when_determined: bool = True,
+                      previous: list[int] | None = None, lookahead: int = 0) -> Continuation:
     """The target's greedy continuation of ``prefix`` until EOS, ``max_new_tokens``
-    generated tokens in all, or (by default) the moment the task's result is determined."""
+    generated tokens in all, or (by default) the moment the task's result is determined.
+
+    With ``previous`` (the sequence before a swap) and ``lookahead`` > 0, the continuation
+    is verified ``lookahead`` tokens at a time against what followed the same n-gram in
+    ``previous`` (prompt-lookup speculation): after a one-token swap the target mostly
+    re-writes its old answer, so one forward accepts many tokens. The result is still the
+    target's greedy continuation, token for token."""
     lm = pc.lm
     _, hidden = pc.extend(prefix)
     first_hidden = hidden[-1]
     answer = prefix[prompt_len:]
     out: list[int] = []
     determined_at = None
-    while len(answer) + len(out) < max_new_tokens:
-        token = int(lm.greedy(hidden[-1:][None])[0, -1])
-        out.append(token)
-        if token in lm.eos_token_ids:
-            break
-        if determined_at is None and task.determined(example, _text(lm, answer + out)):
-            determined_at = len(out)
-            if stop_when_determined:
-                break
-        hidden = pc.append([token])
-    return Continuation(out, len(out) if determined_at is None else determined_at, first_hidden)
+    if len(answer) >= max_new_tokens:
+        return Continuation(out, 0, first_hidden)
+    emit = [int(lm.greedy(hidden[-1:][None])[0, -1])]  # tokens to append; the last is not fed yet
+    while True:
+        for token in emit:
+            out.append(token)
+            if token in lm.eos_token_ids or len(answer) + len(out) >= max_new_tokens:
+                return Continuation(out, determined_at or len(out), first_hidden)
+            if determined_at is None and task.determined(example, _text(lm, answer + out)):
+                determined_at = len(out)
+                if stop_when_determined:
+                    return Continuation(out, determined_at, first_hidden)
+        guess = _lookup(previous, prefix + out, lookahead) if previous and lookahead else []
+        hidden = pc.append([emit[-1]] + guess)  # [1 + G, H]
+        greedy = lm.greedy(hidden[None])[0].tolist()  # greedy[k]: the target's token after guess[:k]
+        accepted = 0
+        while accepted < len(guess) and guess[accepted] == greedy[accepted]:
+            accepted += 1
+        pc.truncate(len(pc.tokens) - (len(guess) - accepted))
+        emit = guess[:accepted] + [greedy[accepted]]
+
+
+def _lookup(previous: list[int], context: list[int], width: int, ngram: int = 3) -> list[int]:
+    """Up to ``width`` tokens that followed the last ``ngram`` tokens of ``context`` in
+    ``previous`` (the occurrence nearest to the same position), shorter n-grams as fallback."""
+    here = len(context)
+    for n in range(ngram, 0, -1):
+        key = context[-n:]
+        starts = [j for j in range(n, len(previous)) if previous[j - n:j] == key]
+        if starts:
+            j = min(starts, key=lambda j: abs(j - here))
+            return previous[j: j + width]
+    return []
 
 
 def _text(lm: CausalLM, ids: list[int]) -> str:
@@ -87,7 +119,8 @@ class MinedPrompt:
 
 
 def mine_example(target: CausalLM, draft: CausalLM, task: Task, example: Example,
-                 prompt_ids: list[int], max_new_tokens: int, naive: bool = False) -> MinedPrompt:
+                 prompt_ids: list[int], max_new_tokens: int, naive: bool = False,
+                 lookahead: int = DEFAULT_LOOKAHEAD) -> MinedPrompt:
     """The semi-greedy search of ALGORITHM.md section 1 for one prompt."""
     start_time = time.perf_counter()
     tpc, dpc = PrefixCache(target), PrefixCache(draft, track_greedy=True)
@@ -108,7 +141,8 @@ def mine_example(target: CausalLM, draft: CausalLM, task: Task, example: Example
         draft_token = int(drafted[i - left])
         if naive:
             tpc.reset()
-        alt = continue_greedily(tpc, cur[:i] + [draft_token], P, task, example, max_new_tokens, not naive)
+        alt = continue_greedily(tpc, cur[:i] + [draft_token], P, task, example, max_new_tokens, not naive,
+                                previous=cur, lookahead=0 if naive else lookahead)
         _, draft_hidden = dpc.extend(cur[:i] + [draft_token])
         alt_end = i + 1 + alt.determined_at
         alt_cur = cur[:i] + [draft_token] + alt.tokens
@@ -125,7 +159,8 @@ def mine_example(target: CausalLM, draft: CausalLM, task: Task, example: Example
         "example_id": example.id, "prompt_len": P, "reference_result": _jsonable(reference),
         "reference_tokens": ref.determined_at, "final_ids": cur[P:end], "labels": labels,
         "num_important": sum(label["important"] for label in labels),
-        "target_forward_tokens": tpc.tokens_fed, "draft_forward_tokens": dpc.tokens_fed,
+        "target_forward_tokens": tpc.tokens_fed, "target_forward_calls": tpc.forward_calls,
+        "draft_forward_tokens": dpc.tokens_fed,
         "seconds": round(time.perf_counter() - start_time, 3),
     }
     return MinedPrompt(
@@ -164,7 +199,7 @@ def _check_manifest(out_dir: Path, manifest: dict) -> None:
 
 def mine(target: CausalLM, draft: CausalLM, task: Task, examples: list[Example], out_dir: Path,
          split: str, num_shards: int = 1, shard_id: int = 0, max_new_tokens: int | None = None,
-         naive: bool = False, progress: bool = True) -> dict:
+         naive: bool = False, lookahead: int = DEFAULT_LOOKAHEAD, progress: bool = True) -> dict:
     """Mine ``examples[i]`` for every ``i % num_shards == shard_id`` into ``out_dir``; resumable.
     Returns a summary (prompts, labels, important fraction, cost per prompt)."""
     if not 0 <= shard_id < num_shards:
@@ -192,7 +227,7 @@ def mine(target: CausalLM, draft: CausalLM, task: Task, examples: list[Example],
         for i in todo:
             example = examples[i]
             prompt_ids = encode_prompt(target.tokenizer, task.prompt(example), system=task.system)
-            mined = mine_example(target, draft, task, example, prompt_ids, max_new_tokens, naive)
+            mined = mine_example(target, draft, task, example, prompt_ids, max_new_tokens, naive, lookahead)
             record = {"index": i, **mined.record}
             atomic_write_bytes(features_dir / f"{i:06d}.safetensors", save(
                 {"draft_hidden": mined.draft_hidden.contiguous(), "target_hidden": mined.target_hidden.contiguous()}))
@@ -225,6 +260,7 @@ class _Stats:
             "prompts": len(self.records), "labels": labels,
             "important_fraction": sum(r["num_important"] for r in self.records) / max(labels, 1),
             "target_forward_tokens_per_prompt": sum(r["target_forward_tokens"] for r in self.records) / n,
+            "target_forward_calls_per_prompt": sum(r.get("target_forward_calls", 0) for r in self.records) / n,
             "seconds_per_prompt": sum(r["seconds"] for r in self.records) / n,
         }
 

@@ -19,6 +19,7 @@ class PrefixCache:
         self.cache = lm.new_cache()
         self.tokens: list[int] = []  # the tokens whose keys/values are cached
         self.tokens_fed = 0  # model forward tokens so far (the cost)
+        self.forward_calls = 0  # model forward passes so far
         # With track_greedy, predictions[k] is the model's greedy token after tokens[:k + 1]
         # (a teacher-forced pass over everything cached, kept in step with the cache).
         self.track_greedy = track_greedy
@@ -38,10 +39,14 @@ class PrefixCache:
         limit = min(len(self.tokens), len(tokens) - 1)
         while common < limit and self.tokens[common] == tokens[common]:
             common += 1
-        crop_cache(self.cache, common)
-        self.tokens = self.tokens[:common]
-        del self.predictions[common:]
+        self.truncate(common)
         return common, self.append(tokens[common:])
+
+    def truncate(self, length: int) -> None:
+        """Keep only the first ``length`` cached tokens."""
+        crop_cache(self.cache, length)
+        del self.tokens[length:]
+        del self.predictions[length:]
 
     def append(self, new: list[int]) -> torch.Tensor:
         """Feed ``new`` after everything cached -> hidden [len(new), H]."""
@@ -49,6 +54,7 @@ class PrefixCache:
         hidden = self.lm.hidden_states(ids, self.cache)[0]  # [S, H]
         self.tokens += new
         self.tokens_fed += len(new)
+        self.forward_calls += 1
         if self.track_greedy:
             self.predictions += self.lm.greedy(hidden[None])[0].tolist()
         return hidden

@@ -78,13 +78,14 @@ def brute_force(target, draft, task, example, prompt, max_new):
         left = i + 1
 
 
-def test_fast_loop_equals_brute_force_and_finds_the_planted_rule(pair):
+@pytest.mark.parametrize("lookahead", [0, 8])
+def test_fast_loop_equals_brute_force_and_finds_the_planted_rule(pair, lookahead):
     target, draft = pair
     task = FirstEightCharacters()
     seen = set()
     for example in task.load():
         prompt = encode_prompt(target.tokenizer, task.prompt(example))
-        mined = mine_example(target, draft, task, example, prompt, task.max_new_tokens)
+        mined = mine_example(target, draft, task, example, prompt, task.max_new_tokens, lookahead=lookahead)
         expected = brute_force(target, draft, task, example, prompt, task.max_new_tokens)
         assert mined.record["labels"] == expected
         assert mined.target_hidden.shape == (len(expected), target.hidden_size)
