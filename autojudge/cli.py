@@ -390,3 +390,71 @@ def train(data_dir, out, layout, target_recall, val_fraction, seed, as_json, pro
     click.echo(f"validation ROC-AUC {report.val_auc:.3f} at C={report.best_c:.0e}; threshold "
                f"{report.threshold:.4f} rejects {report.val_recall:.1%} of important mismatches and "
                f"accepts {report.val_acceptance:.1%} of all mismatches")
+
+
+def _number_list(text: str, kind, option: str) -> list:
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(f"comma-separated values, got {text!r}", param_hint=option) from exc
+
+
+@main.command("eval")
+@click.option("--task", "task_spec", default="gsm8k", show_default=True)
+@click.option("--split", default="test", show_default=True)
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@_model_options
+@click.option("--judge", "judge_path", type=click.Path(path_type=Path),
+              help="Judge artifact: adds judge runs at each --thresholds value.")
+@click.option("--window", "-w", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option("--top-k", "top_ks", default="2,4,8", show_default=True, help="K values for the top-K baseline.")
+@click.option("--thresholds", default="calibrated,0.05,0.2,0.5", show_default=True,
+              help="Judge thresholds; 'calibrated' = the artifact's own.")
+@click.option("--max-new-tokens", type=click.IntRange(8), help="[default: the task's]")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="results.jsonl (resumable), report.json and tradeoff.png go here.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def eval_command(task_spec, split, limit, offset, target, draft, dtype, device, judge_path, window,
+                 top_ks, thresholds, max_new_tokens, out, as_json, progress):
+    """Accuracy vs speed: decode a test split with target, lossless, top-K and judge runs.
+
+    \b
+    Per run: gold accuracy, agreement with the target's own answers, tau (tokens per
+    target call, bonus included), target calls per token, tokens/s. Writes
+    OUT/report.json and OUT/tradeoff.png (accuracy vs tau); interrupted runs resume.
+    """
+    from autojudge.decoding import SpeculativeDecoder
+    from autojudge.evaluation import evaluate, sweep
+    from autojudge.judge import Judge
+    from autojudge.tasks import get_task
+
+    task = get_task(task_spec)
+    judge = Judge.load(judge_path) if judge_path else None
+    thr = [None if t.strip() == "calibrated" else float(t) for t in thresholds.split(",") if t.strip()]
+    if any(t is not None and not 0 <= t <= 1 for t in thr):
+        raise click.BadParameter("thresholds must be in [0, 1] or 'calibrated'", param_hint="--thresholds")
+    runs = sweep(window, _number_list(top_ks, int, "--top-k"), thr, with_judge=judge is not None)
+    examples = task.load(split, limit=limit, offset=offset)
+    target_lm, draft_lm = _load_pair(target, draft, dtype, device)
+    report = evaluate(SpeculativeDecoder(target_lm, draft_lm, judge), task, examples, runs, out,
+                      max_new_tokens=max_new_tokens, progress=progress)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    _print_tradeoff(report)
+
+
+def _print_tradeoff(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{report['task']}: {report['examples']} examples, {report['target']} + {report['draft']}")
+    for column in ("run", "accuracy", "agrees w/ target", "tau", "target calls/token", "tokens/s"):
+        table.add_column(column, justify="left" if column == "run" else "right", no_wrap=column == "run")
+    for r in report["runs"]:
+        table.add_row(r["name"], f"{r['accuracy']:.1%}", f"{r['agreement_with_target']:.1%}", f"{r['tau']:.2f}",
+                      f"{r['target_calls_per_token']:.3f}", f"{r['tokens_per_s']:.1f}")
+    Console(stderr=False).print(table)
+    click.echo(f"plot: {report['plot']}")

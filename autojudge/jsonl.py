@@ -59,3 +59,12 @@ def append_records(f, records: Iterable[dict]) -> None:
         f.write(json.dumps(record, separators=(",", ":")) + "\n")
     f.flush()
     os.fsync(f.fileno())
+
+
+def jsonable(value):
+    """``value`` if JSON can hold it, else its repr (task results may be any hashable)."""
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        return repr(value)

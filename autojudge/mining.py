@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from autojudge.cache import atomic_write_bytes
 from autojudge.errors import AutoJudgeError
-from autojudge.jsonl import append_records, drop_torn_tail, read_records
+from autojudge.jsonl import append_records, drop_torn_tail, jsonable, read_records
 from autojudge.models import CausalLM, encode_prompt
 from autojudge.prefix_cache import PrefixCache
 from autojudge.tasks import Example, Task
@@ -156,7 +156,7 @@ def mine_example(target: CausalLM, draft: CausalLM, task: Task, example: Example
         left = i + 1
     empty = torch.empty(0)
     record = {
-        "example_id": example.id, "prompt_len": P, "reference_result": _jsonable(reference),
+        "example_id": example.id, "prompt_len": P, "reference_result": jsonable(reference),
         "reference_tokens": ref.determined_at, "final_ids": cur[P:end], "labels": labels,
         "num_important": sum(label["important"] for label in labels),
         "target_forward_tokens": tpc.tokens_fed, "target_forward_calls": tpc.forward_calls,
@@ -169,13 +169,6 @@ def mine_example(target: CausalLM, draft: CausalLM, task: Task, example: Example
         torch.stack(target_states).half() if target_states else empty.reshape(0, target.hidden_size).half(),
     )
 
-
-def _jsonable(value):
-    try:
-        json.dumps(value)
-        return value
-    except TypeError:
-        return repr(value)
 
 
 # ---------------------------------------------------------------------------- shards

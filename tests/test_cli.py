@@ -102,3 +102,41 @@ def test_domain_errors_are_one_line_exit_2(tiny_dir, tmp_path):
     assert result.exit_code == 2 and "bad draft spec 'layers:6'" in result.output
     result = CliRunner().invoke(main, ["generate", "--target", str(tiny_dir), "-p", "x"])
     assert result.exit_code == 2 and "needs --draft" in result.output
+
+
+def test_mine_train_eval_pipeline(tiny_dir, tmp_path):
+    """The whole AutoJudge pipeline through the CLI, on a tiny local checkpoint and a task
+    given by import path (only the first 8 characters of an answer matter)."""
+    models = ["--target", str(tiny_dir), "--draft", "layers:2"]
+    task = ["--task", "test_mining:FirstEightCharacters"]
+    mined = _run("mine", *task, *models, "--out", str(tmp_path / "mined"), "--max-new-tokens", "20",
+                 "--json", "--no-progress")
+    assert mined.exit_code == 0, mined.output
+    summary = json.loads(mined.stdout)
+    assert summary["prompts"] == 6 and summary["labels"] > 0 and 0 < summary["important_fraction"] < 1
+
+    merged = _run("merge", str(tmp_path / "mined"), "--out", str(tmp_path / "merged"))
+    assert merged.exit_code == 0 and f"{summary['labels']} labels from 6 prompts" in merged.output
+
+    trained = _run("train", "--data", str(tmp_path / "merged"), "--out", str(tmp_path / "judge"),
+                   "--val-fraction", "0.5", "--json", "--no-progress")
+    assert trained.exit_code == 0, trained.output
+    report = json.loads(trained.stdout)
+    assert 0 <= report["val_auc"] <= 1 and report["train_labels"] + report["val_labels"] == summary["labels"]
+    judge = Judge.load(tmp_path / "judge")
+    assert judge.meta.draft_model == f"{tiny_dir}[layers:2]" and judge.meta.extra["task"] == "first8"
+
+    evaluated = _run("eval", *task, *models, "--limit", "2", "--judge", str(tmp_path / "judge"),
+                     "--window", "4", "--top-k", "2", "--thresholds", "calibrated,0.5",
+                     "--max-new-tokens", "12", "--out", str(tmp_path / "eval"), "--no-progress")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "tradeoff.png" in evaluated.output
+    names = [r["name"] for r in json.loads((tmp_path / "eval" / "report.json").read_text())["runs"]]
+    assert names == ["target", "lossless/W4", "topk@2/W4", "judge@calibrated/W4", "judge@0.5/W4"]
+
+
+def test_mining_errors_are_clear(tiny_dir, tmp_path):
+    result = CliRunner().invoke(main, ["mine", "--task", "nope", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown task 'nope'" in result.output
+    result = CliRunner().invoke(main, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "j")])
+    assert result.exit_code == 2 and "not a mining directory" in result.output

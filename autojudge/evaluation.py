@@ -1,0 +1,156 @@
+"""The accuracy/speed trade-off: decode a test split in several modes and compare.
+
+Every run decodes every example; per run we report gold accuracy, agreement with the
+target's own answers (the target-only run), tau (tokens per target call, bonus included),
+target calls per generated token, and tokens/s. Results go to an append-only JSONL file
+(resumable: finished (run, example) pairs are not redone), a JSON report and a PNG plot of
+accuracy against tau (the shape of the AutoJudge paper's Figure 3).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from autojudge.cache import atomic_write_bytes
+from autojudge.decoding import DecodeConfig, SpeculativeDecoder
+from autojudge.jsonl import append_records, drop_torn_tail, jsonable, read_records
+from autojudge.models import encode_prompt
+from autojudge.tasks import Example, Task
+
+TARGET_RUN = "target"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One decoding configuration of the sweep."""
+
+    mode: str  # target | lossless | topk | judge
+    window: int = 8
+    top_k: int | None = None
+    threshold: float | None = None  # judge: None = the artifact's calibrated threshold
+
+    @property
+    def name(self) -> str:
+        if self.mode == "target":
+            return TARGET_RUN
+        if self.mode == "topk":
+            return f"topk@{self.top_k}/W{self.window}"
+        if self.mode == "judge":
+            thr = "calibrated" if self.threshold is None else f"{self.threshold:g}"
+            return f"judge@{thr}/W{self.window}"
+        return f"lossless/W{self.window}"
+
+    def config(self, max_new_tokens: int) -> DecodeConfig:
+        return DecodeConfig(mode=self.mode, window=self.window, max_new_tokens=max_new_tokens,
+                            top_k=self.top_k or 1, threshold=self.threshold)
+
+
+def sweep(window: int, top_ks: list[int], thresholds: list[float | None], with_judge: bool) -> list[Run]:
+    """target, lossless, topk at each K and (with a judge) judge at each threshold."""
+    runs = [Run("target"), Run("lossless", window)]
+    runs += [Run("topk", window, top_k=k) for k in top_ks]
+    if with_judge:
+        runs += [Run("judge", window, threshold=t) for t in thresholds]
+    return runs
+
+
+def evaluate(decoder: SpeculativeDecoder, task: Task, examples: list[Example], runs: list[Run],
+             out_dir: Path, max_new_tokens: int | None = None, progress: bool = True) -> dict:
+    """Decode ``examples`` with every run (resuming ``out_dir/results.jsonl``) and write
+    ``report.json`` and ``tradeoff.png``. Returns the report."""
+    if runs[0].name != TARGET_RUN:
+        runs = [Run("target"), *[r for r in runs if r.name != TARGET_RUN]]
+    max_new_tokens = max_new_tokens or task.max_new_tokens
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "results.jsonl"
+    drop_torn_tail(path)
+    done = {(r["run"], r["example_id"]): r for r in read_records(path)}
+    tokenizer = decoder.target.tokenizer
+    total = len(runs) * len(examples)
+    bar = tqdm(total=total, initial=sum((run.name, e.id) in done for run in runs for e in examples),
+               desc="evaluating", unit="run", disable=not progress, dynamic_ncols=True)
+    with open(path, "a", encoding="utf-8") as f:
+        for example in examples:  # example-major: an interrupted sweep has whole examples done
+            prompt_ids = encode_prompt(tokenizer, task.prompt(example), system=task.system)
+            for run in runs:
+                if (run.name, example.id) in done:
+                    continue
+                result = decoder.generate(prompt_ids, run.config(max_new_tokens))
+                answer = task.result(example, result.text)
+                m = result.metrics
+                record = {"run": run.name, "example_id": example.id, "result": jsonable(answer),
+                          "correct": bool(task.is_correct(example, result.text)),
+                          "tokens": m.num_generated_tokens, "target_calls": m.num_target_calls,
+                          "accepted_mismatches": m.num_accepted_mismatches, "seconds": m.wall_time_s}
+                done[(run.name, example.id)] = record
+                append_records(f, [record])
+                bar.update(1)
+    bar.close()
+    report = summarize(runs, examples, done, task)
+    report["task"] = task.name
+    report["target"], report["draft"] = decoder.target.name, decoder.draft.name if decoder.draft else None
+    report["max_new_tokens"] = max_new_tokens
+    atomic_write_bytes(out_dir / "report.json", json.dumps(report, indent=2).encode())
+    plot_tradeoff(report, out_dir / "tradeoff.png")
+    report["plot"] = str(out_dir / "tradeoff.png")
+    return report
+
+
+def summarize(runs: list[Run], examples: list[Example], done: dict, task: Task) -> dict:
+    reference = {e.id: done[(TARGET_RUN, e.id)]["result"] for e in examples}
+    rows = []
+    for run in runs:
+        records = [done[(run.name, e.id)] for e in examples]
+        tokens = sum(r["tokens"] for r in records)
+        calls = sum(r["target_calls"] for r in records)
+        seconds = sum(r["seconds"] for r in records)
+        rows.append({
+            **asdict(run), "name": run.name, "examples": len(records),
+            "accuracy": sum(r["correct"] for r in records) / len(records),
+            "agreement_with_target": sum(task.same(r["result"], reference[e.id])
+                                         for r, e in zip(records, examples)) / len(records),
+            "tau": tokens / calls if calls else 0.0,
+            "target_calls_per_token": calls / tokens if tokens else 0.0,
+            "tokens_per_s": tokens / seconds if seconds else 0.0,
+            "accepted_mismatches": sum(r["accepted_mismatches"] for r in records),
+        })
+    return {"runs": rows, "examples": len(examples)}
+
+
+def plot_tradeoff(report: dict, path: Path) -> None:
+    """Accuracy vs tau: AutoJudge (one point per threshold) against top-K and lossless."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["runs"]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    target = next(r for r in rows if r["mode"] == "target")
+    ax.axhline(100 * target["accuracy"], color="grey", ls=":", lw=1, label="target alone (greedy)")
+    for mode, style, label in (("judge", "o-", "AutoJudge (threshold)"), ("topk", "s--", "top-K (K)")):
+        pts = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["tau"])
+        if pts:
+            ax.plot([r["tau"] for r in pts], [100 * r["accuracy"] for r in pts], style, label=label)
+            for r in pts:
+                tag = r["top_k"] if mode == "topk" else ("cal." if r["threshold"] is None else f"{r['threshold']:g}")
+                ax.annotate(str(tag), (r["tau"], 100 * r["accuracy"]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7)
+    for r in rows:
+        if r["mode"] == "lossless":
+            ax.plot(r["tau"], 100 * r["accuracy"], "k*", ms=12, label=f"lossless (W={r['window']})")
+    ax.set_xlabel("accepted tokens per target call (tau, bonus token included)")
+    ax.set_ylabel(f"{report.get('task', 'task')} accuracy (%)")
+    ax.set_title(f"{report.get('target')} + {report.get('draft')}: accuracy vs speed-up "
+                 f"({report['examples']} examples)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)

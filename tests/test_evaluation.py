@@ -1,0 +1,56 @@
+"""The trade-off sweep: runs, report, plot and resume, on tiny models."""
+
+import json
+
+import pytest
+import torch
+
+from autojudge.decoding import SpeculativeDecoder
+from autojudge.evaluation import Run, evaluate, sweep
+from autojudge.judge import Judge, JudgeMetadata
+
+from conftest import perturbed, tiny_model
+from test_mining import FirstEightCharacters
+
+
+@pytest.fixture(scope="module")
+def pair(make_lm):
+    target = tiny_model(0, layers=2)
+    return make_lm(target, "tiny-target"), make_lm(perturbed(target, 0.6, seed=1), "tiny-draft")
+
+
+def constant_judge(target, draft, bias: float) -> Judge:
+    """p(important) = sigmoid(bias) everywhere: bias >> 0 accepts no mismatch, << 0 all."""
+    meta = JudgeMetadata(target.name, target.hidden_size, draft.name, draft.hidden_size, threshold=0.5)
+    return Judge(torch.zeros(meta.num_features), bias, meta)
+
+
+def test_sweep_report_plot_and_resume(pair, tmp_path, monkeypatch):
+    target, draft = pair
+    task = FirstEightCharacters()
+    examples = task.load()[:3]
+    decoder = SpeculativeDecoder(target, draft, constant_judge(target, draft, bias=-20.0))
+    runs = sweep(window=4, top_ks=[3], thresholds=[None, 0.0], with_judge=True)
+    assert [r.name for r in runs] == ["target", "lossless/W4", "topk@3/W4", "judge@calibrated/W4", "judge@0/W4"]
+    report = evaluate(decoder, task, examples, runs, tmp_path, max_new_tokens=16, progress=False)
+    rows = {r["name"]: r for r in report["runs"]}
+    assert rows["lossless/W4"]["agreement_with_target"] == 1.0
+    assert rows["judge@0/W4"]["agreement_with_target"] == 1.0  # p = 2e-9 > 0: accepts nothing
+    assert rows["judge@0/W4"]["tau"] == pytest.approx(rows["lossless/W4"]["tau"])
+    accept_all = rows["judge@calibrated/W4"]  # p <= 0.5 everywhere: every draft token accepted
+    assert accept_all["tau"] > rows["lossless/W4"]["tau"] and accept_all["accepted_mismatches"] > 0
+    assert rows["target"]["tau"] == 1.0 and rows["target"]["target_calls_per_token"] == 1.0
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["runs"] == report["runs"]
+    assert (tmp_path / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    calls = []
+    monkeypatch.setattr(decoder, "generate", lambda *a, **k: calls.append(a) or pytest.fail("recomputed"))
+    again = evaluate(decoder, task, examples, runs, tmp_path, max_new_tokens=16, progress=False)
+    assert again["runs"] == report["runs"] and not calls
+
+
+def test_run_names_and_configs():
+    assert Run("judge", 8, threshold=0.25).config(64).threshold == 0.25
+    assert Run("topk", 4, top_k=8).config(64).top_k == 8
+    assert Run("judge", 8).name == "judge@calibrated/W8"
