@@ -458,3 +458,48 @@ def _print_tradeoff(report: dict) -> None:
                       f"{r['target_calls_per_token']:.3f}", f"{r['tokens_per_s']:.1f}")
     Console(stderr=False).print(table)
     click.echo(f"plot: {report['plot']}")
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/quickstart"),
+              show_default=True, help="Everything goes here; re-running resumes each step.")
+@click.option("--mine-prompts", type=click.IntRange(2), default=2, show_default=True,
+              help="GSM8K train questions to mine (about 4 minutes each on 2 CPU cores).")
+@click.option("--eval-prompts", type=click.IntRange(1), default=3, show_default=True,
+              help="GSM8K test questions to evaluate on (5 runs each).")
+@click.option("--window", "-w", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(8), default=256, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def quickstart(out, mine_prompts, eval_prompts, window, max_new_tokens, progress):
+    """The whole AutoJudge pipeline on the embedded default pair, in about 15 minutes on
+    2 CPU cores: mine GSM8K train questions, train the judge, evaluate on GSM8K test.
+
+    \b
+    The defaults are sized for a first look at every step, not for a good judge: the
+    paper mines thousands of prompts. Scale up with --mine-prompts/--eval-prompts, or run
+    the steps yourself: autojudge-trt mine / train / eval (see README).
+    """
+    from autojudge.decoding import SpeculativeDecoder
+    from autojudge.evaluation import Run, evaluate
+    from autojudge.judge_training import TrainConfig, train_judge
+    from autojudge.mining import mine as run_mining
+    from autojudge.mining import read_mined
+    from autojudge.tasks import get_task
+
+    task = get_task("gsm8k")
+    target_lm, draft_lm = _load_pair("embedded", None)
+    _status(f"[1/3] mining {mine_prompts} GSM8K train questions -> {out / 'mined'}")
+    summary = run_mining(target_lm, draft_lm, task, task.load("train", limit=mine_prompts), out / "mined",
+                         split=f"train[0:{mine_prompts}]", max_new_tokens=max_new_tokens, progress=progress)
+    _status(f"      {summary['labels']} labels, {summary['important_fraction']:.0%} important")
+    _status(f"[2/3] training the judge -> {out / 'judge'}")
+    judge, report = train_judge(read_mined(out / "mined"), TrainConfig(val_fraction=0.5), progress=progress)
+    judge.save(out / "judge")
+    _status(f"      validation ROC-AUC {report.val_auc:.3f}, threshold {report.threshold:.3f} "
+            f"(rejects {report.val_recall:.0%} of important mismatches, accepts {report.val_acceptance:.0%})")
+    _status(f"[3/3] evaluating on {eval_prompts} GSM8K test questions -> {out / 'eval'}")
+    runs = [Run("target"), Run("lossless", window), Run("topk", window, top_k=4),
+            Run("judge", window), Run("judge", window, threshold=0.5)]
+    result = evaluate(SpeculativeDecoder(target_lm, draft_lm, judge), task, task.load("test", limit=eval_prompts),
+                      runs, out / "eval", max_new_tokens=max_new_tokens, progress=progress)
+    _print_tradeoff(result)
