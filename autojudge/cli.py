@@ -463,9 +463,9 @@ def _print_tradeoff(report: dict) -> None:
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/quickstart"),
               show_default=True, help="Everything goes here; re-running resumes each step.")
-@click.option("--mine-prompts", type=click.IntRange(2), default=2, show_default=True,
-              help="GSM8K train questions to mine (about 4 minutes each on 2 CPU cores).")
-@click.option("--eval-prompts", type=click.IntRange(1), default=3, show_default=True,
+@click.option("--mine-prompts", type=click.IntRange(2), default=3, show_default=True,
+              help="GSM8K train questions to mine (2-3 minutes each on 2 CPU cores).")
+@click.option("--eval-prompts", type=click.IntRange(1), default=4, show_default=True,
               help="GSM8K test questions to evaluate on (5 runs each).")
 @click.option("--window", "-w", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(8), default=256, show_default=True)

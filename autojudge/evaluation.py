@@ -122,34 +122,41 @@ def summarize(runs: list[Run], examples: list[Example], done: dict, task: Task) 
 
 
 def plot_tradeoff(report: dict, path: Path) -> None:
-    """Accuracy vs tau: AutoJudge (one point per threshold) against top-K and lossless."""
+    """Accuracy (gold) and agreement with the target's own answers, each against tau:
+    AutoJudge (one point per threshold) beside top-K (one per K) and lossless."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = report["runs"]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    target = next(r for r in rows if r["mode"] == "target")
-    ax.axhline(100 * target["accuracy"], color="grey", ls=":", lw=1, label="target alone (greedy)")
-    for mode, style, label in (("judge", "o-", "AutoJudge (threshold)"), ("topk", "s--", "top-K (K)")):
-        pts = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["tau"])
-        if pts:
-            ax.plot([r["tau"] for r in pts], [100 * r["accuracy"] for r in pts], style, label=label)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=120)
+    panels = (("accuracy", f"{report.get('task', 'task')} accuracy vs gold (%)"),
+              ("agreement_with_target", "same result as the target alone (%)"))
+    for ax, (key, ylabel) in zip(axes, panels):
+        target = next(r for r in rows if r["mode"] == "target")
+        ax.axhline(100 * target[key], color="grey", ls=":", lw=1, label="target alone (greedy)")
+        for mode, style, label in (("judge", "o-", "AutoJudge (threshold)"), ("topk", "s--", "top-K (K)")):
+            pts = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["tau"])
+            if not pts:
+                continue
+            ax.plot([r["tau"] for r in pts], [100 * r[key] for r in pts], style, label=label)
             for r in pts:
                 tag = r["top_k"] if mode == "topk" else ("cal." if r["threshold"] is None else f"{r['threshold']:g}")
-                ax.annotate(str(tag), (r["tau"], 100 * r["accuracy"]), textcoords="offset points",
+                ax.annotate(str(tag), (r["tau"], 100 * r[key]), textcoords="offset points",
                             xytext=(4, 4), fontsize=7)
-    for r in rows:
-        if r["mode"] == "lossless":
-            ax.plot(r["tau"], 100 * r["accuracy"], "k*", ms=12, label=f"lossless (W={r['window']})")
-    ax.set_xlabel("accepted tokens per target call (tau, bonus token included)")
-    ax.set_ylabel(f"{report.get('task', 'task')} accuracy (%)")
-    ax.set_title(f"{report.get('target')} + {report.get('draft')}: accuracy vs speed-up "
-                 f"({report['examples']} examples)", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+        for r in rows:
+            if r["mode"] == "lossless":
+                ax.plot(r["tau"], 100 * r[key], "k*", ms=12, label=f"lossless (W={r['window']})")
+        ax.set_xlabel("accepted tokens per target call (tau, bonus included)")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(-5, 105)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.suptitle(f"{report.get('target')} + {report.get('draft')}: quality vs tokens per target call "
+                 f"({report['examples']} examples)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp)
     plt.close(fig)
