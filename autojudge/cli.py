@@ -331,7 +331,7 @@ def mine(task_spec, split, limit, offset, target, draft, dtype, device, out, num
     if not examples:
         raise click.UsageError(f"no examples in {task.name} split {split!r} at offset {offset}")
     target_lm, draft_lm = _load_pair(target, draft, dtype, device)
-    summary = run_mining(target_lm, draft_lm, task, examples, out, split=f"{split}[{offset}:{offset + len(examples)}]",
+    summary = run_mining(target_lm, draft_lm, task, examples, out, split=f"{split}@{offset}",
                          num_shards=num_shards, shard_id=shard_id, max_new_tokens=max_new_tokens,
                          naive=naive, lookahead=lookahead, progress=progress)
     if as_json:
@@ -490,7 +490,7 @@ def quickstart(out, mine_prompts, eval_prompts, window, max_new_tokens, progress
     target_lm, draft_lm = _load_pair("embedded", None)
     _status(f"[1/3] mining {mine_prompts} GSM8K train questions -> {out / 'mined'}")
     summary = run_mining(target_lm, draft_lm, task, task.load("train", limit=mine_prompts), out / "mined",
-                         split=f"train[0:{mine_prompts}]", max_new_tokens=max_new_tokens, progress=progress)
+                         split="train@0", max_new_tokens=max_new_tokens, progress=progress)
     _status(f"      {summary['labels']} labels, {summary['important_fraction']:.0%} important")
     _status(f"[2/3] training the judge -> {out / 'judge'}")
     judge, report = train_judge(read_mined(out / "mined"), TrainConfig(val_fraction=0.5), progress=progress)

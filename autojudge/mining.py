@@ -203,8 +203,8 @@ def mine(target: CausalLM, draft: CausalLM, task: Task, examples: list[Example],
         "format": MINING_FORMAT, "task": task.name, "split": split, "target": target.name,
         "target_hidden_size": target.hidden_size, "draft": draft.name,
         "draft_hidden_size": draft.hidden_size, "max_new_tokens": max_new_tokens,
-        "naive": naive, "num_examples": len(examples),
-    })
+        "naive": naive,
+    })  # the number of examples may grow between runs: more prompts extend the same directory
     name = shard_name(shard_id, num_shards)
     labels_path, features_dir = out_dir / f"{name}.jsonl", out_dir / f"{name}.features"
     features_dir.mkdir(exist_ok=True)
