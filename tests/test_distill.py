@@ -15,7 +15,7 @@ from autojudge.distill import (
 )
 from autojudge.errors import AutoJudgeError, ModelLoadError
 from autojudge.models import load_draft
-from autojudge.teacher import generate_teacher_data, read_records
+from autojudge.teacher import generate_teacher_data
 from conftest import tiny_model
 
 PROMPTS = [[1, 504, 3458 + i, 314, 253, 1345 + 7 * i, 28] for i in range(10)]
