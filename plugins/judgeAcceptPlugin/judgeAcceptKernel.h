@@ -1,0 +1,33 @@
+/*
+ * Entry points of the judge-accept kernel: the CUDA launch (judgeAcceptKernel.cu) and the
+ * same per-sequence rule compiled for the host (judgeAcceptHost.cpp), which the tests call
+ * through ctypes and compare with the PyTorch oracle.
+ */
+#pragma once
+
+#include "judgeAcceptRule.h"
+
+#if defined(__CUDACC__) || defined(AUTOJUDGE_WITH_CUDA_RUNTIME)
+#include <cuda_runtime_api.h>
+
+namespace autojudge
+{
+//! Default threads per block (one block per sequence; warps share out each round's positions).
+constexpr int32_t kJudgeAcceptThreads = 1024;
+
+//! Launch on `stream` with `threads` per block (a multiple of 32 up to 1024; 0 = default);
+//! returns cudaErrorInvalidValue for unusable arguments.
+cudaError_t launchJudgeAccept(JudgeAcceptArgs const& args, cudaStream_t stream, int32_t threads = 0);
+} // namespace autojudge
+#endif
+
+extern "C"
+{
+    //! Host build of the rule: 0 on success, else a message for the invalid argument (static storage).
+    char const* autojudgeJudgeAcceptHost(autojudge::JudgeAcceptArgs const* args);
+
+#if defined(__CUDACC__) || defined(AUTOJUDGE_WITH_CUDA_RUNTIME)
+    //! C entry point for the CUDA launch (ctypes, benchmarks): returns the cudaError_t as int.
+    int autojudgeJudgeAcceptLaunch(autojudge::JudgeAcceptArgs const* args, void* stream, int32_t threads);
+#endif
+}

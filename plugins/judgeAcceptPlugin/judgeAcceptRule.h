@@ -1,0 +1,375 @@
+/*
+ * The AutoJudge acceptance rule for one sequence, written once for the host and the GPU.
+ *
+ * ALGORITHM.md section 4 (the oracle is autojudge/acceptance.py):
+ *   ok_k = (d_k == t_k) or (sigmoid(w . [h_draft_k ; h_target_k] + b) <= threshold)
+ *   n    = length of the leading run of ok
+ *   emit d_0 .. d_{n-1}, then t_n (correction when n < W, bonus when n == W)
+ *
+ * The scan is cooperative: a "team" (one CUDA block on the GPU, one thread on the host)
+ * evaluates mismatched positions in rounds of team.groups() positions (one warp each on the
+ * GPU), then the team's first thread walks the round in order and stops at the first
+ * rejection. Judge dot products are computed only at mismatches, and never past the round
+ * that holds the first rejection. Everything here is plain C++ apart from the marked loads.
+ */
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#define AJ_HD __host__ __device__ __forceinline__
+#define AJ_HD_TEMPLATE_CHECK _Pragma("nv_exec_check_disable")
+#define AJ_UNROLL _Pragma("unroll")
+#else
+#define AJ_HD inline
+#define AJ_HD_TEMPLATE_CHECK
+#define AJ_UNROLL
+#endif
+
+namespace autojudge
+{
+
+//! Element type of the hidden-state inputs (draft and target share one).
+enum class HiddenType : int32_t
+{
+    kFLOAT = 0,
+    kHALF = 1,
+    kBF16 = 2,
+};
+
+//! Probability written at positions the judge did not evaluate (matches, or past the rejection).
+constexpr float kNotEvaluated = -1.0F;
+
+//! Most positions one round evaluates at once (one per warp: 1024 threads / 32).
+constexpr int32_t kMaxRoundSize = 32;
+
+//! Everything one launch reads and writes. Pointers are device pointers on the GPU.
+struct JudgeAcceptArgs
+{
+    // Inputs
+    int32_t const* draftTokens;  //!< [B, W]
+    int32_t const* targetTokens; //!< [B, W+1]
+    void const* draftHidden;     //!< [B, W, Hd], hiddenType; unused when Hd == 0
+    void const* targetHidden;    //!< [B, W, Ht], hiddenType
+    float const* weight;         //!< [Hd + Ht], the scaler already folded in
+    float const* bias;           //!< [1]
+    float const* threshold;      //!< [B], one per sequence
+    // Outputs
+    int32_t* numAccepted;  //!< [B], n in 0..W
+    int32_t* nextTokens;   //!< [B], t_n
+    float* probabilities;  //!< [B, W], judge probability where evaluated, else kNotEvaluated
+    // Shapes
+    int32_t batch;
+    int32_t window;
+    int32_t draftHiddenSize;
+    int32_t targetHiddenSize;
+    HiddenType hiddenType;
+};
+
+//! Raw storage of the 16-bit types, so that the host build needs no CUDA headers.
+struct Half16
+{
+    uint16_t bits;
+};
+struct BFloat16
+{
+    uint16_t bits;
+};
+
+AJ_HD float toFloat(float x)
+{
+    return x;
+}
+
+AJ_HD float toFloat(BFloat16 x)
+{
+    uint32_t const u = static_cast<uint32_t>(x.bits) << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+AJ_HD float toFloat(Half16 x)
+{
+#if defined(__CUDA_ARCH__)
+    return __half2float(__ushort_as_half(x.bits));
+#else
+    uint32_t const sign = static_cast<uint32_t>(x.bits & 0x8000U) << 16;
+    uint32_t const exponent = (x.bits >> 10) & 0x1FU;
+    uint32_t const mantissa = x.bits & 0x3FFU;
+    if (exponent == 0) // zero or subnormal: mantissa * 2^-24
+    {
+        float const magnitude = std::ldexp(static_cast<float>(mantissa), -24);
+        return sign ? -magnitude : magnitude;
+    }
+    uint32_t const bits = exponent == 0x1FU ? (sign | 0x7F800000U | (mantissa << 13))  // inf, nan
+                                            : (sign | ((exponent + 112U) << 23) | (mantissa << 13));
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+#endif
+}
+
+//! Copy 8 consecutive elements starting at `src` (16-byte aligned) as 16-byte vector loads.
+template <typename T>
+AJ_HD void load8(T const* src, T (&dst)[8])
+{
+    static_assert(sizeof(T) * 8 % 16 == 0, "8 elements must be whole 16-byte vectors");
+#if defined(__CUDA_ARCH__)
+    auto const* in = reinterpret_cast<uint4 const*>(src);
+    auto* out = reinterpret_cast<uint4*>(dst);
+AJ_UNROLL
+    for (int j = 0; j < static_cast<int>(sizeof(T) * 8 / 16); ++j)
+    {
+        out[j] = __ldg(in + j);
+    }
+#else
+    memcpy(dst, src, sizeof dst);
+#endif
+}
+
+AJ_HD bool aligned16(void const* p)
+{
+    return (reinterpret_cast<uintptr_t>(p) & 15U) == 0;
+}
+
+//! This lane's share of w . x over one segment of the feature vector (x: [size], w: [size]).
+template <typename T>
+AJ_HD float partialDot(T const* x, float const* w, int32_t size, int32_t lane, int32_t lanes)
+{
+    float acc = 0.F;
+    int32_t begin = 0;
+    if (size % 8 == 0 && aligned16(x) && aligned16(w))
+    {
+#if defined(__CUDA_ARCH__)
+#pragma unroll 4
+#endif
+        for (int32_t c = lane; c < size / 8; c += lanes) // 8 elements per 16-byte-vector chunk
+        {
+            alignas(16) T xv[8];
+            alignas(16) float wv[8];
+            load8(x + 8 * c, xv);
+            load8(w + 8 * c, wv);
+AJ_UNROLL
+            for (int j = 0; j < 8; ++j)
+            {
+                acc += toFloat(xv[j]) * wv[j];
+            }
+        }
+        begin = size; // all done in chunks
+    }
+    for (int32_t i = begin + lane; i < size; i += lanes) // unaligned or ragged sizes
+    {
+        acc += toFloat(x[i]) * w[i];
+    }
+    return acc;
+}
+
+//! sigmoid(logit + bias) in fp32; exp overflow gives exactly 0, as torch.sigmoid does.
+AJ_HD float judgeProbability(float logit, float bias)
+{
+    return 1.F / (1.F + expf(-(logit + bias)));
+}
+
+//! A mismatch is accepted iff p <= threshold (ties pass; NaN is rejected).
+AJ_HD bool judgeAccepts(float probability, float threshold)
+{
+    return probability <= threshold;
+}
+
+//! Longest window a launch accepts (the mismatch bitmask lives in shared memory).
+constexpr int32_t kMaxWindow = 1024;
+
+//! Shared state of one team while it scans one sequence (shared memory on the GPU).
+struct ScanState
+{
+    uint32_t mismatch[kMaxWindow / 32]; //!< bit k: d_k != t_k
+    int32_t positions[kMaxRoundSize];   //!< mismatched positions of the current round
+    float partials[kMaxRoundSize];      //!< one partial w . x per group (bias not added)
+    int32_t count;                      //!< positions in this round
+    int32_t scanEnd;                    //!< every position in [cursor, scanEnd) matches or is listed
+    int32_t cursor;                     //!< positions < cursor are accepted
+    int32_t done;                       //!< 1 once rejected or the window is exhausted
+};
+
+AJ_HD int32_t lowestSetBit(uint32_t word)
+{
+#if defined(__CUDA_ARCH__)
+    return __ffs(static_cast<int>(word)) - 1;
+#else
+    return __builtin_ctz(word);
+#endif
+}
+
+/*
+ * Team: rank()/size() over all threads; group()/groups() over groups (warps on the GPU);
+ * lane()/lanes() inside a group; groupSum(v) and groupOr(bits) reduce inside a group; sync().
+ *
+ * Per round: the first thread lists up to groups() mismatches from the cursor on (bitmask
+ * scan); the groups split evenly over the listed positions (several groups share one
+ * position's dot product when the round is short); the first thread then adds the
+ * partial sums in a fixed order (deterministic) and walks the round to the first rejection.
+ */
+AJ_HD_TEMPLATE_CHECK
+template <typename T, typename Team>
+AJ_HD void acceptSequence(Team const& team, JudgeAcceptArgs const& a, int32_t b, ScanState& s)
+{
+    int32_t const W = a.window;
+    int32_t const Hd = a.draftHiddenSize;
+    int32_t const Ht = a.targetHiddenSize;
+    int32_t const* draft = a.draftTokens + static_cast<int64_t>(b) * W;       // [W]
+    int32_t const* target = a.targetTokens + static_cast<int64_t>(b) * (W + 1); // [W+1]
+    T const* draftHidden = static_cast<T const*>(a.draftHidden) + static_cast<int64_t>(b) * W * Hd;   // [W, Hd]
+    T const* targetHidden = static_cast<T const*>(a.targetHidden) + static_cast<int64_t>(b) * W * Ht; // [W, Ht]
+    float* probabilities = a.probabilities + static_cast<int64_t>(b) * W; // [W]
+    int32_t const groups = team.groups() < kMaxRoundSize ? team.groups() : kMaxRoundSize;
+
+    for (int32_t k = team.rank(); k < W; k += team.size())
+    {
+        probabilities[k] = kNotEvaluated;
+    }
+    for (int32_t word = team.group(); word < (W + 31) / 32; word += team.groups())
+    {
+        uint32_t bits = 0;
+        for (int32_t j = team.lane(); j < 32; j += team.lanes())
+        {
+            int32_t const k = 32 * word + j;
+            if (k < W && draft[k] != target[k])
+            {
+                bits |= 1U << j;
+            }
+        }
+        bits = team.groupOr(bits);
+        if (team.lane() == 0)
+        {
+            s.mismatch[word] = bits;
+        }
+    }
+    if (team.rank() == 0)
+    {
+        s.cursor = 0;
+        s.done = 0;
+    }
+    team.sync();
+
+    while (true)
+    {
+        if (team.rank() == 0) // list the next round: up to `groups` mismatches from the cursor on
+        {
+            int32_t count = 0;
+            int32_t k = s.cursor;
+            while (count < groups && k < W)
+            {
+                uint32_t const word = s.mismatch[k / 32] & (~0U << (k % 32));
+                if (word == 0)
+                {
+                    k = (k / 32 + 1) * 32;
+                    continue;
+                }
+                k = (k / 32) * 32 + lowestSetBit(word);
+                s.positions[count++] = k++;
+            }
+            s.count = count;
+            s.scanEnd = k < W ? k : W;
+        }
+        team.sync();
+
+        int32_t const count = s.count;
+        if (count > 0) // groups split over positions: `share` groups per position
+        {
+            int32_t const share = groups / count;
+            int32_t const slot = team.group() / share;
+            if (slot < count && team.group() < groups)
+            {
+                int32_t const k = s.positions[slot];
+                int32_t const lane = (team.group() % share) * team.lanes() + team.lane();
+                int32_t const lanes = share * team.lanes();
+                float partial
+                    = partialDot(targetHidden + static_cast<int64_t>(k) * Ht, a.weight + Hd, Ht, lane, lanes);
+                if (Hd > 0)
+                {
+                    partial += partialDot(draftHidden + static_cast<int64_t>(k) * Hd, a.weight, Hd, lane, lanes);
+                }
+                partial = team.groupSum(partial);
+                if (team.lane() == 0)
+                {
+                    s.partials[team.group()] = partial;
+                }
+            }
+        }
+        team.sync();
+
+        if (team.rank() == 0) // walk the round in order; stop at the first rejection
+        {
+            int32_t const share = count > 0 ? groups / count : 1;
+            float const bias = a.bias[0];
+            float const threshold = a.threshold[b];
+            s.cursor = s.scanEnd;
+            for (int32_t i = 0; i < count; ++i)
+            {
+                float logit = 0.F;
+                for (int32_t j = 0; j < share; ++j)
+                {
+                    logit += s.partials[i * share + j];
+                }
+                float const p = judgeProbability(logit, bias);
+                probabilities[s.positions[i]] = p;
+                if (!judgeAccepts(p, threshold))
+                {
+                    s.cursor = s.positions[i];
+                    s.done = 1;
+                    break;
+                }
+            }
+            if (s.cursor == W)
+            {
+                s.done = 1;
+            }
+        }
+        team.sync();
+        if (s.done)
+        {
+            break;
+        }
+    }
+
+    if (team.rank() == 0)
+    {
+        a.numAccepted[b] = s.cursor;
+        a.nextTokens[b] = target[s.cursor];
+    }
+}
+
+//! The host team: one thread, one group, one lane.
+struct SerialTeam
+{
+    int32_t rank() const { return 0; }
+    int32_t size() const { return 1; }
+    int32_t group() const { return 0; }
+    int32_t groups() const { return 1; }
+    int32_t lane() const { return 0; }
+    int32_t lanes() const { return 1; }
+    float groupSum(float v) const { return v; }
+    uint32_t groupOr(uint32_t bits) const { return bits; }
+    void sync() const {}
+};
+
+//! Checks shared by every entry point; returns nullptr when the arguments are usable.
+inline char const* validateArgs(JudgeAcceptArgs const& a)
+{
+    if (a.batch < 0)
+        return "batch must be >= 0";
+    if (a.window < 1 || a.window > kMaxWindow)
+        return "window must be in 1..1024";
+    if (a.draftHiddenSize < 0 || a.targetHiddenSize < 1)
+        return "hidden sizes must be draft >= 0 and target >= 1";
+    if (a.hiddenType != HiddenType::kFLOAT && a.hiddenType != HiddenType::kHALF && a.hiddenType != HiddenType::kBF16)
+        return "hiddenType must be 0 (float32), 1 (float16) or 2 (bfloat16)";
+    return nullptr;
+}
+
+} // namespace autojudge

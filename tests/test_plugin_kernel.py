@@ -1,0 +1,141 @@
+"""The plugin kernel's per-sequence rule (host build, g++) against the PyTorch oracle."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+import torch
+
+from autojudge.acceptance import judge_accept
+from autojudge.plugin_kernel import NOT_EVALUATED, build_cuda_library, judge_accept_native
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ for the host build")
+
+
+def make_case(batch, window, draft_size, target_size, dtype=torch.float32, vocab=3, seed=0):
+    """Random inputs; a tiny vocabulary makes mismatches frequent."""
+    g = torch.Generator().manual_seed(seed)
+    draft_tokens = torch.randint(0, vocab, (batch, window), generator=g)
+    target_tokens = torch.randint(0, vocab, (batch, window + 1), generator=g)
+    draft_hidden = torch.randn(batch, window, draft_size, generator=g).to(dtype) if draft_size else None
+    target_hidden = torch.randn(batch, window, target_size, generator=g).to(dtype)
+    weight = torch.randn(draft_size + target_size, generator=g) / math.sqrt(draft_size + target_size)
+    return draft_tokens, target_tokens, draft_hidden, target_hidden, weight
+
+
+def float32_below(x: torch.Tensor) -> torch.Tensor:
+    """The next float32 towards zero (math.nextafter would step in float64)."""
+    x = x.float()
+    return torch.nextafter(x, torch.zeros_like(x))
+
+
+def oracle(draft_tokens, target_tokens, draft_hidden, target_hidden, weight, bias, threshold):
+    if draft_hidden is None:  # target-only layout: no draft features
+        draft_hidden = target_hidden[..., :0]
+    threshold = torch.as_tensor(threshold, dtype=torch.float32).expand(draft_tokens.shape[0]).unsqueeze(1)
+    return judge_accept(draft_tokens, target_tokens, draft_hidden, target_hidden, weight, bias, threshold)
+
+
+def assert_same_as_oracle(inputs, bias, threshold):
+    draft_tokens, target_tokens = inputs[0], inputs[1]
+    got = judge_accept_native(*inputs, bias=bias, threshold=threshold)
+    want, want_probabilities = oracle(*inputs, bias, threshold)
+    assert got.num_accepted.tolist() == want.num_accepted.tolist()
+    assert got.next_tokens.tolist() == want.next_tokens.tolist()
+    # Evaluated positions: the accepted mismatches, and the rejected position if n < W.
+    window = draft_tokens.shape[1]
+    mismatch = draft_tokens != target_tokens[:, :window]
+    positions = torch.arange(window)
+    n = want.num_accepted.unsqueeze(1)
+    evaluated = mismatch & (positions <= n)
+    assert torch.equal(got.probabilities == NOT_EVALUATED, ~evaluated)
+    torch.testing.assert_close(got.probabilities[evaluated], want_probabilities[evaluated], rtol=2e-5, atol=1e-6, equal_nan=True)
+    return got
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("window,draft_size,target_size", [
+    (1, 8, 16),     # W = 1
+    (4, 64, 64),    # vectorised path
+    (64, 24, 40),   # W = 64, Hd != Ht
+    (7, 13, 29),    # sizes not a multiple of 8: scalar path
+    (16, 0, 32),    # target-only layout (no draft hidden states)
+])
+def test_random_inputs_match_the_oracle(dtype, window, draft_size, target_size):
+    inputs = make_case(6, window, draft_size, target_size, dtype, seed=window + draft_size)
+    for threshold in (0.0, 0.3, 0.5, 0.7, 1.0):
+        assert_same_as_oracle(inputs, bias=0.1, threshold=threshold)
+    per_row = torch.linspace(0, 1, 6)
+    assert_same_as_oracle(inputs, bias=-0.2, threshold=per_row)
+
+
+def test_all_match_takes_the_bonus_token_without_evaluating_the_judge():
+    draft_tokens, target_tokens, draft_hidden, target_hidden, weight = make_case(3, 8, 16, 16)
+    target_tokens[:, :8] = draft_tokens
+    got = assert_same_as_oracle((draft_tokens, target_tokens, draft_hidden, target_hidden, weight), 0.0, 0.0)
+    assert got.num_accepted.tolist() == [8, 8, 8]
+    assert got.next_tokens.tolist() == target_tokens[:, 8].tolist()
+    assert bool((got.probabilities == NOT_EVALUATED).all())
+
+
+def test_first_mismatch_rejected_stops_the_scan():
+    draft_tokens, target_tokens, draft_hidden, target_hidden, weight = make_case(2, 32, 16, 16)
+    target_tokens[:, :32] = draft_tokens
+    target_tokens[:, 0] = draft_tokens[:, 0] + 1  # mismatch at position 0
+    target_tokens[:, 5] = draft_tokens[:, 5] + 1
+    got = assert_same_as_oracle((draft_tokens, target_tokens, draft_hidden, target_hidden, weight), 50.0, 0.5)
+    assert got.num_accepted.tolist() == [0, 0]  # sigmoid(~50) > 0.5: rejected
+    assert got.next_tokens.tolist() == target_tokens[:, 0].tolist()
+    assert bool((got.probabilities[:, 1:] == NOT_EVALUATED).all())  # nothing after the rejection
+
+
+def test_judge_accepted_runs_continue_past_mismatches():
+    draft_tokens, target_tokens, draft_hidden, target_hidden, weight = make_case(4, 64, 40, 24, vocab=2, seed=3)
+    got = assert_same_as_oracle((draft_tokens, target_tokens, draft_hidden, target_hidden, weight), -60.0, 0.5)
+    assert got.num_accepted.tolist() == [64] * 4  # every mismatch judged unimportant
+    assert got.next_tokens.tolist() == target_tokens[:, 64].tolist()
+
+
+def test_threshold_ties_pass_and_the_next_float_down_rejects():
+    draft_tokens, target_tokens, draft_hidden, target_hidden, weight = make_case(2, 4, 8, 8, vocab=2, seed=1)
+    target_tokens[:, :4] = 1 - draft_tokens  # every position a mismatch
+    inputs = (draft_tokens, target_tokens, draft_hidden, target_hidden, torch.zeros_like(weight))
+    got = assert_same_as_oracle(inputs, bias=0.0, threshold=0.5)  # p = sigmoid(0) = 0.5 exactly
+    assert got.num_accepted.tolist() == [4, 4]
+    got = assert_same_as_oracle(inputs, bias=0.0, threshold=float32_below(torch.tensor(0.5)))
+    assert got.num_accepted.tolist() == [0, 0]
+    # The same at a probability that is not a round number: the kernel's own p is a tie.
+    real = (draft_tokens, target_tokens, draft_hidden, target_hidden, weight)
+    p = judge_accept_native(*real, bias=0.3, threshold=0.0).probabilities[:, 0]
+    tie = judge_accept_native(*real, bias=0.3, threshold=p)
+    assert bool((tie.probabilities[:, 0] == p).all()) and bool((tie.num_accepted >= 1).all())
+    strict = judge_accept_native(*real, bias=0.3, threshold=float32_below(p))
+    assert strict.num_accepted.tolist() == [0, 0]
+
+
+def test_nan_hidden_states_are_rejected_like_the_oracle():
+    draft_tokens, target_tokens, draft_hidden, target_hidden, weight = make_case(2, 4, 8, 8, vocab=2, seed=2)
+    target_tokens[:, :4] = 1 - draft_tokens
+    target_hidden[0, 0, 3] = float("nan")
+    got = assert_same_as_oracle((draft_tokens, target_tokens, draft_hidden, target_hidden, weight), -60.0, 1.0)
+    assert got.num_accepted.tolist() == [0, 4]
+
+
+def test_bad_arguments_are_reported():
+    draft_tokens, target_tokens, draft_hidden, target_hidden, weight = make_case(2, 4, 8, 8)
+    with pytest.raises(ValueError, match="W\\+1"):
+        judge_accept_native(draft_tokens, target_tokens[:, :4], draft_hidden, target_hidden, weight, 0.0, 0.5)
+    with pytest.raises(ValueError, match="Hd \\+ Ht"):
+        judge_accept_native(draft_tokens, target_tokens, draft_hidden, target_hidden, weight[:-1], 0.0, 0.5)
+    with pytest.raises(ValueError, match="window must be in 1..1024"):
+        judge_accept_native(draft_tokens[:, :0], target_tokens[:, :1], draft_hidden[:, :0], target_hidden[:, :0],
+                            weight, 0.0, 0.5)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None and not __import__("os").path.exists("/usr/local/cuda/bin/nvcc"),
+                    reason="needs nvcc")
+def test_the_cuda_kernel_compiles_for_sm80_and_sm90():
+    library = build_cuda_library(("80", "90"))
+    assert library.stat().st_size > 0
