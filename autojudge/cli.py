@@ -503,3 +503,73 @@ def quickstart(out, mine_prompts, eval_prompts, window, max_new_tokens, progress
     result = evaluate(SpeculativeDecoder(target_lm, draft_lm, judge), task, task.load("test", limit=eval_prompts),
                       runs, out / "eval", max_new_tokens=max_new_tokens, progress=progress)
     _print_tradeoff(result)
+
+
+def _load_judge(path: Path):
+    from autojudge.judge import Judge
+
+    return Judge.load(path)
+
+
+@main.command("export-onnx")
+@click.option("--judge", "judge_path", type=click.Path(exists=True, path_type=Path), required=True,
+              help="Judge artifact directory (from `autojudge-trt train`).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("judge_accept.onnx"),
+              show_default=True, help="ONNX file to write.")
+@click.option("--hidden-dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="bfloat16",
+              show_default=True, help="Element type of the hidden-state inputs (what the models emit).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def export_onnx_command(judge_path, out, hidden_dtype, as_json):
+    """Write the judge-accept step as a graph of standard ONNX ops (opset 17, IR 9).
+
+    \b
+    Inputs: draft_tokens [B, W] int32, target_tokens [B, W+1] int32, draft_hidden [B, W, Hd]
+    (draft+target layout), target_hidden [B, W, Ht], threshold [B] fp32. Outputs:
+    num_accepted [B], next_tokens [B] (int32) and probabilities [B, W] (-1 where the judge
+    was not needed) - exactly the plugin kernel's. For TensorRT without custom plugins,
+    onnxruntime, or any ONNX consumer.
+    """
+    from autojudge.onnx_export import IR_VERSION, OPSET, export_onnx
+
+    judge = _load_judge(judge_path)
+    path = export_onnx(judge, out, hidden_dtype)
+    info = {"onnx": str(path), "opset": OPSET, "ir_version": IR_VERSION, "hidden_dtype": hidden_dtype,
+            "feature_layout": judge.meta.feature_layout, "draft_hidden_size": judge.meta.draft_hidden_size,
+            "target_hidden_size": judge.meta.target_hidden_size}
+    click.echo(json.dumps(info) if as_json else f"wrote {path} (opset {OPSET}, IR {IR_VERSION}, {hidden_dtype})")
+
+
+@main.group()
+def build() -> None:
+    """Build TensorRT artifacts (needs TensorRT: pip install 'autojudge[trt]' on a GPU host)."""
+
+
+@build.command("judge")
+@click.option("--judge", "judge_path", type=click.Path(exists=True, path_type=Path), required=True,
+              help="Judge artifact directory (from `autojudge-trt train`).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output directory: judge_accept.plan, judge_accept.json (and the ONNX file or plugin build).")
+@click.option("--path", "build_path", type=click.Choice(["plugin", "onnx"]), default="plugin", show_default=True,
+              help="plugin: the AutoJudgeJudgeAccept CUDA kernel (early exit, dot products only at "
+                   "mismatches). onnx: the standard-op graph, for TensorRT builds without custom plugins.")
+@click.option("--plugin-library", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A built libautojudge_judge_accept_plugin.so [default: build it with CMake, TENSORRT_ROOT].")
+@click.option("--hidden-dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="bfloat16",
+              show_default=True, help="Element type of the hidden-state inputs.")
+@click.option("--max-batch", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--max-window", type=click.IntRange(1, 1024), default=64, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the engine metadata as JSON.")
+def build_judge(judge_path, out, build_path, plugin_library, hidden_dtype, max_batch, max_window, as_json):
+    """Build a TensorRT engine of the judge-accept step for one judge artifact.
+
+    Dynamic batch (1..--max-batch) and window (1..--max-window). Where TensorRT is absent
+    this stops and says what to install; nothing is faked.
+    """
+    from autojudge.trt_build import EngineSpec, build_judge_engine, require_tensorrt
+
+    require_tensorrt()  # before any other work
+    judge = _load_judge(judge_path)
+    spec = EngineSpec(path=build_path, hidden_dtype=hidden_dtype, max_batch=max_batch, max_window=max_window,
+                      opt_batch=min(8, max_batch), opt_window=min(8, max_window))
+    meta = build_judge_engine(judge, out, spec, plugin_library)
+    click.echo(json.dumps(meta) if as_json else f"wrote {meta['engine']} (TensorRT {meta['tensorrt']}, {build_path})")
