@@ -98,11 +98,13 @@ def build_host_library() -> Path:
                              "judgeAcceptHost.cpp", "-o", "{out}"], "libjudgeAcceptHost.so")
 
 
-def build_cuda_library(archs: tuple[str, ...] = DEFAULT_CUDA_ARCHS) -> Path:
-    """nvcc build of the kernel as a shared library with a C launch entry point."""
+def build_cuda_library(archs: tuple[str, ...] = DEFAULT_CUDA_ARCHS, defines: tuple[str, ...] = ()) -> Path:
+    """nvcc build of the kernel as a shared library with a C launch entry point
+    (``defines``: e.g. ``AUTOJUDGE_JUDGE_ACCEPT_THREADS=512`` to tune a variant)."""
     nvcc = _tool("nvcc", "install the CUDA toolkit (12.x or 13.x) or put its bin/ on PATH.")
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
-    return _compile("cuda", [nvcc, "-std=c++17", "-O3", *gencode, "-Xcompiler", "-fPIC", "-shared",
+    return _compile("cuda", [nvcc, "-std=c++17", "-O3", *gencode, *(f"-D{d}" for d in defines),
+                             "-Xcompiler", "-fPIC", "-shared",
                              "judgeAcceptKernel.cu", "-o", "{out}"], "libjudgeAcceptKernel.so")
 
 
@@ -123,6 +125,7 @@ class KernelCall:
         weight: torch.Tensor,  # [Hd + Ht] (or [Ht])
         bias: float,
         threshold: float | torch.Tensor,  # scalar or [B]
+        cuda_library: Path | None = None,  # a build_cuda_library() variant [default: the default build]
     ) -> None:
         batch, window = draft_tokens.shape
         device = target_hidden.device
@@ -166,7 +169,7 @@ class KernelCall:
             self._host = _library(str(build_host_library())).autojudgeJudgeAcceptHost
             self._host.restype = ctypes.c_char_p
         else:
-            self._launch = _library(str(build_cuda_library())).autojudgeJudgeAcceptLaunch
+            self._launch = _library(str(cuda_library or build_cuda_library())).autojudgeJudgeAcceptLaunch
 
     def run(self, threads: int = 0) -> KernelResult:
         """The host build for CPU tensors; a kernel launch on the current stream for CUDA tensors

@@ -57,7 +57,7 @@ def make_inputs(batch, window, draft_size, target_size, dtype, scenario=None, vo
     return (draft, target, draft_hidden, target_hidden, weight), bias
 
 
-def check_parity() -> int:
+def check_parity(library=None) -> int:
     """Compare with the oracle on the GPU; return the number of cases checked (raise on mismatch)."""
     cases = 0
     shapes = [(1, 8, 16), (4, 64, 64), (64, 24, 40), (7, 13, 29), (16, 0, 32), (32, 2048, 4096), (64, 4096, 8192)]
@@ -66,7 +66,7 @@ def check_parity() -> int:
             for scenario in (None, *SCENARIOS):
                 inputs, bias = make_inputs(5, window, draft_size, target_size, dtype, scenario, seed=cases)
                 for threshold in (0.0, 0.3, 0.5, 1.0):
-                    got = KernelCall(*inputs, bias=bias, threshold=threshold).run()
+                    got = KernelCall(*inputs, bias=bias, threshold=threshold, cuda_library=library).run()
                     draft_hidden = inputs[2] if inputs[2] is not None else inputs[3][..., :0]
                     want, probs = judge_accept(inputs[0], inputs[1], draft_hidden, inputs[3], inputs[4], bias,
                                                threshold)
@@ -105,6 +105,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json-out", type=Path)
     parser.add_argument("--skip-parity", action="store_true")
+    parser.add_argument("--skip-grid", action="store_true", help="Skip the W x B x sizes latency grid.")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="Also time a build with these comma-separated defines "
+                             "(e.g. AUTOJUDGE_JUDGE_ACCEPT_THREADS=512); repeatable.")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_plugin_kernel.py needs a CUDA GPU (torch.cuda.is_available() is False).")
@@ -117,7 +121,7 @@ def main() -> None:
         print(f"parity with the oracle: {report['parity_cases']} cases equal", flush=True)
     print("| Hd, Ht | B | W | " + " | ".join(f"{s} (us)" for s in SCENARIOS) + " |")
     print("|---|---:|---:|" + "---:|" * len(SCENARIOS))
-    for draft_size, target_size in SIZES:
+    for draft_size, target_size in () if args.skip_grid else SIZES:
         for batch in BATCHES:
             for window in WINDOWS:
                 row = {"draft_hidden": draft_size, "target_hidden": target_size, "batch": batch, "window": window}
@@ -127,18 +131,23 @@ def main() -> None:
                 report["rows"].append(row)
                 print(f"| {draft_size}, {target_size} | {batch} | {window} | "
                       + " | ".join(f"{row[s]:.2f}" for s in SCENARIOS) + " |", flush=True)
-    print("\nthreads per block (Hd, Ht = 4096, 8192; W = 32):")
-    print("| threads | B | " + " | ".join(f"{s} (us)" for s in SCENARIOS) + " |")
-    print("|---:|---:|" + "---:|" * len(SCENARIOS))
-    report["threads"] = []
-    for threads in (128, 256, 512, 1024):
-        for batch in (1, 64):
-            row = {"threads": threads, "batch": batch}
-            for scenario in SCENARIOS:
-                inputs, bias = make_inputs(batch, 32, 4096, 8192, torch.bfloat16, scenario)
-                row[scenario] = round(time_call(KernelCall(*inputs, bias=bias, threshold=0.5), threads), 2)
-            report["threads"].append(row)
-            print(f"| {threads} | {batch} | " + " | ".join(f"{row[s]:.2f}" for s in SCENARIOS) + " |", flush=True)
+    if args.variant:
+        print("\nvariants (Hd, Ht = 4096, 8192; W = 32):")
+        print("| variant | B | " + " | ".join(f"{s} (us)" for s in SCENARIOS) + " |")
+        print("|---|---:|" + "---:|" * len(SCENARIOS))
+        report["variants"] = []
+        for variant in ["default", *args.variant]:
+            defines = () if variant == "default" else tuple(variant.split(","))
+            library = build_cuda_library((f"{major}{minor}",), defines)
+            check_parity(library)
+            for batch in (1, 64):
+                row = {"variant": variant, "batch": batch}
+                for scenario in SCENARIOS:
+                    inputs, bias = make_inputs(batch, 32, 4096, 8192, torch.bfloat16, scenario)
+                    call = KernelCall(*inputs, bias=bias, threshold=0.5, cuda_library=library)
+                    row[scenario] = round(time_call(call), 2)
+                report["variants"].append(row)
+                print(f"| {variant} | {batch} | " + " | ".join(f"{row[s]:.2f}" for s in SCENARIOS) + " |", flush=True)
     if args.json_out:
         args.json_out.write_text(json.dumps(report, indent=2) + "\n")
 

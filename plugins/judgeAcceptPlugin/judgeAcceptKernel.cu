@@ -41,7 +41,7 @@ struct BlockTeam
 };
 
 template <typename T>
-__global__ void __launch_bounds__(1024) judgeAcceptKernel(JudgeAcceptArgs args)
+__global__ void __launch_bounds__(kJudgeAcceptThreads) judgeAcceptKernel(JudgeAcceptArgs args)
 {
     __shared__ ScanState state;
     acceptSequence<T>(BlockTeam{}, args, static_cast<int32_t>(blockIdx.x), state);
@@ -52,7 +52,7 @@ __global__ void __launch_bounds__(1024) judgeAcceptKernel(JudgeAcceptArgs args)
 cudaError_t launchJudgeAccept(JudgeAcceptArgs const& args, cudaStream_t stream, int32_t threads)
 {
     threads = threads == 0 ? kJudgeAcceptThreads : threads;
-    if (validateArgs(args) != nullptr || threads % 32 != 0 || threads < 32 || threads > 1024)
+    if (validateArgs(args) != nullptr || threads % 32 != 0 || threads < 32 || threads > kJudgeAcceptThreads)
     {
         return cudaErrorInvalidValue;
     }

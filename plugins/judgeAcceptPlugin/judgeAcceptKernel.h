@@ -13,9 +13,12 @@
 namespace autojudge
 {
 //! Default threads per block (one block per sequence; warps share out each round's positions).
-constexpr int32_t kJudgeAcceptThreads = 1024;
+#ifndef AUTOJUDGE_JUDGE_ACCEPT_THREADS
+#define AUTOJUDGE_JUDGE_ACCEPT_THREADS 1024
+#endif
+constexpr int32_t kJudgeAcceptThreads = AUTOJUDGE_JUDGE_ACCEPT_THREADS;
 
-//! Launch on `stream` with `threads` per block (a multiple of 32 up to 1024; 0 = default);
+//! Launch on `stream` with `threads` per block (a multiple of 32 up to kJudgeAcceptThreads; 0 = that);
 //! returns cudaErrorInvalidValue for unusable arguments.
 cudaError_t launchJudgeAccept(JudgeAcceptArgs const& args, cudaStream_t stream, int32_t threads = 0);
 } // namespace autojudge

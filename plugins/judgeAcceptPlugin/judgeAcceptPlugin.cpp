@@ -301,9 +301,9 @@ IPluginV3* JudgeAcceptPluginCreator::createPlugin(
                 threads = *static_cast<int32_t const*>(field.data);
             }
         }
-        if (threads != 0 && (threads % 32 != 0 || threads < 32 || threads > 1024))
+        if (threads != 0 && (threads % 32 != 0 || threads < 32 || threads > kJudgeAcceptThreads))
         {
-            logError("AutoJudgeJudgeAccept: field 'threads' must be 0 or a multiple of 32 in 32..1024");
+            logError("AutoJudgeJudgeAccept: field 'threads' must be 0 or a multiple of 32, at most 1024");
             return nullptr;
         }
         return new JudgeAcceptPlugin(threads);
