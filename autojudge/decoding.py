@@ -95,9 +95,10 @@ class SpeculativeDecoder:
         prompt_ids: Sequence[int],
         config: DecodeConfig = DecodeConfig(),
         eos_token_ids: frozenset[int] | None = None,
-        on_tokens: Callable[[list[int]], None] | None = None,
+        on_tokens: Callable[[list[int], SpecDecodeMetrics], None] | None = None,
     ) -> GenerationResult:
-        """Decode from ``prompt_ids``; ``on_tokens`` gets each cycle's committed tokens."""
+        """Decode from ``prompt_ids``; ``on_tokens(ids, metrics)`` gets each cycle's committed
+        tokens and the metrics so far (for streaming)."""
         config.validate(self.draft is not None, self.judge)
         if not prompt_ids:
             raise AutoJudgeError("the prompt is empty")
@@ -167,7 +168,9 @@ class SpeculativeDecoder:
                 tokens = tokens[:, : committed + cut]
                 new_ids = new_ids[:cut]
             if on_tokens and new_ids:
-                on_tokens(new_ids)
+                metrics.num_generated_tokens = tokens.shape[1] - prompt_len
+                metrics.wall_time_s = time.perf_counter() - start
+                on_tokens(new_ids, metrics)
             if reason:
                 finish_reason = reason
                 break

@@ -88,16 +88,20 @@ def recall_acceptance_curve(prob: np.ndarray, important: np.ndarray, points: int
 
 def threshold_for_recall(prob: np.ndarray, important: np.ndarray, target_recall: float) -> float:
     """The largest threshold whose recall of important mismatches is >= target_recall."""
-    imp_prob = np.sort(prob[important])  # ascending
+    imp_prob = np.sort(prob[important]).astype(np.float32)  # ascending; the judge runs in fp32
+
+    def just_below(p: np.float32) -> float:  # the next float32 down (exact in fp32 and fp64 alike)
+        return float(np.nextafter(np.float32(p), np.float32(-np.inf)))
+
     if len(imp_prob) == 0:
         return 1.0
     # accepting p <= thr loses the important ones with p <= thr; we may lose at most k of them
     k = int(np.floor((1 - target_recall) * len(imp_prob) + 1e-9))
     if k == 0:
-        return float(np.nextafter(imp_prob[0], -np.inf)) if imp_prob[0] > 0 else 0.0
+        return just_below(imp_prob[0]) if imp_prob[0] > 0 else 0.0
     if k >= len(imp_prob):
         return 1.0
-    return float(np.nextafter(imp_prob[k], -np.inf))  # just below the (k+1)-th smallest
+    return just_below(imp_prob[k])  # just below the (k+1)-th smallest
 
 
 def fold_scaler(coef: np.ndarray, intercept: float, mean: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, float]:

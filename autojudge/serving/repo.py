@@ -1,0 +1,150 @@
+"""``autojudge-trt repo``: a Triton model repository for one deployment, from ``triton_repo/``.
+
+Output layout (``--out DEPLOY``)::
+
+    DEPLOY/models/autojudge/config.pbtxt          unary (HTTP, gRPC)
+    DEPLOY/models/autojudge/1/model.py
+    DEPLOY/models/autojudge_stream/config.pbtxt   decoupled: gRPC streaming
+    DEPLOY/models/autojudge_stream/1/model.py
+    DEPLOY/artifacts/judge/                       a copy of the judge artifact (if any)
+    DEPLOY/deployment.json                        the settings, for people and tools
+
+Every ``${...}`` of the template is filled or the write fails, naming what is missing; every
+config.pbtxt is parsed against Triton's ModelConfig protobuf before anything is written.
+The directory appears by one atomic rename: a failed write leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from autojudge.cache import atomic_directory
+from autojudge.errors import AutoJudgeError, MissingDependencyError
+from autojudge.serving.protocol import MAX_WINDOW, MODES
+
+PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
+MODELS = {"autojudge": False, "autojudge_stream": True}  # name -> decoupled
+
+
+def template_dir() -> Path:
+    """The repository template: the checkout's ``triton_repo/`` or the copy inside the wheel."""
+    here = Path(__file__).resolve().parents[1]
+    for candidate in (here.parent / "triton_repo", here / "triton_repo"):
+        if (candidate / "python" / "autojudge" / "config.pbtxt").is_file():
+            return candidate
+    raise AutoJudgeError("the triton_repo template is missing from this installation; reinstall autojudge.")
+
+
+@dataclass(frozen=True)
+class RepoSettings:
+    target: str = "embedded"
+    draft: str = ""  # "" = the target's default draft (embedded target only)
+    judge: Path | None = None
+    window: int = 4
+    threshold: float | None = None  # None: the judge's calibrated threshold
+    default_mode: str = "lossless"
+    max_tokens: int = 128
+    max_tokens_limit: int = 1024
+    instances: int = 1
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def check(self) -> None:
+        if self.default_mode not in MODES:
+            raise AutoJudgeError(f"default mode {self.default_mode!r} is not one of {', '.join(MODES)}")
+        if self.default_mode == "judge" and self.judge is None:
+            raise AutoJudgeError("default mode 'judge' needs --judge (a judge artifact)")
+        if not 1 <= self.window <= MAX_WINDOW:
+            raise AutoJudgeError(f"window must be in 1..{MAX_WINDOW}, got {self.window}")
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
+            raise AutoJudgeError(f"threshold must be in [0, 1], got {self.threshold}")
+        if not 1 <= self.max_tokens <= self.max_tokens_limit:
+            raise AutoJudgeError(f"max tokens {self.max_tokens} must be in 1..{self.max_tokens_limit}")
+        if self.instances < 1:
+            raise AutoJudgeError(f"instances must be >= 1, got {self.instances}")
+
+
+def _pbtxt_string(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def validate_config(text: str, where: str):
+    """Parse ``text`` as a Triton ModelConfig (unknown fields, bad enums: errors)."""
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError as exc:
+        raise MissingDependencyError("validating Triton configs needs tritonclient: "
+                                     "pip install 'autojudge[serve]'") from exc
+    if PLACEHOLDER.search(text):
+        missing = sorted(set(PLACEHOLDER.findall(text)))
+        raise AutoJudgeError(f"{where}: placeholders left unfilled: {', '.join(missing)}")
+    try:
+        return text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise AutoJudgeError(f"{where} is not a valid Triton model config: {exc}") from exc
+
+
+def render(template: str, values: dict[str, str], where: str) -> str:
+    missing = sorted(set(PLACEHOLDER.findall(template)) - set(values))
+    if missing:
+        raise AutoJudgeError(f"{where}: no value for placeholders {', '.join(missing)}")
+    return PLACEHOLDER.sub(lambda m: _pbtxt_string(values[m.group(1)]), template)
+
+
+def write_repo(out: str | Path, settings: RepoSettings, force: bool = False) -> Path:
+    """Write the deployment directory ``out`` (see the module doc); return its models/ path."""
+    settings.check()
+    out = Path(out)
+    if out.exists() and not force:
+        raise AutoJudgeError(f"{out} already exists; choose another --out or pass --force to replace it")
+    if settings.judge is not None:
+        from autojudge.judge import Judge
+
+        Judge.load(settings.judge)  # refuse a broken artifact now, not when the server starts
+    source = template_dir() / "python" / "autojudge"
+    template = (source / "config.pbtxt").read_text()
+    values = {
+        "target": settings.target, "draft": settings.draft,
+        # relative to the model's directory; DecodeService resolves it there
+        "judge": "../../artifacts/judge" if settings.judge else "",
+        "dtype": settings.dtype, "device": settings.device, "default_mode": settings.default_mode,
+        "window": str(settings.window), "threshold": "" if settings.threshold is None else repr(settings.threshold),
+        "max_tokens": str(settings.max_tokens), "max_tokens_limit": str(settings.max_tokens_limit),
+        "instances": str(settings.instances),
+        "instance_kind": "KIND_CPU" if settings.device == "cpu" else "KIND_GPU",
+    }
+    rendered = {}
+    for name, decoupled in MODELS.items():
+        text = render(template, {**values, "model_name": name, "decoupled": str(decoupled).lower()},
+                      f"{source / 'config.pbtxt'} (as {name})")
+        validate_config(text, f"{name}/config.pbtxt")
+        rendered[name] = text
+    if force and out.exists():
+        shutil.rmtree(out)
+    with atomic_directory(out) as tmp:
+        for name, text in rendered.items():
+            (tmp / "models" / name / "1").mkdir(parents=True)
+            (tmp / "models" / name / "config.pbtxt").write_text(text)
+            shutil.copy2(source / "1" / "model.py", tmp / "models" / name / "1" / "model.py")
+        if settings.judge is not None:
+            shutil.copytree(Path(settings.judge), tmp / "artifacts" / "judge")
+        manifest = {"format": "autojudge.deployment/v1", "flavour": "python", "models": list(MODELS),
+                    **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()}}
+        (tmp / "deployment.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return out / "models"
+
+
+def model_repository(path: str | Path) -> Path:
+    """Accept a deployment directory (with models/) or a Triton model repository."""
+    path = Path(path)
+    if (path / "models").is_dir():
+        path = path / "models"
+    if not path.is_dir() or not any(p.joinpath("config.pbtxt").is_file() for p in path.iterdir() if p.is_dir()):
+        raise AutoJudgeError(f"{path} is not a Triton model repository (no <model>/config.pbtxt inside); "
+                             "write one with `autojudge-trt repo --out DIR`")
+    return path

@@ -1,0 +1,106 @@
+"""The decode service a served model runs: one request in, text + tokens + metrics out,
+optionally streamed piece by piece. No Triton import here: it is tested in-process, and the
+Triton model (``triton_model.py``) only converts tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from autojudge.decoding import DecodeConfig, SpeculativeDecoder
+from autojudge.metrics import SpecDecodeMetrics
+from autojudge.serving.protocol import ServeDefaults, ServeRequest
+
+# A streamed piece: (new text, new token ids, metrics so far)
+OnPiece = Callable[[str, list[int], dict], None]
+
+
+def metrics_dict(metrics: SpecDecodeMetrics, threshold: float | None, finish_reason: str | None) -> dict:
+    return {
+        "mode": metrics.mode,
+        "window": metrics.window,
+        "threshold": threshold,
+        "tau": metrics.mean_acceptance_length,
+        "acceptance_rate": metrics.draft_acceptance_rate,
+        "judge_accepted_mismatches": metrics.num_accepted_mismatches,
+        "generated_tokens": metrics.num_generated_tokens,
+        "target_calls": metrics.num_target_calls,
+        "tokens_per_s": metrics.tokens_per_s,
+        "finish_reason": finish_reason,
+    }
+
+
+@dataclass
+class DecodeService:
+    decoder: SpeculativeDecoder
+    defaults: ServeDefaults
+    chat: bool = True
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, str], model_dir: str | Path = ".") -> DecodeService:
+        """Load the models a deployment names (config.pbtxt ``parameters``); relative paths
+        are taken from ``model_dir`` (the model's folder in the repository)."""
+        from autojudge.judge import Judge
+        from autojudge.models import DEFAULT_DRAFT, load_draft, load_target, quiet_transformers
+
+        quiet_transformers()
+        target = load_target(params.get("target", "embedded"), dtype=params.get("dtype", "float32"),
+                             device=params.get("device", "cpu"))
+        draft = load_draft(params.get("draft") or DEFAULT_DRAFT, target)
+        judge = Judge.load(Path(model_dir) / params["judge"]) if params.get("judge") else None
+        defaults = ServeDefaults(mode=params.get("default_mode", "lossless"),
+                                 window=int(params.get("default_window", 4)),
+                                 max_tokens=int(params.get("default_max_tokens", 128)),
+                                 max_tokens_limit=int(params.get("max_tokens_limit", 1024)),
+                                 has_judge=judge is not None)
+        threshold = params.get("default_threshold")
+        if judge is not None and threshold:
+            judge = replace(judge, meta=replace(judge.meta, threshold=float(threshold)))
+        decoder = SpeculativeDecoder(target, draft, judge,
+                                     check_judge_names=params.get("check_judge_models", "true") == "true")
+        return cls(decoder, defaults, chat=params.get("chat", "true") == "true")
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        from autojudge.models import encode_prompt
+
+        return encode_prompt(self.decoder.target.tokenizer, prompt, chat=self.chat)
+
+    def run(self, request: ServeRequest, on_piece: OnPiece | None = None) -> tuple[str, list[int], dict]:
+        """Decode one request; with ``on_piece``, stream (text, ids, metrics) pieces as cycles commit.
+
+        Streamed text is the decoded answer so far, held back where it could still change: an
+        incomplete UTF-8 character, or the last characters that could begin a stop string.
+        The final piece (sent by the caller with the returned values) completes the text.
+        """
+        config = DecodeConfig(mode=request.mode, window=request.window, max_new_tokens=request.max_tokens,
+                              threshold=request.threshold, stop=request.stop)
+        tokenizer = self.decoder.target.tokenizer
+        threshold = request.threshold
+        if request.mode == "judge" and threshold is None:
+            threshold = self.decoder.judge.meta.threshold
+        generated: list[int] = []
+        sent = {"text": "", "ids": 0}
+        hold = max((len(s) for s in request.stop), default=1) - 1
+
+        def on_tokens(ids: list[int], metrics: SpecDecodeMetrics) -> None:
+            generated.extend(ids)
+            safe = tokenizer.decode(generated, skip_special_tokens=True)
+            for stop in request.stop:  # never stream a stop string, nor what follows it
+                found = safe.find(stop)
+                safe = safe[:found] if found >= 0 else safe
+            safe = safe[: len(safe) - hold] if hold else safe  # could still begin a stop string
+            safe = safe.rstrip("\ufffd")  # an incomplete multi-byte character
+            piece = safe[len(sent["text"]):] if safe.startswith(sent["text"]) else ""
+            if piece or len(generated) > sent["ids"]:
+                on_piece(piece, generated[sent["ids"]:], metrics_dict(metrics, threshold, None))
+                sent["text"] += piece
+                sent["ids"] = len(generated)
+
+        result = self.decoder.generate(self.prompt_ids(request.prompt), config,
+                                       on_tokens=on_tokens if on_piece else None)
+        final = metrics_dict(result.metrics, threshold, result.finish_reason)
+        if on_piece is None:
+            return result.text, result.token_ids, final
+        rest = result.text[len(sent["text"]):] if result.text.startswith(sent["text"]) else ""
+        return rest, result.token_ids[sent["ids"]:], final

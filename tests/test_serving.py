@@ -1,0 +1,175 @@
+"""Serving with a real tritonserver (from nvidia-pytriton) on a free loopback port.
+
+The deployment is the embedded default pair plus a judge; answers over HTTP and gRPC
+streaming must equal the in-process decoder's, token for token.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from autojudge.errors import AutoJudgeError
+from autojudge.judge import Judge, JudgeMetadata
+from autojudge.serving.client import ServingError, infer_grpc, infer_http, request_arrays, stream_grpc
+from autojudge.serving.protocol import INPUTS, OUTPUTS, ServeRequest
+from autojudge.serving.repo import RepoSettings, render, validate_config, write_repo
+from autojudge.serving.service import DecodeService
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("pytriton") is None or importlib.util.find_spec("tritonclient") is None,
+    reason="needs the serve extra (nvidia-pytriton, tritonclient)")
+
+PROMPTS = ["What is 7 times 8?", "Name a prime number larger than 10.", "Write one word: hello", "2 + 2 = ?"]
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    """A deployment directory (embedded pair, a random judge that accepts some mismatches)."""
+    from autojudge.models import DEFAULT_DRAFT, load_draft, load_target
+
+    target = load_target("embedded", device="cpu")
+    draft = load_draft(DEFAULT_DRAFT, target)
+    g = torch.Generator().manual_seed(0)
+    features = draft.hidden_size + target.hidden_size
+    judge = Judge(weight=torch.randn(features, generator=g) / features ** 0.5, bias=0.0,
+                  meta=JudgeMetadata(target.name, target.hidden_size, draft.name, draft.hidden_size, threshold=0.5))
+    root = tmp_path_factory.mktemp("serving")
+    judge_dir = judge.save(root / "judge")
+    out = root / "deploy"
+    write_repo(out, RepoSettings(judge=judge_dir, default_mode="lossless", window=4, max_tokens=16,
+                                 max_tokens_limit=64, instances=2))
+    return out
+
+
+@pytest.fixture(scope="module")
+def in_process(deployment):
+    """The decode service exactly as the served model builds it, from the same config.pbtxt."""
+    config = validate_config((deployment / "models" / "autojudge" / "config.pbtxt").read_text(), "autojudge")
+    params = {key: value.string_value for key, value in config.parameters.items()}
+    return DecodeService.from_parameters(params, deployment / "models" / "autojudge")
+
+
+@pytest.fixture(scope="module")
+def server(deployment):
+    from autojudge.serving.server import TritonServer
+
+    with TritonServer(deployment / "models", log_file=deployment / "server.log") as running:
+        yield running
+    assert running.process.poll() is not None  # stopped, even when a test failed
+
+
+def expected(service: DecodeService, prompt: str, **fields) -> tuple[str, list[int]]:
+    request = ServeRequest(prompt=prompt, max_tokens=fields.get("max_tokens", 16), mode=fields.get("mode", "lossless"),
+                           window=fields.get("window", 4), threshold=fields.get("threshold"),
+                           stop=tuple(fields.get("stop", ())))
+    text, ids, _ = service.run(request)
+    return text, ids
+
+
+def test_written_configs_parse_as_triton_model_configs(deployment):
+    for name, decoupled in (("autojudge", False), ("autojudge_stream", True)):
+        config = validate_config((deployment / "models" / name / "config.pbtxt").read_text(), name)
+        assert config.name == name and config.backend == "python"
+        assert config.model_transaction_policy.decoupled is decoupled
+        assert [i.name for i in config.input] == list(INPUTS)
+        assert [o.name for o in config.output] == list(OUTPUTS)
+        assert config.instance_group[0].count == 2
+        assert config.parameters["judge"].string_value == "../../artifacts/judge"
+        assert (deployment / "models" / name / "1" / "model.py").is_file()
+    assert (deployment / "artifacts" / "judge" / "judge.json").is_file()
+    assert json.loads((deployment / "deployment.json").read_text())["models"] == ["autojudge", "autojudge_stream"]
+
+
+def test_repo_refuses_unfilled_placeholders_bad_settings_and_existing_output(deployment, tmp_path):
+    with pytest.raises(AutoJudgeError, match="no value for placeholders window"):
+        render('name: "${model_name}" x: ${window}', {"model_name": "m"}, "t")
+    with pytest.raises(AutoJudgeError, match="placeholders left unfilled: threshold"):
+        validate_config('name: "m" parameters { key: "t" value: { string_value: "${threshold}" } }', "t")
+    with pytest.raises(AutoJudgeError, match="not a valid Triton model config"):
+        validate_config('name: "m" max_batch_sizes: 3', "t")
+    with pytest.raises(AutoJudgeError, match="window must be in 1..64"):
+        write_repo(tmp_path / "a", RepoSettings(window=0))
+    with pytest.raises(AutoJudgeError, match="needs --judge"):
+        write_repo(tmp_path / "b", RepoSettings(default_mode="judge"))
+    with pytest.raises(AutoJudgeError, match="already exists"):
+        write_repo(deployment, RepoSettings())
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("mode", ["lossless", "judge"])
+def test_http_and_grpc_streaming_return_the_in_process_tokens(server, in_process, mode):
+    text, ids = expected(in_process, PROMPTS[0], mode=mode)
+    arrays = request_arrays(PROMPTS[0], max_tokens=16, mode=mode)
+    over_http = infer_http(server.http_url, arrays)
+    assert over_http["token_ids"] == ids and over_http["text"] == text
+    pieces = []
+    streamed = stream_grpc(server.grpc_url, arrays, on_piece=pieces.append)
+    assert streamed["token_ids"] == ids and streamed["text"] == text
+    assert len(pieces) > 1  # one response per decoder cycle
+    for piece in pieces:  # metrics on every response; finish_reason only on the last
+        assert piece["metrics"]["mode"] == mode and "tau" in piece["metrics"]
+    assert pieces[-1]["metrics"]["finish_reason"] in ("length", "eos", "stop")
+    assert all(p["metrics"]["finish_reason"] is None for p in pieces[:-1])
+    if mode == "judge":
+        assert streamed["metrics"]["threshold"] == 0.5
+    assert infer_grpc(server.grpc_url, arrays)["token_ids"] == ids
+
+
+def test_concurrent_clients_all_get_their_own_correct_answer(server, in_process):
+    want = {p: expected(in_process, p, max_tokens=12)[1] for p in PROMPTS}
+    got, errors = {}, []
+
+    def ask(i: int, prompt: str) -> None:
+        try:
+            arrays = request_arrays(prompt, max_tokens=12)
+            call = (lambda: infer_http(server.http_url, arrays)) if i % 2 else (
+                lambda: stream_grpc(server.grpc_url, arrays))
+            got[prompt] = call()["token_ids"]
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(i, p)) for i, p in enumerate(PROMPTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors and got == want
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"window": 0}, "'window': must be in 1..64"),
+    ({"threshold": 1.5}, "'threshold': must be in [0, 1]"),
+    ({"mode": "greedy"}, "'mode': unknown mode"),
+    ({"max_tokens": 65}, "'max_tokens': must be in 1..64"),
+    ({"prompt": "   "}, "'prompt': empty"),
+    ({"stop": [""]}, "'stop': stop strings must not be empty"),
+])
+def test_invalid_requests_get_an_error_naming_the_field_and_the_server_keeps_serving(server, fields, message):
+    arrays = request_arrays(fields.pop("prompt", "hello"), **fields)
+    for call in (lambda: infer_http(server.http_url, arrays), lambda: stream_grpc(server.grpc_url, arrays)):
+        with pytest.raises(ServingError) as caught:
+            call()
+        assert message in str(caught.value)
+    assert server.is_ready()
+    assert infer_http(server.http_url, request_arrays("hello", max_tokens=2))["token_ids"]
+
+
+def test_stop_strings_cut_the_text_the_same_way_in_process_and_served(server, in_process):
+    text, ids = expected(in_process, PROMPTS[0], max_tokens=24)
+    stop = text.split()[2]  # a word the answer is known to contain
+    want_text, want_ids = expected(in_process, PROMPTS[0], max_tokens=24, stop=[stop])
+    assert stop not in want_text
+    arrays = request_arrays(PROMPTS[0], max_tokens=24, stop=[stop])
+    for answer in (infer_http(server.http_url, arrays), stream_grpc(server.grpc_url, arrays)):
+        assert answer["text"] == want_text and answer["token_ids"] == want_ids
+        assert answer["metrics"]["finish_reason"] == "stop"
+
+
+def test_server_log_was_written(server, deployment):
+    assert Path(deployment / "server.log").read_text().count("Started GRPCInferenceService") == 1
