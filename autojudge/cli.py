@@ -595,9 +595,11 @@ def build_judge(judge_path, out, build_path, plugin_library, hidden_dtype, max_b
               help="Model instances per model (requests served in parallel, each with its own models).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N] (KIND_GPU).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--torch-threads", type=click.IntRange(0), default=0, show_default=True,
+              help="CPU threads per model instance; 0 = this machine's cores / --instances.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 def repo(out, target, draft, judge_path, default_mode, window, threshold, max_tokens, max_tokens_limit, instances,
-         device, dtype, force):
+         device, dtype, torch_threads, force):
     """Write a Triton model repository that serves AutoJudge (Python backend, in process).
 
     Two models: `autojudge` (one response per request; HTTP or gRPC) and `autojudge_stream`
@@ -609,7 +611,8 @@ def repo(out, target, draft, judge_path, default_mode, window, threshold, max_to
     settings = RepoSettings(target=target, draft=draft, judge=judge_path,
                             default_mode=default_mode or ("judge" if judge_path else "lossless"),
                             window=window, threshold=threshold, max_tokens=max_tokens,
-                            max_tokens_limit=max_tokens_limit, instances=instances, device=device, dtype=dtype)
+                            max_tokens_limit=max_tokens_limit, instances=instances, device=device, dtype=dtype,
+                            torch_threads=torch_threads)
     models = write_repo(out, settings, force=force)
     click.echo(f"wrote {models} (models: autojudge, autojudge_stream); serve it with: "
                f"autojudge-trt serve --repo {out}")

@@ -52,6 +52,12 @@ class RepoSettings:
     instances: int = 1
     device: str = "cpu"
     dtype: str = "float32"
+    torch_threads: int = 0  # per model instance; 0 = the machine's cores / instances
+
+    def threads(self) -> int:
+        import os
+
+        return self.torch_threads or max(1, (os.cpu_count() or 1) // self.instances)
 
     def check(self) -> None:
         if self.default_mode not in MODES:
@@ -115,7 +121,7 @@ def write_repo(out: str | Path, settings: RepoSettings, force: bool = False) -> 
         "dtype": settings.dtype, "device": settings.device, "default_mode": settings.default_mode,
         "window": str(settings.window), "threshold": "" if settings.threshold is None else repr(settings.threshold),
         "max_tokens": str(settings.max_tokens), "max_tokens_limit": str(settings.max_tokens_limit),
-        "instances": str(settings.instances),
+        "instances": str(settings.instances), "torch_threads": str(settings.threads()),
         "instance_kind": "KIND_CPU" if settings.device == "cpu" else "KIND_GPU",
     }
     rendered = {}

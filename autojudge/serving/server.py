@@ -109,6 +109,9 @@ class TritonServer:
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
+        # Model instances are separate processes sharing the cores: idle OpenMP threads must
+        # sleep, not spin, or concurrent requests slow each other down many times over.
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         libs = pytriton_server_dir().parent.parent / "nvidia_pytriton.libs"
         # The stub embeds libpython: make it load this interpreter's own (a system libpython of

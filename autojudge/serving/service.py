@@ -45,6 +45,10 @@ class DecodeService:
         from autojudge.models import DEFAULT_DRAFT, load_draft, load_target, quiet_transformers
 
         quiet_transformers()
+        if params.get("torch_threads"):  # instances share the cores: no oversubscription
+            import torch
+
+            torch.set_num_threads(int(params["torch_threads"]))
         target = load_target(params.get("target", "embedded"), dtype=params.get("dtype", "float32"),
                              device=params.get("device", "cpu"))
         draft = load_draft(params.get("draft") or DEFAULT_DRAFT, target)
