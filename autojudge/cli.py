@@ -270,10 +270,6 @@ def _print_metrics(result) -> None:
     Console(stderr=False).print(table)
 
 
-if __name__ == "__main__":
-    main()
-
-
 # ------------------------------------------------------------------ mining and training
 
 def _load_pair(target: str, draft: str | None, dtype: str = "float32", device: str = "auto"):
@@ -692,3 +688,7 @@ def client(url, protocol, prompts, max_tokens, mode, window, threshold, stop, as
                    f"acceptance {m['acceptance_rate']:.0%}, judge-accepted mismatches "
                    f"{m['judge_accepted_mismatches']}, {m['tokens_per_s']:.1f} tokens/s, "
                    f"finish {m['finish_reason']}", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -173,3 +173,41 @@ def test_stop_strings_cut_the_text_the_same_way_in_process_and_served(server, in
 
 def test_server_log_was_written(server, deployment):
     assert Path(deployment / "server.log").read_text().count("Started GRPCInferenceService") == 1
+
+
+def test_repo_command_writes_a_deployment_and_reports_bad_options(tmp_path):
+    from click.testing import CliRunner
+
+    from autojudge.cli import main
+
+    result = CliRunner().invoke(main, ["repo", "--out", str(tmp_path / "d"), "--window", "6", "--instances", "3"])
+    assert result.exit_code == 0, result.output
+    config = validate_config((tmp_path / "d/models/autojudge_stream/config.pbtxt").read_text(), "s")
+    assert config.parameters["default_window"].string_value == "6" and config.instance_group[0].count == 3
+    result = CliRunner().invoke(main, ["repo", "--out", str(tmp_path / "e"), "--mode", "judge"])
+    assert result.exit_code == 2 and "needs --judge" in result.output
+
+
+def test_serve_command_starts_answers_and_stops_cleanly_on_ctrl_c(deployment):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from autojudge.serving.server import free_port
+
+    http_port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "autojudge.cli", "serve", "--repo", str(deployment), "--quiet",
+                                "--http-port", str(http_port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        ready = json.loads(process.stdout.readline())  # blocks until the server is ready
+        assert ready["http"] == f"127.0.0.1:{http_port}"
+        assert infer_http(ready["http"], request_arrays("hello", max_tokens=2))["token_ids"]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+        with pytest.raises(ServingError, match="cannot reach"):
+            infer_http(ready["http"], request_arrays("hello", max_tokens=2))
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
