@@ -53,7 +53,7 @@ def run_load(server: TritonServer, questions: list[str], reference: dict, mode: 
             try:
                 answer = stream_grpc(server.grpc_url, request_arrays(question, max_tokens=max_tokens, mode=mode,
                                                                      window=window),
-                                     on_piece=lambda piece: first or first.append(time.perf_counter()))
+                                     on_piece=lambda piece, first=first: first or first.append(time.perf_counter()))
                 record = {"ok": answer["token_ids"] == reference[question], "tokens": len(answer["token_ids"]),
                           "latency": time.perf_counter() - start,
                           "ttft": (first[0] if first else time.perf_counter()) - start,
