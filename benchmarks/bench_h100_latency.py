@@ -114,9 +114,12 @@ def graph_step_timer(lm: CausalLM, context: int, tokens: int, device: torch.devi
             cache_position=torch.arange(context, device=device), use_cache=True)
     fresh = torch.randint(0, 32000, (1, tokens), generator=g).to(device)
     positions = torch.arange(context, context + tokens, device=device)
+    # A ready-made causal mask over the static cache: transformers would otherwise build it
+    # with a host-to-device copy, which a graph replays from freed host memory.
+    mask = (torch.arange(context + 128, device=device)[None, :] <= positions[:, None])[None, None]  # [1,1,S,L]
 
     def body():  # rewrites the same cache slots on every replay: the cache stays at `context`
-        hidden = decoder(input_ids=fresh, past_key_values=cache, cache_position=positions,
+        hidden = decoder(input_ids=fresh, attention_mask=mask, past_key_values=cache, cache_position=positions,
                          use_cache=True).last_hidden_state
         return lm.logits(hidden).argmax(-1)
 
@@ -133,7 +136,7 @@ def graph_step_timer(lm: CausalLM, context: int, tokens: int, device: torch.devi
     def replay():
         graph.replay()
     # A graph does not own the tensors it reads: keep them (and its output) alive with it.
-    replay.keep = (graph, cache, fresh, positions, output)
+    replay.keep = (graph, cache, fresh, positions, mask, output)
     return replay
 
 
