@@ -61,13 +61,20 @@ def _grpc_message(error, url: str) -> str:
     return message
 
 
+def _tritonclient(protocol: str):
+    """(tritonclient.http or .grpc, InferenceServerException), or a message saying what to install."""
+    try:
+        import importlib
+
+        from tritonclient.utils import InferenceServerException
+        return importlib.import_module(f"tritonclient.{protocol}"), InferenceServerException
+    except ImportError as exc:
+        raise MissingDependencyError(f"the {protocol} client needs tritonclient: {INSTALL_HINT}") from exc
+
+
 def infer_http(url: str, arrays: dict[str, np.ndarray], model: str = "autojudge", timeout_s: float = 600) -> dict:
     """One request over HTTP to the unary model."""
-    try:
-        import tritonclient.http as http
-        from tritonclient.utils import InferenceServerException
-    except ImportError as exc:
-        raise MissingDependencyError(f"the HTTP client needs tritonclient: {INSTALL_HINT}") from exc
+    http, InferenceServerException = _tritonclient("http")
     client = http.InferenceServerClient(url, network_timeout=timeout_s, connection_timeout=timeout_s)
     try:
         return _decode(client.infer(model, _inputs(http, arrays)))
@@ -81,11 +88,7 @@ def infer_http(url: str, arrays: dict[str, np.ndarray], model: str = "autojudge"
 
 def infer_grpc(url: str, arrays: dict[str, np.ndarray], model: str = "autojudge") -> dict:
     """One request over gRPC to the unary model."""
-    try:
-        import tritonclient.grpc as grpc
-        from tritonclient.utils import InferenceServerException
-    except ImportError as exc:
-        raise MissingDependencyError(f"the gRPC client needs tritonclient: {INSTALL_HINT}") from exc
+    grpc, InferenceServerException = _tritonclient("grpc")
     client = grpc.InferenceServerClient(url)
     try:
         return _decode(client.infer(model, _inputs(grpc, arrays)))
@@ -98,11 +101,7 @@ def infer_grpc(url: str, arrays: dict[str, np.ndarray], model: str = "autojudge"
 def stream_grpc(url: str, arrays: dict[str, np.ndarray], model: str = "autojudge_stream",
                 on_piece: Callable[[dict], None] | None = None, timeout_s: float = 600) -> dict:
     """One streamed request: ``on_piece`` gets every response; returns the joined answer."""
-    try:
-        import tritonclient.grpc as grpc
-        from tritonclient.utils import InferenceServerException
-    except ImportError as exc:
-        raise MissingDependencyError(f"the gRPC client needs tritonclient: {INSTALL_HINT}") from exc
+    grpc, InferenceServerException = _tritonclient("grpc")
     responses: queue.Queue = queue.Queue()
     client = grpc.InferenceServerClient(url)
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
