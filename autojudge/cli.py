@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -484,21 +485,45 @@ def quickstart(out, mine_prompts, eval_prompts, window, max_new_tokens, progress
 
     task = get_task("gsm8k")
     target_lm, draft_lm = _load_pair("embedded", None)
+    clock = _PhaseClock()
     _status(f"[1/3] mining {mine_prompts} GSM8K train questions -> {out / 'mined'}")
     summary = run_mining(target_lm, draft_lm, task, task.load("train", limit=mine_prompts), out / "mined",
                          split="train@0", max_new_tokens=max_new_tokens, progress=progress)
-    _status(f"      {summary['labels']} labels, {summary['important_fraction']:.0%} important")
+    _status(f"      {summary['labels']} labels, {summary['important_fraction']:.0%} important ({clock.lap('mine')})")
     _status(f"[2/3] training the judge -> {out / 'judge'}")
     judge, report = train_judge(read_mined(out / "mined"), TrainConfig(val_fraction=0.5), progress=progress)
     judge.save(out / "judge")
     _status(f"      validation ROC-AUC {report.val_auc:.3f}, threshold {report.threshold:.3f} "
-            f"(rejects {report.val_recall:.0%} of important mismatches, accepts {report.val_acceptance:.0%})")
+            f"(rejects {report.val_recall:.0%} of important mismatches, accepts {report.val_acceptance:.0%}; "
+            f"{clock.lap('train')})")
     _status(f"[3/3] evaluating on {eval_prompts} GSM8K test questions -> {out / 'eval'}")
     runs = [Run("target"), Run("lossless", window), Run("topk", window, top_k=4),
             Run("judge", window), Run("judge", window, threshold=0.5)]
     result = evaluate(SpeculativeDecoder(target_lm, draft_lm, judge), task, task.load("test", limit=eval_prompts),
                       runs, out / "eval", max_new_tokens=max_new_tokens, progress=progress)
+    _status(f"      {clock.lap('eval')}")
     _print_tradeoff(result)
+    clock.save(out / "timings.json")
+
+
+class _PhaseClock:
+    """Wall time of each quickstart phase, printed as it ends and saved as JSON."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> str:
+        now = time.perf_counter()
+        self.seconds[phase], self._last = now - self._last, now
+        minutes, seconds = divmod(round(self.seconds[phase]), 60)
+        return f"{minutes}m{seconds:02d}s"
+
+    def save(self, path: Path) -> None:
+        from autojudge.cache import atomic_write_bytes
+
+        total = sum(self.seconds.values())
+        atomic_write_bytes(path, json.dumps({**self.seconds, "total": total}, indent=2).encode())
 
 
 def _load_judge(path: Path):
@@ -535,9 +560,41 @@ def export_onnx_command(judge_path, out, hidden_dtype, as_json):
     click.echo(json.dumps(info) if as_json else f"wrote {path} (opset {OPSET}, IR {IR_VERSION}, {hidden_dtype})")
 
 
-@main.group()
-def build() -> None:
-    """Build TensorRT artifacts (needs TensorRT: pip install 'autojudge[trt]' on a GPU host)."""
+@main.group(invoke_without_command=True)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Deployment description (YAML or JSON): draft, target, judge, output_dir, dtype, "
+                   "quantization, tensor_parallel, max_batch_size, max_input_len, max_seq_len, window.")
+@click.option("--dry-run", is_flag=True, help="Check the description and print every step, command and output "
+                                              "path without running anything.")
+@click.option("--json", "as_json", is_flag=True, help="Print the preflight, the plan and the summary as JSON.")
+@click.pass_context
+def build(ctx, config_path, dry_run, as_json) -> None:
+    """Build everything a GPU host needs to serve AutoJudge with TensorRT-LLM.
+
+    \b
+    autojudge-trt build --config deploy.yaml            the whole pipeline:
+      draft and target checkpoints and engines (hidden states marked as outputs; the
+      target for external draft tokens), the judge-accept plugin and engine, and the
+      Triton repository (TensorRT-LLM flavour) pointing at them.
+    autojudge-trt build --config deploy.yaml --dry-run  the plan, nothing run
+    autojudge-trt build judge --judge J --out DIR       only the judge-accept engine
+
+    \b
+    Preflight runs first (GPU and compute capability, TensorRT / TensorRT-LLM 1.2.x, CUDA
+    toolkit, CMake, disk, judge hidden sizes, window, tokenizers) and stops with what to
+    fix. Re-running skips the steps whose outputs are complete (OUTPUT_DIR/manifest.json).
+    """
+    if ctx.invoked_subcommand is not None:
+        if config_path or dry_run:
+            raise click.UsageError("--config/--dry-run belong to the pipeline, not to `build "
+                                   f"{ctx.invoked_subcommand}`")
+        return
+    if config_path is None:
+        click.echo(ctx.get_help())
+        ctx.exit(0)
+    from autojudge.deploy.pipeline import run_build
+
+    ctx.exit(run_build(config_path, dry_run=dry_run, as_json=as_json))
 
 
 @build.command("judge")

@@ -344,18 +344,12 @@ def check_compatible(draft: CausalLM, target: CausalLM) -> None:
     """Raise IncompatibleModelsError unless both tokenizers agree token-for-token."""
     if draft.tokenizer is target.tokenizer:
         return
-    d_vocab = _vocab_by_id(draft.tokenizer)
-    t_vocab = _vocab_by_id(target.tokenizer)
-    for token_id in range(max(len(d_vocab), len(t_vocab))):
-        d_tok = d_vocab[token_id] if token_id < len(d_vocab) else None
-        t_tok = t_vocab[token_id] if token_id < len(t_vocab) else None
-        if d_tok != t_tok:
-            raise IncompatibleModelsError(
-                f"draft {draft.name!r} and target {target.name!r} do not share a vocabulary: "
-                f"token id {token_id} is {d_tok!r} in the draft and {t_tok!r} in the target "
-                f"({len(d_vocab)} vs {len(t_vocab)} tokens). Speculative decoding needs a draft "
-                "with the target's tokenizer."
-            )
+    difference = first_vocabulary_difference(draft.tokenizer.get_vocab(), target.tokenizer.get_vocab())
+    if difference:
+        raise IncompatibleModelsError(
+            f"draft {draft.name!r} and target {target.name!r} do not share a vocabulary: {difference}. "
+            "Speculative decoding needs a draft with the target's tokenizer."
+        )
     for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
         d_id, t_id = getattr(draft.tokenizer, attr, None), getattr(target.tokenizer, attr, None)
         if d_id != t_id:
@@ -365,8 +359,19 @@ def check_compatible(draft: CausalLM, target: CausalLM) -> None:
             )
 
 
-def _vocab_by_id(tokenizer: PreTrainedTokenizerBase) -> list[str | None]:
-    vocab = tokenizer.get_vocab()
+def first_vocabulary_difference(draft_vocab: dict[str, int], target_vocab: dict[str, int]) -> str | None:
+    """Where two token -> id vocabularies first differ, in words; None when identical."""
+    d_vocab, t_vocab = _by_id(draft_vocab), _by_id(target_vocab)
+    for token_id in range(max(len(d_vocab), len(t_vocab))):
+        d_tok = d_vocab[token_id] if token_id < len(d_vocab) else None
+        t_tok = t_vocab[token_id] if token_id < len(t_vocab) else None
+        if d_tok != t_tok:
+            return (f"token id {token_id} is {d_tok!r} in the draft and {t_tok!r} in the target "
+                    f"({len(d_vocab)} vs {len(t_vocab)} tokens)")
+    return None
+
+
+def _by_id(vocab: dict[str, int]) -> list[str | None]:
     by_id: list[str | None] = [None] * (max(vocab.values()) + 1 if vocab else 0)
     for token, token_id in vocab.items():
         by_id[token_id] = token

@@ -1,0 +1,133 @@
+"""The build plan: every step, its commands and its output directory, decided up front.
+
+Steps, in order (the ONNX judge path skips ``judge-plugin``)::
+
+    draft-checkpoint   build/convert_checkpoint.py   HF -> TensorRT-LLM checkpoint (one per TP rank)
+    draft-engine       build/build_engine.py         engine, last-layer hidden states marked as an output
+    target-checkpoint  build/convert_checkpoint.py
+    target-engine      build/build_engine.py         + draft_tokens_external, max_draft_len = window,
+                                                      paged context attention (KV-cache reuse)
+    judge-plugin       cmake                         libautojudge_judge_accept_plugin.so
+    judge-engine       autojudge-trt build judge     judge_accept.plan
+    triton-repo        autojudge-trt repo            the TensorRT-LLM flavour of the Triton repository
+
+A command's output argument is :data:`OUTPUT`: the runner substitutes a temporary
+directory and renames it into place when every command of the step succeeded, so an
+interrupted step never leaves an output that a later run trusts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autojudge.deploy.config import DeployConfig
+from autojudge.errors import AutoJudgeError
+
+OUTPUT = "{OUTPUT}"  # placeholder for the step's output directory in its commands
+HIDDEN_OUTPUT = "autojudge_hidden_states"  # engine output name of the last-layer hidden states
+PLUGIN_LIBRARY = "libautojudge_judge_accept_plugin.so"
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    title: str
+    commands: tuple[tuple[str, ...], ...]
+    output: Path
+    inputs: tuple[str, ...] = ()  # local files/directories whose content the output depends on
+    after: tuple[str, ...] = ()  # steps whose outputs this one reads
+    env: dict[str, str] = field(default_factory=dict)
+
+    def rendered(self, output: Path | None = None) -> list[list[str]]:
+        target = str(output or self.output)
+        return [[target if arg == OUTPUT else arg.replace(OUTPUT, target) for arg in command]
+                for command in self.commands]
+
+    def shell(self) -> list[str]:
+        return [shlex.join(command) for command in self.rendered()]
+
+
+def build_scripts_dir() -> Path:
+    """The step scripts: the repository's ``build/`` or the copy inside the wheel."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here.parent / "build", here / "build_steps"):
+        if (candidate / "build_engine.py").is_file():
+            return candidate
+    raise AutoJudgeError(f"the build step scripts are missing from this installation (looked in {here.parent / 'build'}"
+                         f" and {here / 'build_steps'}); reinstall autojudge.")
+
+
+def make_plan(config: DeployConfig, config_path: Path) -> list[Step]:
+    from autojudge.plugin_kernel import plugin_source_dir
+
+    out, scripts, py = config.output_dir, build_scripts_dir(), sys.executable
+    cli = (py, "-m", "autojudge.cli")
+    steps: list[Step] = []
+    for role in ("draft", "target"):
+        spec = getattr(config, role)
+        checkpoint, engine = out / "checkpoints" / role, out / "engines" / role
+        local = (spec.model,) if Path(spec.model).is_dir() else ()
+        steps.append(Step(
+            f"{role}-checkpoint", f"convert the {role} ({spec.model}) to a TensorRT-LLM checkpoint",
+            ((py, str(scripts / "convert_checkpoint.py"), "--model", spec.model, "--dtype", config.dtype,
+              "--quantization", config.quantization, "--tp-size", str(config.tp(role)), "--out", OUTPUT),),
+            checkpoint, inputs=local))
+        engine_args = [py, str(scripts / "build_engine.py"), "--checkpoint", str(checkpoint), "--role", role,
+                       "--max-batch-size", str(config.max_batch_size), "--max-input-len", str(config.max_input_len),
+                       "--max-seq-len", str(config.max_seq_len), "--hidden-output", HIDDEN_OUTPUT]
+        if role == "target":
+            engine_args += ["--max-draft-len", str(config.window)]
+        steps.append(Step(
+            f"{role}-engine", f"build the {role} engine" + (
+                f" (external draft tokens, max_draft_len {config.window})" if role == "target" else ""),
+            (tuple(engine_args + ["--out", OUTPUT]),), engine, after=(f"{role}-checkpoint",)))
+    judge_args = [*cli, "build", "judge", "--judge", str(config.judge), "--path", config.judge_engine,
+                  "--hidden-dtype", config.dtype, "--max-batch", str(config.max_batch_size),
+                  "--max-window", str(config.window)]
+    judge_after: tuple[str, ...] = ()
+    if config.judge_engine == "plugin":
+        plugin = out / "plugin"
+        steps.append(Step(
+            "judge-plugin", "compile the judge-accept TensorRT plugin (CMake, CUDA)",
+            (("cmake", "-S", str(plugin_source_dir()), "-B", OUTPUT, "-DCMAKE_BUILD_TYPE=Release"),
+             ("cmake", "--build", OUTPUT, "-j")), plugin, inputs=(str(plugin_source_dir()),)))
+        judge_args += ["--plugin-library", str(plugin / PLUGIN_LIBRARY)]
+        judge_after = ("judge-plugin",)
+    steps.append(Step("judge-engine", f"build the judge-accept engine ({config.judge_engine} path)",
+                      (tuple(judge_args + ["--out", OUTPUT]),), out / "engines" / "judge_accept",
+                      inputs=(str(config.judge),), after=judge_after))
+    steps.append(Step(
+        "triton-repo", "write the Triton model repository (TensorRT-LLM flavour)",
+        ((*cli, "repo", "--flavour", "tensorrt-llm", "--config", str(config_path.resolve()), "--out", OUTPUT,
+          "--force"),),
+        out / "triton_repo", inputs=(str(config_path.resolve()),),
+        after=tuple(step.name for step in steps)))
+    return steps
+
+
+def step_hashes(steps: list[Step]) -> dict[str, str]:
+    """A hash per step over its commands, its local inputs' fingerprints and its upstream hashes."""
+    hashes: dict[str, str] = {}
+    for step in steps:
+        record = {"commands": [list(c) for c in step.commands], "output": str(step.output), "env": step.env,
+                  "inputs": {path: fingerprint(Path(path)) for path in step.inputs},
+                  "after": {name: hashes[name] for name in step.after}}
+        hashes[step.name] = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+    return hashes
+
+
+def fingerprint(path: Path) -> str:
+    """Content identity of a file or directory: names, sizes and modification times (no reading of
+    multi-GB weights); small files (< 1 MiB: configs, judge artifacts) are hashed by content."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file.relative_to(path) if file != path else file.name}\0{stat.st_size}\0".encode())
+        digest.update(file.read_bytes() if stat.st_size < 2**20 else str(stat.st_mtime_ns).encode())
+    return digest.hexdigest()
