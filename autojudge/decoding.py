@@ -13,9 +13,15 @@ Modes (all the same loop):
 - ``judge``: AutoJudge; a mismatch also passes if the judge calls it unimportant.
   **Intentionally lossy**: the output may differ from the target's own.
 
-Cache invariant: after a cycle the target cache holds every committed token but the last
-(which the next verification feeds first); the draft cache holds a prefix of the
-committed tokens and lags by whatever it has not read yet.
+The loop (:class:`SpeculativeLoop`) does not know where the models run: it talks to a
+backend's per-request :class:`Session` (propose, verify, accept, commit). In-process
+PyTorch models are :class:`InProcessBackend` (what :class:`SpeculativeDecoder` wraps);
+the TensorRT-LLM flavour of the Triton repository drives the same loop with
+:mod:`autojudge.serving.trtllm_backend` (draft/target engines and the judge-accept engine).
+
+Cache invariant (in-process): after a cycle the target cache holds every committed token
+but the last (which the next verification feeds first); the draft cache holds a prefix of
+the committed tokens and lags by whatever it has not read yet.
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from autojudge.acceptance import accept, judge_mismatch_ok, topk_mismatch_ok
+from autojudge.acceptance import Acceptance, accept, judge_mismatch_ok, topk_mismatch_ok
 from autojudge.errors import AutoJudgeError
 from autojudge.judge import Judge
 from autojudge.metrics import SpecDecodeMetrics
@@ -45,9 +52,9 @@ class DecodeConfig:
     threshold: float | None = None  # mode judge only; None = the judge artifact's threshold
     stop: tuple[str, ...] = ()  # stop strings; the text is cut before the first one
 
-    def validate(self, has_draft: bool, judge: Judge | None) -> None:
-        if self.mode not in MODES:
-            raise AutoJudgeError(f"unknown mode {self.mode!r}: choose one of {', '.join(MODES)}")
+    def validate(self, has_draft: bool, judge: Judge | None, modes: Sequence[str] = MODES) -> None:
+        if self.mode not in modes:
+            raise AutoJudgeError(f"unknown mode {self.mode!r}: choose one of {', '.join(modes)}")
         if self.mode != "target":
             if not has_draft:
                 raise AutoJudgeError(f"mode {self.mode!r} needs a draft model")
@@ -77,17 +84,103 @@ class GenerationResult:
                 "finish_reason": self.finish_reason, "metrics": self.metrics.to_dict()}
 
 
-class SpeculativeDecoder:
-    """Greedy speculative decoding of ``target`` with ``draft`` (and optionally a judge)."""
+class Session(Protocol):
+    """One request's view of a backend: the four operations of a cycle. Shapes: B = 1."""
 
-    def __init__(self, target: CausalLM, draft: CausalLM | None = None, judge: Judge | None = None,
-                 check_judge_names: bool = True):
+    def propose(self, tokens: torch.Tensor, w: int, need_hidden: bool
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Greedy-draft w tokens after ``tokens`` [B, T]: draft tokens [B, w] and, if asked, the
+        draft hidden states [B, w, Hd] after reading d_0 .. d_{w-1} (the judge's draft features)."""
+
+    def verify(self, tokens: torch.Tensor, draft_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One target pass over ``tokens`` + ``draft_tokens`` [B, w]: target tokens t_0 .. t_w
+        [B, w+1] and the target hidden states [B, w+1, Ht] they were read from."""
+
+    def accept(self, config: DecodeConfig, threshold: float | None, draft_tokens: torch.Tensor,
+               target_tokens: torch.Tensor, draft_hidden: torch.Tensor | None,
+               target_hidden: torch.Tensor) -> Acceptance:
+        """The acceptance rule of ``config.mode`` (autojudge.acceptance is the oracle)."""
+
+    def commit(self, length: int) -> None:
+        """The sequence is now ``length`` tokens long: forget any state past it."""
+
+
+class Backend(Protocol):
+    modes: tuple[str, ...]  # the modes it can run
+    has_draft: bool
+    judge: Judge | None
+    tokenizer: object  # a Hugging Face tokenizer (decode, for text and stop strings)
+    eos_token_ids: frozenset[int]
+    device: torch.device  # where the loop keeps the token tensor
+
+    def start(self, uses_draft: bool) -> Session: ...
+
+
+class InProcessBackend:
+    """Draft, target (and judge) as PyTorch models in this process; KV caches kept per request."""
+
+    modes = MODES
+
+    def __init__(self, target: CausalLM, draft: CausalLM | None = None, judge: Judge | None = None):
         self.target, self.draft, self.judge = target, draft, judge
-        if judge is not None:
-            judge.check_models(draft.name if draft else "", draft.hidden_size if draft else 0,
-                               target.name, target.hidden_size, check_names=check_judge_names)
+        self.has_draft = draft is not None
+        self.tokenizer, self.eos_token_ids, self.device = target.tokenizer, target.eos_token_ids, target.device
         # Tokens past the smaller vocabulary are padding rows, never real tokens.
-        self._vocab = min(target.vocab_size, draft.vocab_size) if draft else target.vocab_size
+        self.vocab = min(target.vocab_size, draft.vocab_size) if draft else target.vocab_size
+
+    def start(self, uses_draft: bool) -> _InProcessSession:
+        return _InProcessSession(self, uses_draft)
+
+
+class _InProcessSession:
+    def __init__(self, backend: InProcessBackend, uses_draft: bool):
+        self.b = backend
+        self.target_cache = backend.target.new_cache()
+        self.draft_cache = backend.draft.new_cache() if uses_draft else None
+
+    def propose(self, tokens, w, need_hidden):
+        """The state at d_{w-1} costs one extra draft forward, made only when it is needed."""
+        draft, cache = self.b.draft, self.draft_cache
+        fed = tokens[:, cache.get_seq_length():]  # [B, S] tokens the draft has not read yet
+        drafted, states = [], []
+        for step in range(w + int(need_hidden)):
+            hidden = draft.hidden_states(fed, cache)[:, -1:]  # [B, 1, Hd]
+            if step:
+                states.append(hidden)  # the state after reading d_{step-1}
+            if step == w:
+                break
+            fed = draft.greedy(hidden, self.b.vocab)  # [B, 1]
+            drafted.append(fed)
+        return torch.cat(drafted, dim=1), (torch.cat(states, dim=1) if need_hidden else None)
+
+    def verify(self, tokens, draft_tokens):
+        w = draft_tokens.shape[1]
+        fresh = torch.cat([tokens[:, self.target_cache.get_seq_length():], draft_tokens], dim=1)
+        hidden = self.b.target.hidden_states(fresh, self.target_cache)[:, -(w + 1):]  # [B, w+1, Ht]
+        return self.b.target.greedy(hidden, self.b.vocab), hidden
+
+    def accept(self, config, threshold, draft_tokens, target_tokens, draft_hidden, target_hidden):
+        w = draft_tokens.shape[1]
+        mismatch_ok = None  # lossy modes only rewrite the mismatch mask
+        if w and config.mode == "topk":
+            logits = self.b.target.logits(target_hidden[:, :w])[..., : self.b.vocab]  # [B, w, V]
+            mismatch_ok = topk_mismatch_ok(draft_tokens, logits, config.top_k)
+        elif w and config.mode == "judge":
+            probs = self.b.judge.probabilities(draft_hidden, target_hidden[:, 1:])  # [B, w]
+            mismatch_ok = judge_mismatch_ok(probs, threshold)
+        return accept(draft_tokens, target_tokens, mismatch_ok)
+
+    def commit(self, length):
+        crop_cache(self.target_cache, length)
+        if self.draft_cache is not None:
+            crop_cache(self.draft_cache, length)
+
+
+class SpeculativeLoop:
+    """Greedy speculative decoding over any :class:`Backend`."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
 
     @torch.inference_mode()
     def generate(
@@ -99,24 +192,23 @@ class SpeculativeDecoder:
     ) -> GenerationResult:
         """Decode from ``prompt_ids``; ``on_tokens(ids, metrics)`` gets each cycle's committed
         tokens and the metrics so far (for streaming)."""
-        config.validate(self.draft is not None, self.judge)
+        backend = self.backend
+        config.validate(backend.has_draft, backend.judge, backend.modes)
         if not prompt_ids:
             raise AutoJudgeError("the prompt is empty")
-        eos = self.target.eos_token_ids if eos_token_ids is None else eos_token_ids
+        eos = backend.eos_token_ids if eos_token_ids is None else eos_token_ids
         window = 0 if config.mode == "target" else config.window
         threshold = config.threshold
         if config.mode == "judge" and threshold is None:
-            threshold = self.judge.meta.threshold
-        need_draft_hidden = config.mode == "judge" and self.judge.uses_draft_hidden
-        stops = _StopStrings(self.target.tokenizer, config.stop)
+            threshold = backend.judge.meta.threshold
+        need_draft_hidden = config.mode == "judge" and backend.judge.uses_draft_hidden
+        stops = _StopStrings(backend.tokenizer, config.stop)
         metrics = SpecDecodeMetrics(mode=config.mode, window=window)
 
         start = time.perf_counter()
-        device = self.target.device
-        tokens = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)  # [B, T]
+        tokens = torch.tensor([list(prompt_ids)], dtype=torch.long, device=backend.device)  # [B, T]
         prompt_len = tokens.shape[1]
-        target_cache = self.target.new_cache()
-        draft_cache = self.draft.new_cache() if window else None
+        session = backend.start(uses_draft=bool(window))
         finish_reason = "length"
 
         while (generated := tokens.shape[1] - prompt_len) < config.max_new_tokens:
@@ -127,38 +219,28 @@ class SpeculativeDecoder:
             draft_tokens = tokens.new_empty((1, 0))  # [B, w]
             draft_hidden = None  # [B, w, Hd]
             if w:
-                draft_tokens, draft_hidden = self._propose(tokens, draft_cache, w, need_draft_hidden)
+                draft_tokens, draft_hidden = session.propose(tokens, w, need_draft_hidden)
+                draft_tokens = draft_tokens.to(tokens.device)
                 metrics.num_draft_calls += w + int(need_draft_hidden)
                 metrics.num_drafts += 1
                 metrics.num_draft_tokens += w
 
-            # --- verify: one target forward over the unseen suffix + the w draft tokens
-            fresh = torch.cat([tokens[:, target_cache.get_seq_length():], draft_tokens], dim=1)
-            hidden = self.target.hidden_states(fresh, target_cache)[:, -(w + 1):]  # [B, w+1, Ht]
-            target_tokens = self.target.greedy(hidden, self._vocab)  # [B, w+1]
+            # --- verify: one target pass over the unseen suffix + the w draft tokens
+            target_tokens, target_hidden = session.verify(tokens, draft_tokens)  # [B, w+1], [B, w+1, Ht]
             metrics.num_target_calls += 1
 
-            # --- accept: lossy modes only rewrite the mismatch mask
-            mismatch_ok = None
-            if w and config.mode == "topk":
-                logits = self.target.logits(hidden[:, :w])[..., : self._vocab]  # [B, w, V]
-                mismatch_ok = topk_mismatch_ok(draft_tokens, logits, config.top_k)
-            elif w and config.mode == "judge":
-                probs = self.judge.probabilities(draft_hidden, hidden[:, 1:])  # [B, w]
-                mismatch_ok = judge_mismatch_ok(probs, threshold)
-            result = accept(draft_tokens, target_tokens, mismatch_ok)
+            # --- accept
+            result = session.accept(config, threshold, draft_tokens, target_tokens, draft_hidden, target_hidden)
             n = int(result.num_accepted[0])
             metrics.num_accepted_tokens += n
             metrics.num_accepted_mismatches += int(result.mismatch_accepted[0].sum())
             for k in range(n):
                 metrics.num_accepted_tokens_per_pos[k] += 1
 
-            # --- commit n + 1 tokens; caches keep only what is still valid
-            new = torch.cat([draft_tokens[:, :n], result.next_tokens[:, None]], dim=1)  # [B, n+1]
+            # --- commit n + 1 tokens; the backend keeps only what is still valid
+            new = torch.cat([draft_tokens[:, :n], result.next_tokens.reshape(1, 1).to(tokens)], dim=1)  # [B, n+1]
             tokens = torch.cat([tokens, new], dim=1)
-            crop_cache(target_cache, committed + n)
-            if draft_cache is not None:
-                crop_cache(draft_cache, committed + n)
+            session.commit(committed + n)
 
             new_ids = new[0].tolist()
             cut, reason = _first_stop(new_ids, eos)
@@ -178,30 +260,22 @@ class SpeculativeDecoder:
         token_ids = tokens[0, prompt_len:].tolist()
         metrics.num_generated_tokens = len(token_ids)
         metrics.wall_time_s = time.perf_counter() - start
-        text = self.target.tokenizer.decode(token_ids, skip_special_tokens=True)
+        text = backend.tokenizer.decode(token_ids, skip_special_tokens=True)
         if finish_reason == "stop":
             text = stops.cut_text(text)
         return GenerationResult(token_ids, text, finish_reason, metrics)
 
-    def _propose(self, tokens: torch.Tensor, cache, w: int, need_last_hidden: bool):
-        """Greedy-draft w tokens after ``tokens`` [B, T].
 
-        Returns draft tokens [B, w] and, if asked, the draft hidden states [B, w, Hd] at the
-        positions of d_0 .. d_{w-1} (the state after reading d_k: the judge's feature for d_k).
-        The state at d_{w-1} costs one extra draft forward, made only when it is needed.
-        """
-        fed = tokens[:, cache.get_seq_length():]  # [B, S] tokens the draft has not read yet
-        drafted, states = [], []
-        for step in range(w + int(need_last_hidden)):
-            hidden = self.draft.hidden_states(fed, cache)[:, -1:]  # [B, 1, Hd]
-            if step:
-                states.append(hidden)  # the state after reading d_{step-1}
-            if step == w:
-                break
-            fed = self.draft.greedy(hidden, self._vocab)  # [B, 1]
-            drafted.append(fed)
-        draft_tokens = torch.cat(drafted, dim=1)  # [B, w]
-        return draft_tokens, (torch.cat(states, dim=1) if need_last_hidden else None)
+class SpeculativeDecoder(SpeculativeLoop):
+    """Greedy speculative decoding of ``target`` with ``draft`` (and optionally a judge), in process."""
+
+    def __init__(self, target: CausalLM, draft: CausalLM | None = None, judge: Judge | None = None,
+                 check_judge_names: bool = True):
+        if judge is not None:
+            judge.check_models(draft.name if draft else "", draft.hidden_size if draft else 0,
+                               target.name, target.hidden_size, check_names=check_judge_names)
+        super().__init__(InProcessBackend(target, draft, judge))
+        self.target, self.draft, self.judge = target, draft, judge
 
 
 def _first_stop(new_ids: list[int], eos: frozenset[int]) -> tuple[int, str | None]:
