@@ -221,6 +221,7 @@ class SpeculativeLoop:
             if w:
                 draft_tokens, draft_hidden = session.propose(tokens, w, need_draft_hidden)
                 draft_tokens = draft_tokens.to(tokens.device)
+                w = draft_tokens.shape[1]  # a backend may draft fewer (the draft ended its answer)
                 metrics.num_draft_calls += w + int(need_draft_hidden)
                 metrics.num_drafts += 1
                 metrics.num_draft_tokens += w
