@@ -651,15 +651,42 @@ def build_judge(judge_path, out, build_path, plugin_library, hidden_dtype, max_b
 @click.option("--torch-threads", type=click.IntRange(0), default=0, show_default=True,
               help="CPU threads per model instance; 0 = this machine's cores / --instances.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@click.option("--flavour", type=click.Choice(["python", "tensorrt-llm"]), default="python", show_default=True,
+              help="python: the in-process decoder (CPU or GPU). tensorrt-llm: draft/target TensorRT-LLM "
+                   "engines, the judge-accept engine and a BLS loop (from `autojudge-trt build --config`).")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="tensorrt-llm: the deployment description the engines were built from.")
+@click.option("--no-engine-check", is_flag=True, help="tensorrt-llm: write the repository even if the engines "
+                                                      "are not built yet.")
 def repo(out, target, draft, judge_path, default_mode, window, threshold, max_tokens, max_tokens_limit, instances,
-         device, dtype, torch_threads, force):
-    """Write a Triton model repository that serves AutoJudge (Python backend, in process).
+         device, dtype, torch_threads, force, flavour, config_path, no_engine_check):
+    """Write a Triton model repository that serves AutoJudge.
 
-    Two models: `autojudge` (one response per request; HTTP or gRPC) and `autojudge_stream`
-    (decoupled: one response per decoder cycle; gRPC streaming). Serve it with
-    `autojudge-trt serve --repo OUT`.
+    \b
+    --flavour python (default): the speculative decoder in process (Python backend).
+    --flavour tensorrt-llm --config deploy.yaml: models draft and target (tensorrtllm
+      backend), judge_accept (TensorRT plan) and the BLS that runs the same decoding loop
+      over them; window, judge and engines come from the description.
+
+    Either way two front models: `autojudge` (one response per request; HTTP or gRPC) and
+    `autojudge_stream` (decoupled: one response per decoder cycle; gRPC streaming). Serve
+    the python flavour with `autojudge-trt serve --repo OUT`; deployment.json holds the
+    command for the TensorRT-LLM flavour.
     """
     from autojudge.serving.repo import RepoSettings, write_repo
+
+    if flavour == "tensorrt-llm":
+        if config_path is None:
+            raise click.UsageError("--flavour tensorrt-llm needs --config (the deployment description)")
+        from autojudge.deploy.config import load_config
+        from autojudge.serving.trtllm_repo import serve_command, write_trtllm_repo
+
+        config = load_config(config_path)
+        models = write_trtllm_repo(out, config, force=force, check_engines=not no_engine_check,
+                                   default_mode=default_mode or "judge", max_tokens=max_tokens)
+        click.echo(f"wrote {models} (models: draft, target, judge_accept, autojudge, autojudge_stream); serve it "
+                   f"with: {serve_command(config, models.resolve())}")
+        return
 
     settings = RepoSettings(target=target, draft=draft, judge=judge_path,
                             default_mode=default_mode or ("judge" if judge_path else "lossless"),

@@ -67,3 +67,75 @@ def test_topk_through_the_trtllm_contract_matches_the_in_process_decoder(pair):
     in_process, served, _ = both_ways(pair, None, config)
     assert served.token_ids == in_process.token_ids
     assert served.metrics.num_accepted_mismatches == in_process.metrics.num_accepted_mismatches
+
+
+# ----------------------------------------------------------------------------- the repository
+
+
+def deployment(tmp_path, layout="draft+target", extra=""):
+    from test_deploy import write_judge, write_model
+
+    write_model(tmp_path, "llama-3.2-1b")
+    write_model(tmp_path, "llama-3.1-8b")
+    if layout == "draft+target":
+        write_judge(tmp_path / "judge", 2048, 4096)
+    else:
+        meta = JudgeMetadata("t", 4096, "", 0, "target", threshold=0.4)
+        Judge(torch.zeros(4096), 0.0, meta).save(tmp_path / "judge")
+    path = tmp_path / "deploy.yaml"
+    path.write_text(f"draft: llama-3.2-1b\ntarget: llama-3.1-8b\njudge: judge\noutput_dir: out\nwindow: 6\n{extra}")
+    return path
+
+
+def test_the_tensorrt_llm_repository_is_generated_and_every_config_parses(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from autojudge.cli import main
+    from autojudge.serving.repo import validate_config
+
+    path = deployment(tmp_path, extra="tensor_parallel: 2\n")
+    refused = CliRunner().invoke(main, ["repo", "--flavour", "tensorrt-llm", "--config", str(path),
+                                        "--out", str(tmp_path / "deploy")])
+    assert refused.exit_code == 2 and "engines missing" in refused.output and "engines/target" in refused.output
+    assert not (tmp_path / "deploy").exists()
+    result = CliRunner().invoke(main, ["repo", "--flavour", "tensorrt-llm", "--config", str(path),
+                                       "--out", str(tmp_path / "deploy"), "--no-engine-check"])
+    assert result.exit_code == 0, result.output
+    models = tmp_path / "deploy" / "models"
+    configs = {m.name: validate_config((m / "config.pbtxt").read_text(), m.name) for m in models.iterdir()}
+    assert sorted(configs) == ["autojudge", "autojudge_stream", "draft", "judge_accept", "target"]
+    for role, hidden in (("draft", 2048), ("target", 4096)):
+        config = configs[role]
+        assert config.backend == "tensorrtllm"
+        assert config.parameters["gpt_model_path"].string_value == str(tmp_path / "out" / "engines" / role)
+        assert config.parameters["enable_kv_cache_reuse"].string_value == "true"
+        hidden_output = next(o for o in config.output if o.name == "autojudge_hidden_states")
+        assert list(hidden_output.dims) == [-1, hidden]
+    judge = configs["judge_accept"]
+    assert judge.platform == "tensorrt_plan"
+    assert [i.name for i in judge.input] == ["draft_tokens", "target_tokens", "draft_hidden", "target_hidden",
+                                             "threshold"]
+    assert list(judge.input[3].dims) == [-1, -1, 4096]
+    plan = models / "judge_accept" / "1" / "model.plan"
+    assert plan.is_symlink() and plan.readlink() == tmp_path / "out" / "engines" / "judge_accept" / "judge_accept.plan"
+    bls = configs["autojudge"].parameters
+    assert (bls["backend"].string_value, bls["default_window"].string_value) == ("tensorrt-llm", "6")
+    assert bls["default_mode"].string_value == "judge"
+    assert configs["autojudge_stream"].model_transaction_policy.decoupled
+    manifest = json.loads((tmp_path / "deploy" / "deployment.json").read_text())
+    assert manifest["flavour"] == "tensorrt-llm"
+    assert manifest["serve"].startswith("mpirun --allow-run-as-root -n 2 tritonserver --model-repository ")
+    assert "--backend-config=tensorrt,plugins=" in manifest["serve"]
+
+
+def test_a_target_only_judge_gets_a_judge_accept_model_without_draft_hidden(tmp_path):
+    from autojudge.deploy.config import load_config
+    from autojudge.serving.repo import validate_config
+    from autojudge.serving.trtllm_repo import write_trtllm_repo
+
+    models = write_trtllm_repo(tmp_path / "deploy", load_config(deployment(tmp_path, layout="target")),
+                               check_engines=False)
+    judge = validate_config((models / "judge_accept" / "config.pbtxt").read_text(), "judge_accept")
+    assert [i.name for i in judge.input] == ["draft_tokens", "target_tokens", "target_hidden", "threshold"]

@@ -39,7 +39,9 @@ def run_build(config_path: Path, dry_run: bool = False, as_json: bool = False) -
         _print_checks(checks)
     echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     rows = run_plan(steps, config.output_dir, echo)
-    serve = _serve_command(config)
+    from autojudge.serving.trtllm_repo import serve_command
+
+    serve = serve_command(config, config.output_dir / "triton_repo" / "models")
     if as_json:
         click.echo(json.dumps({**report, "ok": True, "summary": rows, "serve": serve}, indent=2))
     else:
@@ -89,13 +91,6 @@ def _verdict(dry_run: bool, config_failures: list[Check], host_failures: list[Ch
         console.print(f"[yellow]{where}[/]: {names} (see the fix column)")
     if dry_run and not config_failures:
         console.print("dry run: nothing was run.")
-
-
-def _serve_command(config) -> str:
-    repo = config.output_dir / "triton_repo" / "models"
-    world = max(config.tp("draft"), config.tp("target"))
-    launch = f"mpirun --allow-run-as-root -n {world} " if world > 1 else ""
-    return f"{launch}tritonserver --model-repository {repo}  # in nvcr.io/nvidia/tritonserver:<yy.mm>-trtllm-python-py3"
 
 
 def _print_summary(rows: list[dict], repo: Path, serve: str) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from autojudge.cache import atomic_directory
@@ -53,6 +53,7 @@ class RepoSettings:
     device: str = "cpu"
     dtype: str = "float32"
     torch_threads: int = 0  # per model instance; 0 = the machine's cores / instances
+    backend: str = "in-process"  # what the autojudge models decode with: in-process | tensorrt-llm
 
     def threads(self) -> int:
         import os
@@ -102,7 +103,16 @@ def render(template: str, values: dict[str, str], where: str) -> str:
     return PLACEHOLDER.sub(lambda m: _pbtxt_string(values[m.group(1)]), template)
 
 
-def write_repo(out: str | Path, settings: RepoSettings, force: bool = False) -> Path:
+@dataclass(frozen=True)
+class ExtraModel:
+    """A model written beside the autojudge models (the TensorRT-LLM flavour's engines)."""
+
+    config: str  # a rendered config.pbtxt
+    links: dict[str, Path] = field(default_factory=dict)  # file in the version folder -> where it really is
+
+
+def write_repo(out: str | Path, settings: RepoSettings, force: bool = False,
+               extra_models: dict[str, ExtraModel] | None = None, details: dict | None = None) -> Path:
     """Write the deployment directory ``out`` (see the module doc); return its models/ path."""
     settings.check()
     out = Path(out)
@@ -122,7 +132,7 @@ def write_repo(out: str | Path, settings: RepoSettings, force: bool = False) -> 
         "window": str(settings.window), "threshold": "" if settings.threshold is None else repr(settings.threshold),
         "max_tokens": str(settings.max_tokens), "max_tokens_limit": str(settings.max_tokens_limit),
         "instances": str(settings.instances), "torch_threads": str(settings.threads()),
-        "instance_kind": "KIND_CPU" if settings.device == "cpu" else "KIND_GPU",
+        "instance_kind": "KIND_CPU" if settings.device == "cpu" else "KIND_GPU", "backend": settings.backend,
     }
     rendered = {}
     for name, decoupled in MODELS.items():
@@ -130,6 +140,9 @@ def write_repo(out: str | Path, settings: RepoSettings, force: bool = False) -> 
                       f"{source / 'config.pbtxt'} (as {name})")
         validate_config(text, f"{name}/config.pbtxt")
         rendered[name] = text
+    extra_models = extra_models or {}
+    for name, model in extra_models.items():
+        validate_config(model.config, f"{name}/config.pbtxt")
     if force and out.exists():
         shutil.rmtree(out)
     with atomic_directory(out) as tmp:
@@ -137,10 +150,17 @@ def write_repo(out: str | Path, settings: RepoSettings, force: bool = False) -> 
             (tmp / "models" / name / "1").mkdir(parents=True)
             (tmp / "models" / name / "config.pbtxt").write_text(text)
             shutil.copy2(source / "1" / "model.py", tmp / "models" / name / "1" / "model.py")
+        for name, model in extra_models.items():
+            (tmp / "models" / name / "1").mkdir(parents=True)
+            (tmp / "models" / name / "config.pbtxt").write_text(model.config)
+            for file_name, real in model.links.items():
+                (tmp / "models" / name / "1" / file_name).symlink_to(Path(real).resolve())
         if settings.judge is not None:
             shutil.copytree(Path(settings.judge), tmp / "artifacts" / "judge")
-        manifest = {"format": "autojudge.deployment/v1", "flavour": "python", "models": list(MODELS),
-                    **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()}}
+        flavour = "python" if settings.backend == "in-process" else settings.backend
+        manifest = {"format": "autojudge.deployment/v1", "flavour": flavour, "models": [*MODELS, *extra_models],
+                    **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
+                    **(details or {})}
         (tmp / "deployment.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return out / "models"
 

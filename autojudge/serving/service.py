@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from autojudge.decoding import DecodeConfig, SpeculativeDecoder
+from autojudge.decoding import DecodeConfig, SpeculativeDecoder, SpeculativeLoop
 from autojudge.metrics import SpecDecodeMetrics
 from autojudge.serving.protocol import ServeDefaults, ServeRequest
 
@@ -33,7 +33,7 @@ def metrics_dict(metrics: SpecDecodeMetrics, threshold: float | None, finish_rea
 
 @dataclass
 class DecodeService:
-    decoder: SpeculativeDecoder
+    decoder: SpeculativeLoop
     defaults: ServeDefaults
     chat: bool = True
 
@@ -49,6 +49,8 @@ class DecodeService:
             import torch
 
             torch.set_num_threads(int(params["torch_threads"]))
+        if params.get("backend", "in-process") == "tensorrt-llm":
+            return cls._tensorrt_llm(params, model_dir)
         target = load_target(params.get("target", "embedded"), dtype=params.get("dtype", "float32"),
                              device=params.get("device", "cpu"))
         draft = load_draft(params.get("draft") or DEFAULT_DRAFT, target)
@@ -65,10 +67,29 @@ class DecodeService:
                                      check_judge_names=params.get("check_judge_models", "true") == "true")
         return cls(decoder, defaults, chat=params.get("chat", "true") == "true")
 
+    @classmethod
+    def _tensorrt_llm(cls, params: dict[str, str], model_dir: str | Path) -> DecodeService:
+        """The BLS of the TensorRT-LLM flavour: the same loop over the draft, target and
+        judge_accept models of this Triton server (only importable inside Triton)."""
+        import triton_python_backend_utils as pb_utils
+
+        from autojudge.judge import Judge
+        from autojudge.serving.trtllm_backend import TensorRTLLMBackend, bls_call, load_tokenizer
+
+        judge = Judge.load(Path(model_dir) / params["judge"])
+        if params.get("default_threshold"):
+            judge = replace(judge, meta=replace(judge.meta, threshold=float(params["default_threshold"])))
+        tokenizer, eos = load_tokenizer(params["target"])
+        backend = TensorRTLLMBackend(bls_call(pb_utils), tokenizer, eos, judge)
+        defaults = ServeDefaults(mode=params.get("default_mode", "judge"), window=int(params.get("default_window", 8)),
+                                 max_tokens=int(params.get("default_max_tokens", 128)),
+                                 max_tokens_limit=int(params.get("max_tokens_limit", 1024)), has_judge=True)
+        return cls(SpeculativeLoop(backend), defaults, chat=params.get("chat", "true") == "true")
+
     def prompt_ids(self, prompt: str) -> list[int]:
         from autojudge.models import encode_prompt
 
-        return encode_prompt(self.decoder.target.tokenizer, prompt, chat=self.chat)
+        return encode_prompt(self.decoder.backend.tokenizer, prompt, chat=self.chat)
 
     def run(self, request: ServeRequest, on_piece: OnPiece | None = None) -> tuple[str, list[int], dict]:
         """Decode one request; with ``on_piece``, stream (text, ids, metrics) pieces as cycles commit.
@@ -79,10 +100,10 @@ class DecodeService:
         """
         config = DecodeConfig(mode=request.mode, window=request.window, max_new_tokens=request.max_tokens,
                               threshold=request.threshold, stop=request.stop)
-        tokenizer = self.decoder.target.tokenizer
+        tokenizer = self.decoder.backend.tokenizer
         threshold = request.threshold
         if request.mode == "judge" and threshold is None:
-            threshold = self.decoder.judge.meta.threshold
+            threshold = self.decoder.backend.judge.meta.threshold
         generated: list[int] = []
         sent = {"text": "", "ids": 0}
         hold = max((len(s) for s in request.stop), default=1) - 1

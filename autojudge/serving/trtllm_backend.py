@@ -122,6 +122,20 @@ class _TensorRTLLMSession:
         pass  # stateless: the next requests carry the committed sequence
 
 
+def load_tokenizer(spec: str):
+    """The target's tokenizer and end-of-sequence ids, from its checkpoint directory or hub id."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(spec)
+    eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    try:
+        configured = GenerationConfig.from_pretrained(spec).eos_token_id
+    except OSError:  # no generation_config.json
+        configured = None
+    eos.update(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    return tokenizer, frozenset(eos)
+
+
 def bls_call(pb_utils) -> Call:
     """``call`` inside a Triton Python model: a BLS request per step, tensors via DLPack (bf16 too)."""
     from torch.utils.dlpack import from_dlpack
