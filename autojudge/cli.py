@@ -305,10 +305,13 @@ def _load_pair(target: str, draft: str | None, dtype: str = "float32", device: s
 @click.option("--lookahead", type=click.IntRange(0, 64), default=8, show_default=True,
               help="Verify this many tokens of the pre-swap answer per target forward when "
                    "continuing after a swap (same labels; 0 = one token per forward).")
+@click.option("--max-labels-per-prompt", type=click.IntRange(1), default=None,
+              help="Stop a prompt's search after its first N mismatches: bounds the cost of prompts "
+                   "with a long run of important mismatches [default: no bound].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def mine(task_spec, split, limit, offset, target, draft, dtype, device, out, num_shards, shard_id,
-         max_new_tokens, naive, lookahead, as_json, progress):
+         max_new_tokens, naive, lookahead, max_labels_per_prompt, as_json, progress):
     """Label the draft's mismatches important or not, self-supervised (AutoJudge mining).
 
     \b
@@ -330,7 +333,7 @@ def mine(task_spec, split, limit, offset, target, draft, dtype, device, out, num
     target_lm, draft_lm = _load_pair(target, draft, dtype, device)
     summary = run_mining(target_lm, draft_lm, task, examples, out, split=f"{split}@{offset}",
                          num_shards=num_shards, shard_id=shard_id, max_new_tokens=max_new_tokens,
-                         naive=naive, lookahead=lookahead, progress=progress)
+                         naive=naive, lookahead=lookahead, progress=progress, max_labels=max_labels_per_prompt)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -461,13 +464,15 @@ def _print_tradeoff(report: dict) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/quickstart"),
               show_default=True, help="Everything goes here; re-running resumes each step.")
 @click.option("--mine-prompts", type=click.IntRange(2), default=3, show_default=True,
-              help="GSM8K train questions to mine (2-3 minutes each on 2 CPU cores).")
+              help="GSM8K train questions to mine.")
+@click.option("--labels-per-prompt", type=click.IntRange(1), default=24, show_default=True,
+              help="Mismatches labelled per question (the first ones; ~4 s each on 2 CPU cores).")
 @click.option("--eval-prompts", type=click.IntRange(1), default=4, show_default=True,
               help="GSM8K test questions to evaluate on (5 runs each).")
 @click.option("--window", "-w", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(8), default=256, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def quickstart(out, mine_prompts, eval_prompts, window, max_new_tokens, progress):
+def quickstart(out, mine_prompts, labels_per_prompt, eval_prompts, window, max_new_tokens, progress):
     """The whole AutoJudge pipeline on the embedded default pair, in about 15 minutes on
     2 CPU cores: mine GSM8K train questions, train the judge, evaluate on GSM8K test.
 
@@ -488,7 +493,8 @@ def quickstart(out, mine_prompts, eval_prompts, window, max_new_tokens, progress
     clock = _PhaseClock()
     _status(f"[1/3] mining {mine_prompts} GSM8K train questions -> {out / 'mined'}")
     summary = run_mining(target_lm, draft_lm, task, task.load("train", limit=mine_prompts), out / "mined",
-                         split="train@0", max_new_tokens=max_new_tokens, progress=progress)
+                         split="train@0", max_new_tokens=max_new_tokens, progress=progress,
+                         max_labels=labels_per_prompt)
     _status(f"      {summary['labels']} labels, {summary['important_fraction']:.0%} important ({clock.lap('mine')})")
     _status(f"[2/3] training the judge -> {out / 'judge'}")
     judge, report = train_judge(read_mined(out / "mined"), TrainConfig(val_fraction=0.5), progress=progress)

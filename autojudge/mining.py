@@ -120,8 +120,9 @@ class MinedPrompt:
 
 def mine_example(target: CausalLM, draft: CausalLM, task: Task, example: Example,
                  prompt_ids: list[int], max_new_tokens: int, naive: bool = False,
-                 lookahead: int = DEFAULT_LOOKAHEAD) -> MinedPrompt:
-    """The semi-greedy search of ALGORITHM.md section 1 for one prompt."""
+                 lookahead: int = DEFAULT_LOOKAHEAD, max_labels: int | None = None) -> MinedPrompt:
+    """The semi-greedy search of ALGORITHM.md section 1 for one prompt (its first
+    ``max_labels`` mismatches when set: a bound on the cost of one prompt)."""
     start_time = time.perf_counter()
     tpc, dpc = PrefixCache(target), PrefixCache(draft, track_greedy=True)
     P = len(prompt_ids)
@@ -131,7 +132,7 @@ def mine_example(target: CausalLM, draft: CausalLM, task: Task, example: Example
     reference = task.result(example, _text(target, cur[P:end]))
     labels, draft_states, target_states = [], [], []
     left = P
-    while left < end:
+    while left < end and (max_labels is None or len(labels) < max_labels):
         dpc.extend(cur[: end - 1])
         drafted = torch.tensor(dpc.predictions[left - 1: end - 1])  # [end - left] draft greedy
         differs = (drafted != torch.tensor(cur[left:end])).nonzero()
@@ -186,8 +187,8 @@ def _check_manifest(out_dir: Path, manifest: dict) -> None:
     path = out_dir / "mining.json"
     if path.exists():
         existing = json.loads(path.read_text())
-        if existing != manifest:
-            diff = {k: (existing.get(k), manifest.get(k)) for k in manifest if existing.get(k) != manifest.get(k)}
+        diff = {k: (existing.get(k), manifest.get(k)) for k in manifest if existing.get(k) != manifest.get(k)}
+        if diff:  # a key a newer version added is absent (None) from older manifests: equal when unset
             raise AutoJudgeError(f"{out_dir} was mined with other settings {diff} (was, now); "
                                  "use another --out directory or the same settings to resume")
     else:
@@ -196,7 +197,8 @@ def _check_manifest(out_dir: Path, manifest: dict) -> None:
 
 def mine(target: CausalLM, draft: CausalLM, task: Task, examples: list[Example], out_dir: Path,
          split: str, num_shards: int = 1, shard_id: int = 0, max_new_tokens: int | None = None,
-         naive: bool = False, lookahead: int = DEFAULT_LOOKAHEAD, progress: bool = True) -> dict:
+         naive: bool = False, lookahead: int = DEFAULT_LOOKAHEAD, progress: bool = True,
+         max_labels: int | None = None) -> dict:
     """Mine ``examples[i]`` for every ``i % num_shards == shard_id`` into ``out_dir``; resumable.
     Returns a summary (prompts, labels, important fraction, cost per prompt)."""
     if not 0 <= shard_id < num_shards:
@@ -207,7 +209,7 @@ def mine(target: CausalLM, draft: CausalLM, task: Task, examples: list[Example],
         "format": MINING_FORMAT, "task": task.name, "split": split, "target": target.name,
         "target_hidden_size": target.hidden_size, "draft": draft.name,
         "draft_hidden_size": draft.hidden_size, "max_new_tokens": max_new_tokens,
-        "naive": naive,
+        "naive": naive, "max_labels_per_prompt": max_labels,
     })  # the number of examples may grow between runs: more prompts extend the same directory
     name = shard_name(shard_id, num_shards)
     labels_path, features_dir = out_dir / f"{name}.jsonl", out_dir / f"{name}.features"
@@ -224,7 +226,8 @@ def mine(target: CausalLM, draft: CausalLM, task: Task, examples: list[Example],
         for i in todo:
             example = examples[i]
             prompt_ids = encode_prompt(target.tokenizer, task.prompt(example), system=task.system)
-            mined = mine_example(target, draft, task, example, prompt_ids, max_new_tokens, naive, lookahead)
+            mined = mine_example(target, draft, task, example, prompt_ids, max_new_tokens, naive, lookahead,
+                                 max_labels)
             record = {"index": i, **mined.record}
             atomic_write_bytes(features_dir / f"{i:06d}.safetensors",
                                _features_bytes(mined.draft_hidden, mined.target_hidden))

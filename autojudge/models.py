@@ -143,8 +143,13 @@ def crop_cache(cache: DynamicCache, length: int) -> None:
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    return eos_ids_of(getattr(model, "generation_config", None), model.config, tokenizer)
+
+
+def eos_ids_of(*sources) -> frozenset[int]:
+    """Every ``eos_token_id`` the sources name (generation config, model config, tokenizer)."""
     ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+    for source in sources:
         value = getattr(source, "eos_token_id", None)
         if isinstance(value, int):
             ids.add(value)

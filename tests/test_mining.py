@@ -94,6 +94,20 @@ def test_fast_loop_equals_brute_force_and_finds_the_planted_rule(pair, lookahead
     assert seen == {True, False}  # the tiny pair exercises both branches
 
 
+def test_max_labels_keeps_the_first_labels_of_the_full_search(pair):
+    target, draft = pair
+    task = FirstEightCharacters()
+    capped = 0
+    for example in task.load()[:4]:
+        prompt = encode_prompt(target.tokenizer, task.prompt(example))
+        full = mine_example(target, draft, task, example, prompt, task.max_new_tokens).record["labels"]
+        first = mine_example(target, draft, task, example, prompt, task.max_new_tokens, max_labels=2)
+        assert first.record["labels"] == full[:2]
+        assert first.target_hidden.shape[0] == len(full[:2])
+        capped += len(full) > 2
+    assert capped  # at least one prompt had more than two labels to cut
+
+
 def test_features_are_the_hidden_states_at_the_swapped_in_draft_token(pair):
     target, draft = pair
     task = FirstEightCharacters()
@@ -185,3 +199,5 @@ def test_other_settings_in_the_same_directory_are_refused(pair, tmp_path):
     mine(target, draft, task, task.load()[:1], tmp_path, split="test", progress=False)
     with pytest.raises(AutoJudgeError, match="other settings.*max_new_tokens"):
         mine(target, draft, task, task.load()[:1], tmp_path, split="test", max_new_tokens=7, progress=False)
+    with pytest.raises(AutoJudgeError, match="other settings.*max_labels_per_prompt"):
+        mine(target, draft, task, task.load()[:1], tmp_path, split="test", max_labels=3, progress=False)

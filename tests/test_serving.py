@@ -211,3 +211,52 @@ def test_serve_command_starts_answers_and_stops_cleanly_on_ctrl_c(deployment):
     finally:
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------- TensorRT-LLM flavour
+
+
+@pytest.fixture(scope="module")
+def trtllm_deployment(tmp_path_factory):
+    """A TensorRT-LLM repository whose engine slots are answered by the reference models: the
+    BLS, its requests to draft/target/judge_accept, and the BF16 hidden states all run for real.
+    The judge accepts every mismatch (p = sigmoid(-20)), so its decisions do not depend on
+    BF16 rounding."""
+    from autojudge.deploy.config import load_config
+    from autojudge.models import embedded_target_dir, load_draft, load_target
+    from autojudge.serving.trtllm_reference import use_reference_engines
+    from autojudge.serving.trtllm_repo import write_trtllm_repo
+
+    target = load_target("embedded", device="cpu")
+    draft = load_draft("embedded", target)
+    meta = JudgeMetadata(target.name, target.hidden_size, draft.name, draft.hidden_size, threshold=0.5)
+    root = tmp_path_factory.mktemp("trtllm")
+    judge = Judge(torch.zeros(meta.num_features), -20.0, meta).save(root / "judge")
+    (root / "deploy.yaml").write_text(f"draft: embedded\ntarget: {embedded_target_dir()}\njudge: judge\n"
+                                      "output_dir: build\nwindow: 4\nmax_seq_len: 512\nmax_input_len: 256\n")
+    models = write_trtllm_repo(root / "deploy", load_config(root / "deploy.yaml"), check_engines=False, max_tokens=16)
+    use_reference_engines(models, str(embedded_target_dir()), "embedded")
+    return models, target, draft, Judge.load(judge)
+
+
+def test_the_tensorrt_llm_bls_serves_the_in_process_decoders_tokens(trtllm_deployment):
+    from autojudge.decoding import DecodeConfig, SpeculativeDecoder
+    from autojudge.models import encode_prompt
+    from autojudge.serving.server import TritonServer
+
+    models, target, draft, judge = trtllm_deployment
+    decoder = SpeculativeDecoder(target, draft, judge)
+    prompt = PROMPTS[0]
+    ids = encode_prompt(target.tokenizer, prompt, chat=True)
+    with TritonServer(models, log_file=models.parent / "server.log") as running:
+        for mode in ("lossless", "judge"):
+            want = decoder.generate(ids, DecodeConfig(mode=mode, window=4, max_new_tokens=16))
+            got = infer_http(running.http_url, request_arrays(prompt, max_tokens=16, mode=mode, window=4))
+            assert got["token_ids"] == want.token_ids and got["text"] == want.text, mode
+            metrics = got["metrics"]
+            assert metrics["mode"] == mode and metrics["tau"] == pytest.approx(want.metrics.mean_acceptance_length)
+        assert metrics["judge_accepted_mismatches"] > 0  # the judge_accept model accepted mismatches
+        streamed = stream_grpc(running.grpc_url, request_arrays(prompt, max_tokens=16, mode="judge", window=4),
+                               model="autojudge_stream")
+        assert streamed["token_ids"] == want.token_ids
+    assert running.process.poll() is not None

@@ -123,17 +123,18 @@ class _TensorRTLLMSession:
 
 
 def load_tokenizer(spec: str):
-    """The target's tokenizer and end-of-sequence ids, from its checkpoint directory or hub id."""
-    from transformers import AutoTokenizer, GenerationConfig
+    """The target's tokenizer and end-of-sequence ids (as the in-process loader finds them),
+    from its checkpoint directory or hub id."""
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    from autojudge.models import eos_ids_of
 
     tokenizer = AutoTokenizer.from_pretrained(spec)
-    eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     try:
-        configured = GenerationConfig.from_pretrained(spec).eos_token_id
+        generation = GenerationConfig.from_pretrained(spec)
     except OSError:  # no generation_config.json
-        configured = None
-    eos.update(configured if isinstance(configured, list) else [configured] if configured is not None else [])
-    return tokenizer, frozenset(eos)
+        generation = None
+    return tokenizer, eos_ids_of(generation, AutoConfig.from_pretrained(spec), tokenizer)
 
 
 def bls_call(pb_utils) -> Call:
