@@ -465,7 +465,7 @@ def _print_tradeoff(report: dict) -> None:
               show_default=True, help="Everything goes here; re-running resumes each step.")
 @click.option("--mine-prompts", type=click.IntRange(2), default=3, show_default=True,
               help="GSM8K train questions to mine.")
-@click.option("--labels-per-prompt", type=click.IntRange(1), default=24, show_default=True,
+@click.option("--labels-per-prompt", type=click.IntRange(1), default=16, show_default=True,
               help="Mismatches labelled per question (the first ones; ~4 s each on 2 CPU cores).")
 @click.option("--eval-prompts", type=click.IntRange(1), default=4, show_default=True,
               help="GSM8K test questions to evaluate on (5 runs each).")
@@ -473,7 +473,7 @@ def _print_tradeoff(report: dict) -> None:
 @click.option("--max-new-tokens", type=click.IntRange(8), default=256, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def quickstart(out, mine_prompts, labels_per_prompt, eval_prompts, window, max_new_tokens, progress):
-    """The whole AutoJudge pipeline on the embedded default pair, in about 15 minutes on
+    """The whole AutoJudge pipeline on the embedded default pair, in about 10 minutes on
     2 CPU cores: mine GSM8K train questions, train the judge, evaluate on GSM8K test.
 
     \b
