@@ -235,7 +235,7 @@ def trtllm_deployment(tmp_path_factory):
     (root / "deploy.yaml").write_text(f"draft: embedded\ntarget: {embedded_target_dir()}\njudge: judge\n"
                                       "output_dir: build\nwindow: 4\nmax_seq_len: 512\nmax_input_len: 256\n")
     models = write_trtllm_repo(root / "deploy", load_config(root / "deploy.yaml"), check_engines=False, max_tokens=16)
-    use_reference_engines(models, str(embedded_target_dir()), "embedded")
+    use_reference_engines(models, "embedded", "embedded")
     return models, target, draft, Judge.load(judge)
 
 
