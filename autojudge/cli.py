@@ -727,6 +727,9 @@ def serve(repo_path, host, http_port, grpc_port, log_file, quiet):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
+    # Explicitly, not Python's default: a process started in the background of a shell
+    # inherits SIGINT *ignored*, and Ctrl-C / kill -INT must still stop the server.
+    signal.signal(signal.SIGINT, terminate)
     try:
         server.start()
         click.echo(json.dumps({"ready": True, "http": server.http_url, "grpc": server.grpc_url}), err=False)
