@@ -52,9 +52,9 @@ class DecodeConfig:
     threshold: float | None = None  # mode judge only; None = the judge artifact's threshold
     stop: tuple[str, ...] = ()  # stop strings; the text is cut before the first one
 
-    def validate(self, has_draft: bool, judge: Judge | None, modes: Sequence[str] = MODES) -> None:
-        if self.mode not in modes:
-            raise AutoJudgeError(f"unknown mode {self.mode!r}: choose one of {', '.join(modes)}")
+    def validate(self, has_draft: bool, judge: Judge | None) -> None:
+        if self.mode not in MODES:
+            raise AutoJudgeError(f"unknown mode {self.mode!r}: choose one of {', '.join(MODES)}")
         if self.mode != "target":
             if not has_draft:
                 raise AutoJudgeError(f"mode {self.mode!r} needs a draft model")
@@ -106,7 +106,6 @@ class Session(Protocol):
 
 
 class Backend(Protocol):
-    modes: tuple[str, ...]  # the modes it can run
     has_draft: bool
     judge: Judge | None
     tokenizer: object  # a Hugging Face tokenizer (decode, for text and stop strings)
@@ -118,8 +117,6 @@ class Backend(Protocol):
 
 class InProcessBackend:
     """Draft, target (and judge) as PyTorch models in this process; KV caches kept per request."""
-
-    modes = MODES
 
     def __init__(self, target: CausalLM, draft: CausalLM | None = None, judge: Judge | None = None):
         self.target, self.draft, self.judge = target, draft, judge
@@ -193,7 +190,7 @@ class SpeculativeLoop:
         """Decode from ``prompt_ids``; ``on_tokens(ids, metrics)`` gets each cycle's committed
         tokens and the metrics so far (for streaming)."""
         backend = self.backend
-        config.validate(backend.has_draft, backend.judge, backend.modes)
+        config.validate(backend.has_draft, backend.judge)
         if not prompt_ids:
             raise AutoJudgeError("the prompt is empty")
         eos = backend.eos_token_ids if eos_token_ids is None else eos_token_ids

@@ -38,7 +38,7 @@ from collections.abc import Callable
 import torch
 
 from autojudge.acceptance import Acceptance, accept, topk_mismatch_ok
-from autojudge.decoding import MODES, DecodeConfig
+from autojudge.decoding import DecodeConfig
 from autojudge.errors import AutoJudgeError
 from autojudge.judge import Judge
 
@@ -56,7 +56,6 @@ def _scalar(value: int) -> torch.Tensor:
 class TensorRTLLMBackend:
     """Draft and target TensorRT-LLM engines and the judge-accept engine, reached through ``call``."""
 
-    modes = MODES
     has_draft = True
     device = torch.device("cpu")  # the loop's token tensor; the engines live on the GPU
 
