@@ -274,3 +274,16 @@ def test_an_interrupted_step_leaves_nothing_a_later_run_trusts(tmp_path):
     fixed = write_step("b", tmp_path / "b", "whole", after=["a"])
     assert [r["status"] for r in run_plan([good, fixed], tmp_path, lambda line: None)] == ["skipped", "built"]
     assert (tmp_path / "b" / "out.txt").read_text() == "whole"
+
+
+def test_past_the_preflight_the_step_scripts_themselves_refuse_to_fake_a_build(deployment, tmp_path, monkeypatch):
+    """With the host checks waved through, the first step script still stops, naming TensorRT-LLM."""
+    monkeypatch.setattr(Preflight, "host_checks", lambda self: [])
+    path, _ = deployment
+    result = CliRunner().invoke(main, ["build", "--config", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "step draft-checkpoint failed" in result.output
+    log = (tmp_path / "out" / "logs" / "draft-checkpoint.log").read_text()
+    assert "convert_checkpoint.py needs TensorRT-LLM 1.2.x" in log
+    assert not (tmp_path / "out" / "checkpoints" / "draft").exists()
+    assert "draft-checkpoint" not in Manifest(tmp_path / "out").steps
