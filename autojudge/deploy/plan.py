@@ -62,15 +62,24 @@ def build_scripts_dir() -> Path:
                          f" and {here / 'build_steps'}); reinstall autojudge.")
 
 
+def engine_paths(config: DeployConfig) -> dict[str, Path]:
+    """Where the build puts what the Triton repository points at (one definition for both)."""
+    engines = config.output_dir / "engines"
+    return {"draft": engines / "draft", "target": engines / "target",
+            "judge_accept": engines / "judge_accept" / "judge_accept.plan",
+            "plugin": config.output_dir / "plugin" / PLUGIN_LIBRARY}
+
+
 def make_plan(config: DeployConfig, config_path: Path) -> list[Step]:
     from autojudge.plugin_kernel import plugin_source_dir
 
     out, scripts, py = config.output_dir, build_scripts_dir(), sys.executable
+    paths = engine_paths(config)
     cli = (py, "-m", "autojudge.cli")
     steps: list[Step] = []
     for role in ("draft", "target"):
         spec = getattr(config, role)
-        checkpoint, engine = out / "checkpoints" / role, out / "engines" / role
+        checkpoint, engine = out / "checkpoints" / role, paths[role]
         local = (spec.model,) if Path(spec.model).is_dir() else ()
         steps.append(Step(
             f"{role}-checkpoint", f"convert the {role} ({spec.model}) to a TensorRT-LLM checkpoint",
@@ -91,15 +100,15 @@ def make_plan(config: DeployConfig, config_path: Path) -> list[Step]:
                   "--max-window", str(config.window)]
     judge_after: tuple[str, ...] = ()
     if config.judge_engine == "plugin":
-        plugin = out / "plugin"
+        plugin = paths["plugin"].parent
         steps.append(Step(
             "judge-plugin", "compile the judge-accept TensorRT plugin (CMake, CUDA)",
             (("cmake", "-S", str(plugin_source_dir()), "-B", OUTPUT, "-DCMAKE_BUILD_TYPE=Release"),
              ("cmake", "--build", OUTPUT, "-j")), plugin, inputs=(str(plugin_source_dir()),)))
-        judge_args += ["--plugin-library", str(plugin / PLUGIN_LIBRARY)]
+        judge_args += ["--plugin-library", str(paths["plugin"])]
         judge_after = ("judge-plugin",)
     steps.append(Step("judge-engine", f"build the judge-accept engine ({config.judge_engine} path)",
-                      (tuple(judge_args + ["--out", OUTPUT]),), out / "engines" / "judge_accept",
+                      (tuple(judge_args + ["--out", OUTPUT]),), paths["judge_accept"].parent,
                       inputs=(str(config.judge),), after=judge_after))
     steps.append(Step(
         "triton-repo", "write the Triton model repository (TensorRT-LLM flavour)",

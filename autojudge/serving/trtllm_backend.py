@@ -39,10 +39,10 @@ import torch
 
 from autojudge.acceptance import Acceptance, accept, topk_mismatch_ok
 from autojudge.decoding import DecodeConfig
+from autojudge.deploy.plan import HIDDEN_OUTPUT  # the engine output build/build_engine.py marks
 from autojudge.errors import AutoJudgeError
 from autojudge.judge import Judge
 
-HIDDEN_OUTPUT = "autojudge_hidden_states"  # the engine output build/build_engine.py marks
 DRAFT_MODEL, TARGET_MODEL, JUDGE_MODEL = "draft", "target", "judge_accept"
 
 # call(model name, input tensors, output names) -> output tensors

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from autojudge.deploy.config import DeployConfig
-from autojudge.deploy.plan import HIDDEN_OUTPUT, PLUGIN_LIBRARY
+from autojudge.deploy.plan import HIDDEN_OUTPUT, engine_paths
 from autojudge.deploy.model_info import read_model_info
 from autojudge.errors import AutoJudgeError
 from autojudge.judge import Judge
@@ -25,13 +25,6 @@ from autojudge.serving.repo import ExtraModel, RepoSettings, render, template_di
 
 HIDDEN_TYPES = {"bfloat16": "TYPE_BF16", "float16": "TYPE_FP16"}
 KV_CACHE_FRACTION = {"draft": "0.2", "target": "0.6"}  # of free GPU memory when each loads
-
-
-def engine_paths(config: DeployConfig) -> dict[str, Path]:
-    engines = config.output_dir / "engines"
-    return {"draft": engines / "draft", "target": engines / "target",
-            "judge_accept": engines / "judge_accept" / "judge_accept.plan",
-            "plugin": config.output_dir / "plugin" / PLUGIN_LIBRARY}
 
 
 def serve_command(config: DeployConfig, models: Path) -> str:
