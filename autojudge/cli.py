@@ -412,12 +412,16 @@ def _number_list(text: str, kind, option: str) -> list:
 @click.option("--thresholds", default="calibrated,0.05,0.2,0.5", show_default=True,
               help="Judge thresholds; 'calibrated' = the artifact's own.")
 @click.option("--max-new-tokens", type=click.IntRange(8), help="[default: the task's]")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True,
+              help="Examples decoded at once (same tokens up to float rounding, ~3x the throughput "
+                   "at 8 on 2 CPU cores). tokens/s is then the batch's throughput; use 1 for "
+                   "single-request speed.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="results.jsonl (resumable), report.json and tradeoff.png go here.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def eval_command(task_spec, split, limit, offset, target, draft, dtype, device, judge_path, window,
-                 top_ks, thresholds, max_new_tokens, out, as_json, progress):
+                 top_ks, thresholds, max_new_tokens, batch_size, out, as_json, progress):
     """Accuracy vs speed: decode a test split with target, lossless, top-K and judge runs.
 
     \b
@@ -439,7 +443,7 @@ def eval_command(task_spec, split, limit, offset, target, draft, dtype, device, 
     examples = task.load(split, limit=limit, offset=offset)
     target_lm, draft_lm = _load_pair(target, draft, dtype, device)
     report = evaluate(SpeculativeDecoder(target_lm, draft_lm, judge), task, examples, runs, out,
-                      max_new_tokens=max_new_tokens, progress=progress)
+                      max_new_tokens=max_new_tokens, progress=progress, batch_size=batch_size)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

@@ -128,6 +128,37 @@ class InProcessBackend:
     def start(self, uses_draft: bool) -> _InProcessSession:
         return _InProcessSession(self, uses_draft)
 
+    def draft_greedy(self, read: Callable[[torch.Tensor], torch.Tensor], unread: torch.Tensor, w: int,
+                     need_hidden: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Greedy-draft w tokens: ``read(ids [B, S]) -> [B, S, Hd]`` runs the draft on tokens it has
+        not seen (its cache grows), starting with ``unread`` [B, S]. Returns the draft tokens
+        [B, w] and, if asked, the states after reading d_0 .. d_{w-1} [B, w, Hd]; the state at
+        d_{w-1} costs one extra draft forward, made only when it is needed."""
+        fed, drafted, states = unread, [], []
+        for step in range(w + int(need_hidden)):
+            hidden = read(fed)[:, -1:]  # [B, 1, Hd]
+            if step:
+                states.append(hidden)  # the state after reading d_{step-1}
+            if step == w:
+                break
+            fed = self.draft.greedy(hidden, self.vocab)  # [B, 1]
+            drafted.append(fed)
+        return torch.cat(drafted, dim=1), (torch.cat(states, dim=1) if need_hidden else None)
+
+    def accept(self, config: DecodeConfig, threshold: float | None, draft_tokens: torch.Tensor,
+               target_tokens: torch.Tensor, draft_hidden: torch.Tensor | None,
+               target_hidden: torch.Tensor) -> Acceptance:
+        """The acceptance rule of ``config.mode`` on every row: [B, w] drafts, [B, w+1] targets."""
+        w = draft_tokens.shape[1]
+        mismatch_ok = None  # lossy modes only rewrite the mismatch mask
+        if w and config.mode == "topk":
+            logits = self.target.logits(target_hidden[:, :w])[..., : self.vocab]  # [B, w, V]
+            mismatch_ok = topk_mismatch_ok(draft_tokens, logits, config.top_k)
+        elif w and config.mode == "judge":
+            probs = self.judge.probabilities(draft_hidden, target_hidden[:, 1:])  # [B, w]
+            mismatch_ok = judge_mismatch_ok(probs, threshold)
+        return accept(draft_tokens, target_tokens, mismatch_ok)
+
 
 class _InProcessSession:
     def __init__(self, backend: InProcessBackend, uses_draft: bool):
@@ -136,19 +167,9 @@ class _InProcessSession:
         self.draft_cache = backend.draft.new_cache() if uses_draft else None
 
     def propose(self, tokens, w, need_hidden):
-        """The state at d_{w-1} costs one extra draft forward, made only when it is needed."""
-        draft, cache = self.b.draft, self.draft_cache
+        cache = self.draft_cache
         fed = tokens[:, cache.get_seq_length():]  # [B, S] tokens the draft has not read yet
-        drafted, states = [], []
-        for step in range(w + int(need_hidden)):
-            hidden = draft.hidden_states(fed, cache)[:, -1:]  # [B, 1, Hd]
-            if step:
-                states.append(hidden)  # the state after reading d_{step-1}
-            if step == w:
-                break
-            fed = draft.greedy(hidden, self.b.vocab)  # [B, 1]
-            drafted.append(fed)
-        return torch.cat(drafted, dim=1), (torch.cat(states, dim=1) if need_hidden else None)
+        return self.b.draft_greedy(lambda ids: self.b.draft.hidden_states(ids, cache), fed, w, need_hidden)
 
     def verify(self, tokens, draft_tokens):
         w = draft_tokens.shape[1]
@@ -157,15 +178,7 @@ class _InProcessSession:
         return self.b.target.greedy(hidden, self.b.vocab), hidden
 
     def accept(self, config, threshold, draft_tokens, target_tokens, draft_hidden, target_hidden):
-        w = draft_tokens.shape[1]
-        mismatch_ok = None  # lossy modes only rewrite the mismatch mask
-        if w and config.mode == "topk":
-            logits = self.b.target.logits(target_hidden[:, :w])[..., : self.b.vocab]  # [B, w, V]
-            mismatch_ok = topk_mismatch_ok(draft_tokens, logits, config.top_k)
-        elif w and config.mode == "judge":
-            probs = self.b.judge.probabilities(draft_hidden, target_hidden[:, 1:])  # [B, w]
-            mismatch_ok = judge_mismatch_ok(probs, threshold)
-        return accept(draft_tokens, target_tokens, mismatch_ok)
+        return self.b.accept(config, threshold, draft_tokens, target_tokens, draft_hidden, target_hidden)
 
     def commit(self, length):
         crop_cache(self.target_cache, length)
@@ -195,11 +208,8 @@ class SpeculativeLoop:
             raise AutoJudgeError("the prompt is empty")
         eos = backend.eos_token_ids if eos_token_ids is None else eos_token_ids
         window = 0 if config.mode == "target" else config.window
-        threshold = config.threshold
-        if config.mode == "judge" and threshold is None:
-            threshold = backend.judge.meta.threshold
-        need_draft_hidden = config.mode == "judge" and backend.judge.uses_draft_hidden
-        stops = _StopStrings(backend.tokenizer, config.stop)
+        threshold, need_draft_hidden = judge_settings(config, backend.judge)
+        stops = StopStrings(backend.tokenizer, config.stop)
         metrics = SpecDecodeMetrics(mode=config.mode, window=window)
 
         start = time.perf_counter()
@@ -241,7 +251,7 @@ class SpeculativeLoop:
             session.commit(committed + n)
 
             new_ids = new[0].tolist()
-            cut, reason = _first_stop(new_ids, eos)
+            cut, reason = first_stop(new_ids, eos)
             if reason is None and stops:
                 cut, reason = stops.check(tokens[0, prompt_len:].tolist(), len(new_ids))
             if cut < len(new_ids):
@@ -276,7 +286,15 @@ class SpeculativeDecoder(SpeculativeLoop):
         self.target, self.draft, self.judge = target, draft, judge
 
 
-def _first_stop(new_ids: list[int], eos: frozenset[int]) -> tuple[int, str | None]:
+def judge_settings(config: DecodeConfig, judge: Judge | None) -> tuple[float | None, bool]:
+    """(the judge threshold in force, whether the judge reads draft hidden states)."""
+    if config.mode != "judge":
+        return config.threshold, False
+    threshold = judge.meta.threshold if config.threshold is None else config.threshold
+    return threshold, judge.uses_draft_hidden
+
+
+def first_stop(new_ids: list[int], eos: frozenset[int]) -> tuple[int, str | None]:
     """(how many of new_ids to keep, 'eos' or None): EOS is kept, what follows is dropped."""
     for i, token in enumerate(new_ids):
         if token in eos:
@@ -284,7 +302,7 @@ def _first_stop(new_ids: list[int], eos: frozenset[int]) -> tuple[int, str | Non
     return len(new_ids), None
 
 
-class _StopStrings:
+class StopStrings:
     """User stop strings; the output text is cut before the first one (as vLLM does)."""
 
     def __init__(self, tokenizer, stop: Sequence[str]):

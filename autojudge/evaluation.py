@@ -15,8 +15,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from autojudge.batch_decoding import BatchSpeculativeDecoder
 from autojudge.cache import atomic_write_bytes
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder
+from autojudge.errors import AutoJudgeError
 from autojudge.jsonl import append_records, drop_torn_tail, jsonable, read_records
 from autojudge.models import encode_prompt
 from autojudge.tasks import Example, Task
@@ -59,41 +61,59 @@ def sweep(window: int, top_ks: list[int], thresholds: list[float | None], with_j
 
 
 def evaluate(decoder: SpeculativeDecoder, task: Task, examples: list[Example], runs: list[Run],
-             out_dir: Path, max_new_tokens: int | None = None, progress: bool = True) -> dict:
+             out_dir: Path, max_new_tokens: int | None = None, progress: bool = True,
+             batch_size: int = 1) -> dict:
     """Decode ``examples`` with every run (resuming ``out_dir/results.jsonl``) and write
-    ``report.json`` and ``tradeoff.png``. Returns the report."""
+    ``report.json`` and ``tradeoff.png``. Returns the report.
+
+    ``batch_size`` > 1 decodes that many examples at once (:mod:`autojudge.batch_decoding`):
+    the same tokens up to float rounding, several times the throughput; each record's
+    ``seconds`` is then its share of the batch's wall time."""
     if runs[0].name != TARGET_RUN:
         runs = [Run("target"), *[r for r in runs if r.name != TARGET_RUN]]
+    if batch_size < 1:
+        raise AutoJudgeError(f"batch_size must be >= 1, got {batch_size}")
     max_new_tokens = max_new_tokens or task.max_new_tokens
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "results.jsonl"
     drop_torn_tail(path)
     done = {(r["run"], r["example_id"]): r for r in read_records(path)}
     tokenizer = decoder.target.tokenizer
+    batched = BatchSpeculativeDecoder(decoder)
     total = len(runs) * len(examples)
     bar = tqdm(total=total, initial=sum((run.name, e.id) in done for run in runs for e in examples),
                desc="evaluating", unit="run", disable=not progress, dynamic_ncols=True)
     with open(path, "a", encoding="utf-8") as f:
-        for example in examples:  # example-major: an interrupted sweep has whole examples done
-            prompt_ids = encode_prompt(tokenizer, task.prompt(example), system=task.system)
+        # Chunk-major: an interrupted sweep has whole chunks of examples done in every run.
+        for chunk in (examples[i: i + batch_size] for i in range(0, len(examples), batch_size)):
+            prompts = {e.id: encode_prompt(tokenizer, task.prompt(e), system=task.system) for e in chunk}
             for run in runs:
-                if (run.name, example.id) in done:
+                todo = [e for e in chunk if (run.name, e.id) not in done]
+                if not todo:
                     continue
-                result = decoder.generate(prompt_ids, run.config(max_new_tokens))
-                answer = task.result(example, result.text)
-                m = result.metrics
-                record = {"run": run.name, "example_id": example.id, "result": jsonable(answer),
-                          "correct": bool(task.is_correct(example, result.text)),
-                          "tokens": m.num_generated_tokens, "target_calls": m.num_target_calls,
-                          "accepted_mismatches": m.num_accepted_mismatches, "seconds": m.wall_time_s}
-                done[(run.name, example.id)] = record
-                append_records(f, [record])
-                bar.update(1)
+                config = run.config(max_new_tokens)
+                if len(todo) == 1:
+                    results = [decoder.generate(prompts[todo[0].id], config)]
+                else:
+                    results = batched.generate([prompts[e.id] for e in todo], config)
+                records = []
+                for example, result in zip(todo, results):
+                    m = result.metrics
+                    records.append({
+                        "run": run.name, "example_id": example.id, "result": jsonable(task.result(example, result.text)),
+                        "correct": bool(task.is_correct(example, result.text)),
+                        "tokens": m.num_generated_tokens, "target_calls": m.num_target_calls,
+                        "accepted_mismatches": m.num_accepted_mismatches,
+                        "seconds": m.wall_time_s / len(todo), "batch": len(todo)})
+                    done[(run.name, example.id)] = records[-1]
+                append_records(f, records)
+                bar.update(len(records))
     bar.close()
     report = summarize(runs, examples, done, task)
     report["task"] = task.name
     report["target"], report["draft"] = decoder.target.name, decoder.draft.name if decoder.draft else None
     report["max_new_tokens"] = max_new_tokens
+    report["batch_size"] = batch_size
     atomic_write_bytes(out_dir / "report.json", json.dumps(report, indent=2).encode())
     plot_tradeoff(report, out_dir / "tradeoff.png")
     report["plot"] = str(out_dir / "tradeoff.png")

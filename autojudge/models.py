@@ -103,9 +103,14 @@ class CausalLM:
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.model.config)
 
-    def hidden_states(self, input_ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
-        """input_ids: [B, S] new tokens after the cached prefix -> [B, S, H] last-layer states."""
-        out = self._decoder(input_ids=input_ids, past_key_values=cache, use_cache=True)
+    def hidden_states(self, input_ids: torch.Tensor, cache: DynamicCache,
+                      attention_mask: torch.Tensor | None = None,
+                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids: [B, S] new tokens after the cached prefix -> [B, S, H] last-layer states.
+        A batch of ragged rows passes ``attention_mask`` [B, cached + S] (0 = a hole) and its
+        ``position_ids`` [B, S] (see :mod:`autojudge.batch_decoding`)."""
+        out = self._decoder(input_ids=input_ids, past_key_values=cache, use_cache=True,
+                            attention_mask=attention_mask, position_ids=position_ids)
         return out.last_hidden_state
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -54,3 +54,35 @@ def test_run_names_and_configs():
     assert Run("judge", 8, threshold=0.25).config(64).threshold == 0.25
     assert Run("topk", 4, top_k=8).config(64).top_k == 8
     assert Run("judge", 8).name == "judge@calibrated/W8"
+
+
+def test_batched_sweep_records_what_the_batch1_sweep_records(make_lm, tmp_path):
+    """batch_size 2 over 3 examples (a full batch, then a batch of one) gives the same records
+    as one at a time (float64, so rounding cannot flip a greedy choice); a batched sweep
+    resumes an unbatched one."""
+    target_model = tiny_model(4, layers=2).double()
+    target = make_lm(target_model, "tiny-target-64")
+    draft = make_lm(perturbed(target_model, 0.3, seed=2), "tiny-draft-64")
+    task = FirstEightCharacters()
+    examples = task.load()[:3]
+    decoder = SpeculativeDecoder(target, draft, constant_judge(target, draft, bias=-20.0))
+    runs = sweep(window=3, top_ks=[2], thresholds=[None], with_judge=True)
+
+    def records(path):
+        rows = [json.loads(line) for line in (path / "results.jsonl").read_text().splitlines()]
+        return {(r["run"], r["example_id"]): {k: v for k, v in r.items() if k not in ("seconds", "batch")}
+                for r in rows}
+
+    one = evaluate(decoder, task, examples, runs, tmp_path / "one", max_new_tokens=16, progress=False)
+    two = evaluate(decoder, task, examples, runs, tmp_path / "two", max_new_tokens=16, progress=False, batch_size=2)
+    assert records(tmp_path / "one") == records(tmp_path / "two")
+    assert [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in one["runs"]] == \
+        [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in two["runs"]]
+    assert two["batch_size"] == 2
+    batches = [json.loads(line)["batch"] for line in (tmp_path / "two" / "results.jsonl").read_text().splitlines()]
+    assert set(batches) == {1, 2}
+
+    partial = tmp_path / "partial"  # resume: examples 0-1 done one at a time, the rest batched
+    evaluate(decoder, task, examples[:2], runs, partial, max_new_tokens=16, progress=False)
+    evaluate(decoder, task, examples, runs, partial, max_new_tokens=16, progress=False, batch_size=3)
+    assert records(partial) == records(tmp_path / "one")
