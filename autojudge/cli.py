@@ -471,8 +471,8 @@ def _print_tradeoff(report: dict) -> None:
               help="GSM8K train questions to mine.")
 @click.option("--labels-per-prompt", type=click.IntRange(1), default=16, show_default=True,
               help="Mismatches labelled per question (the first ones; ~4 s each on 2 CPU cores).")
-@click.option("--eval-prompts", type=click.IntRange(1), default=4, show_default=True,
-              help="GSM8K test questions to evaluate on (5 runs each).")
+@click.option("--eval-prompts", type=click.IntRange(1), default=8, show_default=True,
+              help="GSM8K test questions to evaluate on (5 runs each, decoded 8 at a time).")
 @click.option("--window", "-w", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(8), default=256, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
@@ -510,7 +510,7 @@ def quickstart(out, mine_prompts, labels_per_prompt, eval_prompts, window, max_n
     runs = [Run("target"), Run("lossless", window), Run("topk", window, top_k=4),
             Run("judge", window), Run("judge", window, threshold=0.5)]
     result = evaluate(SpeculativeDecoder(target_lm, draft_lm, judge), task, task.load("test", limit=eval_prompts),
-                      runs, out / "eval", max_new_tokens=max_new_tokens, progress=progress)
+                      runs, out / "eval", max_new_tokens=max_new_tokens, progress=progress, batch_size=8)
     _status(f"      {clock.lap('eval')}")
     _print_tradeoff(result)
     clock.save(out / "timings.json")
