@@ -131,8 +131,12 @@ def test_mine_train_eval_pipeline(tiny_dir, tmp_path):
                      "--max-new-tokens", "12", "--out", str(tmp_path / "eval"), "--no-progress")
     assert evaluated.exit_code == 0, evaluated.output
     assert "tradeoff.png" in evaluated.output
-    names = [r["name"] for r in json.loads((tmp_path / "eval" / "report.json").read_text())["runs"]]
-    assert names == ["target", "lossless/W4", "topk@2/W4", "judge@calibrated/W4", "judge@0.5/W4"]
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert [r["name"] for r in report["runs"]] == ["target", "lossless/W4", "topk@2/W4", "judge@calibrated/W4",
+                                                   "judge@0.5/W4"]
+    assert report["batch_size"] == 8  # the default: both examples decoded in one batch
+    records = [json.loads(line) for line in (tmp_path / "eval" / "results.jsonl").read_text().splitlines()]
+    assert {r["batch"] for r in records} == {2}
 
 
 def test_mining_errors_are_clear(tiny_dir, tmp_path):
