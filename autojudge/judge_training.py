@@ -3,6 +3,8 @@
 
 - Train/validation split **by prompt** (labels of one answer are correlated).
 - C is chosen on a log grid by validation ROC-AUC.
+- With few prompts one validation split is noisy, so the AUC at the chosen C is also
+  cross-validated over prompt-grouped folds (``cv_folds``; mean and standard deviation).
 - The threshold is chosen on validation data for a target recall of *important*
   mismatches (default 0.9): a mismatch is accepted iff p(important) <= threshold, and the
   threshold is the largest one whose recall still reaches the target (most acceptance).
@@ -34,6 +36,7 @@ class TrainConfig:
     target_recall: float = 0.9
     seed: int = 0
     max_iter: int = 2000
+    cv_folds: int = 5  # prompt-grouped folds for the cross-validated AUC; 0 = skip
 
 
 @dataclass
@@ -50,6 +53,9 @@ class TrainReport:
     val_recall: float  # of important mismatches, at the threshold
     val_acceptance: float  # of all mismatches, at the threshold
     curve: list[dict] = field(default_factory=list)  # {"threshold", "recall", "acceptance"}
+    cv_auc: float | None = None  # mean ROC-AUC over prompt-grouped folds at best_c
+    cv_auc_std: float | None = None
+    cv_folds: int = 0  # folds actually used (fewer when there are fewer prompts)
 
 
 def feature_matrix(data: MinedDataset, layout: str) -> np.ndarray:
@@ -110,6 +116,31 @@ def fold_scaler(coef: np.ndarray, intercept: float, mean: np.ndarray, scale: np.
     return w, float(intercept - np.sum(coef * mean / scale))
 
 
+def cross_validated_auc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float, folds: int,
+                        max_iter: int) -> tuple[float, float, int] | None:
+    """(mean, std, folds) of the ROC-AUC of scaler + logistic regression at ``c`` over
+    prompt-grouped folds (a prompt's labels never straddle train and test); None when
+    fewer than 2 folds have both classes."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folds = min(folds, len(np.unique(groups)))
+    if folds < 2:
+        return None
+    aucs = []
+    for train, test in GroupKFold(n_splits=folds).split(x, y, groups):
+        if len(np.unique(y[train])) < 2 or len(np.unique(y[test])) < 2:
+            continue
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter)).fit(x[train], y[train])
+        aucs.append(roc_auc_score(y[test], model.predict_proba(x[test])[:, 1]))
+    if len(aucs) < 2:
+        return None
+    return float(np.mean(aucs)), float(np.std(aucs)), len(aucs)
+
+
 def train_judge(data: MinedDataset, config: TrainConfig = TrainConfig(), progress: bool = True
                 ) -> tuple[Judge, TrainReport]:
     from sklearn.linear_model import LogisticRegression
@@ -150,6 +181,9 @@ def train_judge(data: MinedDataset, config: TrainConfig = TrainConfig(), progres
         val_acceptance=float(accepted.mean()),
         curve=recall_acceptance_curve(prob, y[val]),
     )
+    if config.cv_folds and (cv := cross_validated_auc(x, y, data.prompt_index.numpy(), best_c,
+                                                      config.cv_folds, config.max_iter)):
+        report.cv_auc, report.cv_auc_std, report.cv_folds = cv
     manifest = data.manifest
     meta = JudgeMetadata(
         target_model=manifest["target"], target_hidden_size=manifest["target_hidden_size"],
@@ -158,6 +192,7 @@ def train_judge(data: MinedDataset, config: TrainConfig = TrainConfig(), progres
         extra={"task": manifest["task"], "target_recall": config.target_recall, "C": best_c,
                "val_auc": report.val_auc, "val_recall": report.val_recall,
                "val_acceptance": report.val_acceptance, "train_labels": report.train_labels,
-               "val_labels": report.val_labels, "recall_acceptance_curve": report.curve},
+               "val_labels": report.val_labels, "cv_auc": report.cv_auc, "cv_auc_std": report.cv_auc_std,
+               "cv_folds": report.cv_folds, "recall_acceptance_curve": report.curve},
     )
     return Judge(weight=weight, bias=b, meta=meta), report

@@ -84,3 +84,25 @@ def test_one_class_is_a_clear_error():
         label["important"] = False
     with pytest.raises(AutoJudgeError, match="all .* labels are unimportant"):
         train_judge(data, progress=False)
+
+
+def test_cross_validated_auc_is_grouped_by_prompt_and_tracks_signal():
+    from autojudge.judge_training import cross_validated_auc
+
+    data, _, _ = synthetic(n_prompts=20, per_prompt=30, seed=5)
+    _, report = train_judge(data, TrainConfig(cv_folds=4), progress=False)
+    assert report.cv_folds == 4 and 0.85 < report.cv_auc <= 1.0 and report.cv_auc_std < 0.1
+    # Leakage check: labels that are a pure function of the prompt, features that identify
+    # the prompt. Ungrouped folds would score ~1 (the prompt is seen in training); grouped
+    # folds score chance, since every test prompt is unseen ...
+    x = torch.cat([data.draft_hidden, data.target_hidden], 1).float().numpy()
+    groups = data.prompt_index.numpy()
+    rng = np.random.default_rng(0)
+    per_prompt = rng.random(groups.max() + 1) < 0.5
+    prompt_id_features = np.eye(groups.max() + 1)[groups]  # one-hot prompt identity
+    mean, _, _ = cross_validated_auc(prompt_id_features, per_prompt[groups], groups, 1.0, 4, 2000)
+    assert mean == pytest.approx(0.5, abs=0.01)
+    assert cross_validated_auc(x, per_prompt[groups], np.zeros_like(groups), 1.0, 4, 2000) is None  # one prompt
+    # ... and cv_folds=0 skips it
+    _, report = train_judge(data, TrainConfig(cv_folds=0), progress=False)
+    assert report.cv_auc is None and report.cv_folds == 0
