@@ -170,7 +170,8 @@ def plot_tradeoff(report: dict, path: Path) -> None:
                 ax.plot(r["tau"], 100 * r[key], "k*", ms=12, label=f"lossless (W={r['window']})")
         ax.set_xlabel("accepted tokens per target call (tau, bonus included)")
         ax.set_ylabel(ylabel)
-        ax.set_ylim(-5, 105)
+        top = max(100 * r[key] for r in rows)
+        ax.set_ylim(-5, 105) if top > 40 else ax.set_ylim(0, 1.3 * top + 2)  # zoom when all values are low
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
