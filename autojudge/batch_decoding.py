@@ -111,15 +111,9 @@ class BatchSpeculativeDecoder:
             draft_tokens = committed.new_empty((len(active), 0))  # [B, w]
             draft_hidden = None  # [B, w, Hd]
             if w:
-                ids, fed = draft_cache.unread(rows, self.pad_id)
-                first = True
-
-                def read(block, cache=draft_cache):
-                    nonlocal first
-                    block_fed = fed if first else torch.ones_like(block, dtype=torch.bool)
-                    first = False
-                    return cache.read(block, block_fed)
-
+                ids, fed = draft_cache.unread(rows, self.pad_id)  # the first read is ragged, later ones dense
+                read = lambda block, cache=draft_cache, ids=ids, fed=fed: cache.read(  # noqa: E731
+                    block, fed if block is ids else torch.ones_like(block, dtype=torch.bool))
                 draft_tokens, draft_hidden = backend.draft_greedy(read, ids, w, need_draft_hidden)
 
             ids, fed = target_cache.unread(rows, self.pad_id)
