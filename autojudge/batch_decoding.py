@@ -136,16 +136,7 @@ class BatchSpeculativeDecoder:
             for row, (i, n, next_token, drafted, mismatches, row_window) in enumerate(zip(
                     active, num_accepted.tolist(), next_tokens.tolist(), draft_tokens.tolist(),
                     (result.mismatch_accepted & in_row).sum(dim=1).tolist(), row_w.tolist())):
-                m = metrics[i]
-                m.num_target_calls += 1
-                if row_window:
-                    m.num_draft_calls += row_window + int(need_draft_hidden)
-                    m.num_drafts += 1
-                    m.num_draft_tokens += row_window
-                m.num_accepted_tokens += n
-                m.num_accepted_mismatches += mismatches
-                for k in range(n):
-                    m.num_accepted_tokens_per_pos[k] += 1
+                metrics[i].record_cycle(row_window or None, int(need_draft_hidden), n, mismatches)
                 if self._extend(i, drafted[:n] + [next_token], sequences, prompt_lens, config, eos, stops, finish):
                     still.append(row)
             if len(still) < len(active):

@@ -225,25 +225,20 @@ class SpeculativeLoop:
             # --- propose: w greedy draft tokens, with the draft's hidden state at each
             draft_tokens = tokens.new_empty((1, 0))  # [B, w]
             draft_hidden = None  # [B, w, Hd]
-            if w:
+            proposed = bool(w)
+            if proposed:
                 draft_tokens, draft_hidden = session.propose(tokens, w, need_draft_hidden)
                 draft_tokens = draft_tokens.to(tokens.device)
                 w = draft_tokens.shape[1]  # a backend may draft fewer (the draft ended its answer)
-                metrics.num_draft_calls += w + int(need_draft_hidden)
-                metrics.num_drafts += 1
-                metrics.num_draft_tokens += w
 
             # --- verify: one target pass over the unseen suffix + the w draft tokens
             target_tokens, target_hidden = session.verify(tokens, draft_tokens)  # [B, w+1], [B, w+1, Ht]
-            metrics.num_target_calls += 1
 
             # --- accept
             result = session.accept(config, threshold, draft_tokens, target_tokens, draft_hidden, target_hidden)
             n = int(result.num_accepted[0])
-            metrics.num_accepted_tokens += n
-            metrics.num_accepted_mismatches += int(result.mismatch_accepted[0].sum())
-            for k in range(n):
-                metrics.num_accepted_tokens_per_pos[k] += 1
+            metrics.record_cycle(w if proposed else None, int(need_draft_hidden), n,
+                                 int(result.mismatch_accepted[0].sum()))
 
             # --- commit n + 1 tokens; the backend keeps only what is still valid
             new = torch.cat([draft_tokens[:, :n], result.next_tokens.reshape(1, 1).to(tokens)], dim=1)  # [B, n+1]

@@ -36,6 +36,20 @@ class SpecDecodeMetrics:
         if not self.num_accepted_tokens_per_pos:
             self.num_accepted_tokens_per_pos = [0] * self.window
 
+    def record_cycle(self, drafted: int | None, extra_draft_calls: int, accepted: int, mismatches: int) -> None:
+        """One decoding cycle: ``drafted`` draft tokens proposed (None = no proposal made),
+        ``extra_draft_calls`` draft forwards beyond one per token, one target call, ``accepted``
+        draft tokens of which ``mismatches`` differ from the target's."""
+        if drafted is not None:
+            self.num_draft_calls += drafted + extra_draft_calls
+            self.num_drafts += 1
+            self.num_draft_tokens += drafted
+        self.num_target_calls += 1
+        self.num_accepted_tokens += accepted
+        self.num_accepted_mismatches += mismatches
+        for k in range(accepted):
+            self.num_accepted_tokens_per_pos[k] += 1
+
     @property
     def mean_acceptance_length(self) -> float:
         return self.num_generated_tokens / self.num_target_calls if self.num_target_calls else 0.0
