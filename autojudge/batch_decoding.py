@@ -6,14 +6,8 @@ so evaluation and offline generation decode their prompts in batches. Every row 
 same cycle as the batch-1 loop (propose W, verify, accept, commit); rows accept different
 numbers of tokens, so their sequences have different lengths.
 
-Glossary
-- **slot**: one position of the KV cache shared by the batch. Every forward appends the same
-  number of slots to every row.
-- **hole**: a slot that holds no token of its row: the left padding of a block in which rows
-  feed different numbers of tokens, or a draft token the row rejected. Holes are masked out
-  of attention instead of cropped, so rows never need equal lengths; a row's RoPE positions
-  count its own tokens only.
-- A row that ends (EOS, length, a stop string) leaves the batch: its cache rows are dropped.
+Rows share one KV cache with holes (:class:`~autojudge.ragged_cache.RaggedCache`); a row that ends
+(EOS, length, a stop string) leaves the batch: its cache rows are dropped.
 
 Outputs equal the batch-1 decoder's up to floating-point rounding (the batched matmuls sum in
 another order, which can flip a near-tied greedy choice); in float64 they are identical
@@ -31,42 +25,7 @@ from autojudge.decoding import (DecodeConfig, GenerationResult, SpeculativeDecod
                                 judge_settings)
 from autojudge.errors import AutoJudgeError
 from autojudge.metrics import SpecDecodeMetrics
-from autojudge.models import CausalLM
-
-
-class RaggedCache:
-    """A KV cache for B rows of different lengths (holes masked out; see the glossary)."""
-
-    def __init__(self, model: CausalLM, batch: int):
-        self.model = model
-        self.cache = model.new_cache()
-        self.slots = torch.zeros(batch, 0, dtype=torch.bool, device=model.device)  # [B, L] True = a token
-        self.lengths = torch.zeros(batch, dtype=torch.long, device=model.device)  # [B] tokens read per row
-
-    def read(self, ids: torch.Tensor, fed: torch.Tensor) -> torch.Tensor:
-        """ids [B, S] with fed [B, S] (False = a hole) -> last-layer states [B, S, H]."""
-        positions = (self.lengths[:, None] + fed.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, S]
-        self.slots = torch.cat([self.slots, fed], dim=1)
-        self.lengths = self.lengths + fed.sum(dim=1)
-        return self.model.hidden_states(ids, self.cache, attention_mask=self.slots.long(), position_ids=positions)
-
-    def keep(self, lengths: torch.Tensor) -> None:
-        """Row b keeps its first ``lengths[b]`` tokens [B]; later ones become holes."""
-        self.slots &= self.slots.long().cumsum(dim=1) <= lengths[:, None]
-        self.lengths = torch.minimum(self.lengths, lengths)
-
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep only ``rows`` [B'] of the batch."""
-        self.cache.batch_select_indices(rows)
-        self.slots, self.lengths = self.slots[rows], self.lengths[rows]
-
-    def unread(self, sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each row's tokens past what it has read, left-padded: ids [B, U], fed [B, U]."""
-        tails = [seq[n:] for seq, n in zip(sequences, self.lengths.tolist())]
-        width = max(len(t) for t in tails)
-        ids = torch.tensor([[pad_id] * (width - len(t)) + t for t in tails], dtype=torch.long)
-        fed = torch.tensor([[False] * (width - len(t)) + [True] * len(t) for t in tails])
-        return ids.to(self.model.device), fed.to(self.model.device)
+from autojudge.ragged_cache import RaggedCache
 
 
 class BatchSpeculativeDecoder:

@@ -308,10 +308,14 @@ def _load_pair(target: str, draft: str | None, dtype: str = "float32", device: s
 @click.option("--max-labels-per-prompt", type=click.IntRange(1), default=None,
               help="Stop a prompt's search after its first N mismatches: bounds the cost of prompts "
                    "with a long run of important mismatches [default: no bound].")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True,
+              help="Search this many prompts at once, their target forwards batched (same labels up "
+                   "to floating-point rounding; a finished prompt's row takes the next at once). "
+                   "1 = one prompt at a time.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def mine(task_spec, split, limit, offset, target, draft, dtype, device, out, num_shards, shard_id,
-         max_new_tokens, naive, lookahead, max_labels_per_prompt, as_json, progress):
+         max_new_tokens, naive, lookahead, max_labels_per_prompt, batch_size, as_json, progress):
     """Label the draft's mismatches important or not, self-supervised (AutoJudge mining).
 
     \b
@@ -333,7 +337,8 @@ def mine(task_spec, split, limit, offset, target, draft, dtype, device, out, num
     target_lm, draft_lm = _load_pair(target, draft, dtype, device)
     summary = run_mining(target_lm, draft_lm, task, examples, out, split=f"{split}@{offset}",
                          num_shards=num_shards, shard_id=shard_id, max_new_tokens=max_new_tokens,
-                         naive=naive, lookahead=lookahead, progress=progress, max_labels=max_labels_per_prompt)
+                         naive=naive, lookahead=lookahead, progress=progress, max_labels=max_labels_per_prompt,
+                         batch_size=batch_size)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:

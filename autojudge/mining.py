@@ -18,6 +18,9 @@ Why it is fast (against the naive loop that regenerates the whole answer per mis
   it, so the same tokens take fewer forwards (2.4-2.8x fewer on GSM8K, benchmarks/);
 - features come free: the target's hidden state at the swapped-in draft token is the
   first state of its continuation, and the draft's costs one draft token.
+- prompts are searched many at once (``batch_size``): each search is a step
+  (:mod:`autojudge.prefix_cache`) whose target forwards are batched with the other prompts'
+  in one ragged forward, and a finished prompt's row takes the next prompt at once.
 ``naive=True`` runs the reference loop (no reuse, generation to EOS) on the same
 positions; it yields the same labels and exists to measure the saving.
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +45,7 @@ from autojudge.cache import atomic_write_bytes
 from autojudge.errors import AutoJudgeError
 from autojudge.jsonl import append_records, drop_torn_tail, jsonable, read_records
 from autojudge.models import CausalLM, encode_prompt
-from autojudge.prefix_cache import PrefixCache
+from autojudge.prefix_cache import PrefixCache, Step, run_alone, run_batched
 from autojudge.tasks import Example, Task
 
 MINING_FORMAT = "autojudge.mining/v1"
@@ -57,7 +61,7 @@ class Continuation:
 
 def continue_greedily(pc: PrefixCache, prefix: list[int], prompt_len: int, task: Task,
                       example: Example, max_new_tokens: int, stop_when_determined: bool = True,
-                      previous: list[int] | None = None, lookahead: int = 0) -> Continuation:
+                      previous: list[int] | None = None, lookahead: int = 0) -> Step[Continuation]:
     """The target's greedy continuation of ``prefix`` until EOS, ``max_new_tokens``
     generated tokens in all, or (by default) the moment the task's result is determined.
 
@@ -67,7 +71,7 @@ def continue_greedily(pc: PrefixCache, prefix: list[int], prompt_len: int, task:
     re-writes its old answer, so one forward accepts many tokens. The result is still the
     target's greedy continuation, token for token."""
     lm = pc.lm
-    _, hidden = pc.extend(prefix)
+    _, hidden = yield from pc.extend(prefix)
     first_hidden = hidden[-1]
     answer = prefix[prompt_len:]
     out: list[int] = []
@@ -85,7 +89,7 @@ def continue_greedily(pc: PrefixCache, prefix: list[int], prompt_len: int, task:
                 if stop_when_determined:
                     return Continuation(out, determined_at, first_hidden)
         guess = _lookup(previous, prefix + out, lookahead) if previous and lookahead else []
-        hidden = pc.append([emit[-1]] + guess)  # [1 + G, H]
+        hidden = yield from pc.append([emit[-1]] + guess)  # [1 + G, H]
         greedy = lm.greedy(hidden[None])[0].tolist()  # greedy[k]: the target's token after guess[:k]
         accepted = 0
         while accepted < len(guess) and guess[accepted] == greedy[accepted]:
@@ -121,19 +125,28 @@ class MinedPrompt:
 def mine_example(target: CausalLM, draft: CausalLM, task: Task, example: Example,
                  prompt_ids: list[int], max_new_tokens: int, naive: bool = False,
                  lookahead: int = DEFAULT_LOOKAHEAD, max_labels: int | None = None) -> MinedPrompt:
-    """The semi-greedy search of ALGORITHM.md section 1 for one prompt (its first
+    """The semi-greedy search of ALGORITHM.md section 1 for one prompt, alone (its first
     ``max_labels`` mismatches when set: a bound on the cost of one prompt)."""
+    return run_alone(mine_steps(PrefixCache(target), PrefixCache(draft, track_greedy=True), task, example,
+                                prompt_ids, max_new_tokens, naive, lookahead, max_labels))
+
+
+def mine_steps(tpc: PrefixCache, dpc: PrefixCache, task: Task, example: Example, prompt_ids: list[int],
+               max_new_tokens: int, naive: bool = False, lookahead: int = DEFAULT_LOOKAHEAD,
+               max_labels: int | None = None) -> Step[MinedPrompt]:
+    """:func:`mine_example` as a step (see :mod:`autojudge.prefix_cache`), over the target's
+    cache ``tpc`` and the draft's ``dpc`` (which tracks its greedy predictions)."""
     start_time = time.perf_counter()
-    tpc, dpc = PrefixCache(target), PrefixCache(draft, track_greedy=True)
+    target, draft = tpc.lm, dpc.lm
     P = len(prompt_ids)
-    ref = continue_greedily(tpc, prompt_ids, P, task, example, max_new_tokens, not naive)
+    ref = yield from continue_greedily(tpc, prompt_ids, P, task, example, max_new_tokens, not naive)
     cur = prompt_ids + ref.tokens
     end = P + ref.determined_at  # positions in [P, end) can change the result
     reference = task.result(example, _text(target, cur[P:end]))
     labels, draft_states, target_states = [], [], []
     left = P
     while left < end and (max_labels is None or len(labels) < max_labels):
-        dpc.extend(cur[: end - 1])
+        yield from dpc.extend(cur[: end - 1])
         drafted = torch.tensor(dpc.predictions[left - 1: end - 1])  # [end - left] draft greedy
         differs = (drafted != torch.tensor(cur[left:end])).nonzero()
         if len(differs) == 0:
@@ -142,9 +155,9 @@ def mine_example(target: CausalLM, draft: CausalLM, task: Task, example: Example
         draft_token = int(drafted[i - left])
         if naive:
             tpc.reset()
-        alt = continue_greedily(tpc, cur[:i] + [draft_token], P, task, example, max_new_tokens, not naive,
+        alt = yield from continue_greedily(tpc, cur[:i] + [draft_token], P, task, example, max_new_tokens, not naive,
                                 previous=cur, lookahead=0 if naive else lookahead)
-        _, draft_hidden = dpc.extend(cur[:i] + [draft_token])
+        _, draft_hidden = yield from dpc.extend(cur[:i] + [draft_token])
         alt_end = i + 1 + alt.determined_at
         alt_cur = cur[:i] + [draft_token] + alt.tokens
         important = not task.same(task.result(example, _text(target, alt_cur[P:alt_end])), reference)
@@ -198,9 +211,14 @@ def _check_manifest(out_dir: Path, manifest: dict) -> None:
 def mine(target: CausalLM, draft: CausalLM, task: Task, examples: list[Example], out_dir: Path,
          split: str, num_shards: int = 1, shard_id: int = 0, max_new_tokens: int | None = None,
          naive: bool = False, lookahead: int = DEFAULT_LOOKAHEAD, progress: bool = True,
-         max_labels: int | None = None) -> dict:
+         max_labels: int | None = None, batch_size: int = 1) -> dict:
     """Mine ``examples[i]`` for every ``i % num_shards == shard_id`` into ``out_dir``; resumable.
+    With ``batch_size`` > 1 that many prompts are searched at once, their target forwards
+    batched (:func:`~autojudge.prefix_cache.run_batched`); labels are the same up to
+    floating-point rounding, and prompts finish (and are written) out of order.
     Returns a summary (prompts, labels, important fraction, cost per prompt)."""
+    if batch_size < 1:
+        raise AutoJudgeError(f"--batch-size must be at least 1 (got {batch_size})")
     if not 0 <= shard_id < num_shards:
         raise AutoJudgeError(f"--shard-id must be in [0, {num_shards}) (got {shard_id})")
     max_new_tokens = max_new_tokens or task.max_new_tokens
@@ -223,11 +241,8 @@ def mine(target: CausalLM, draft: CausalLM, task: Task, examples: list[Example],
                unit="prompt", disable=not progress, dynamic_ncols=True)
     bar.set_postfix(_progress(records))
     with open(labels_path, "a", encoding="utf-8") as out, torch.inference_mode():
-        for i in todo:
-            example = examples[i]
-            prompt_ids = encode_prompt(target.tokenizer, task.prompt(example), system=task.system)
-            mined = mine_example(target, draft, task, example, prompt_ids, max_new_tokens, naive, lookahead,
-                                 max_labels)
+        for i, mined in _mine_prompts(target, draft, task, examples, todo, max_new_tokens, naive, lookahead,
+                                      max_labels, batch_size):
             record = {"index": i, **mined.record}
             atomic_write_bytes(features_dir / f"{i:06d}.safetensors",
                                _features_bytes(mined.draft_hidden, mined.target_hidden))
@@ -237,6 +252,28 @@ def mine(target: CausalLM, draft: CausalLM, task: Task, examples: list[Example],
             bar.set_postfix(_progress(records))
     bar.close()
     return {"shard": name, **_summary(records)}
+
+
+def _mine_prompts(target: CausalLM, draft: CausalLM, task: Task, examples: list[Example], todo: list[int],
+                  max_new_tokens: int, naive: bool, lookahead: int, max_labels: int | None, batch_size: int
+                  ) -> Iterator[tuple[int, MinedPrompt]]:
+    """(index, mined) for every index in ``todo``: one at a time, or ``batch_size`` at once."""
+    def prompt_ids(i: int) -> list[int]:
+        return encode_prompt(target.tokenizer, task.prompt(examples[i]), system=task.system)
+
+    if batch_size == 1:
+        for i in todo:
+            yield i, mine_example(target, draft, task, examples[i], prompt_ids(i), max_new_tokens, naive,
+                                  lookahead, max_labels)
+        return
+
+    def job(i: int):
+        return i, lambda row: mine_steps(PrefixCache(target, shared=row), PrefixCache(draft, track_greedy=True),
+                                         task, examples[i], prompt_ids(i), max_new_tokens, naive, lookahead,
+                                         max_labels)
+    for i, mined in run_batched(map(job, todo), target, batch_size):
+        mined.record["batch"] = batch_size
+        yield i, mined
 
 
 def _summary(records: list[dict]) -> dict:

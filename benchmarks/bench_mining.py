@@ -5,19 +5,28 @@ Both visit the same mismatches and must produce the same labels (checked). Repor
 loop: target forward tokens, target forward passes and seconds per prompt.
 
     python benchmarks/bench_mining.py --prompts 2 --offset 5004 --out out/bench_mining.json
+
+``--batch-size B`` instead times the fast loop one prompt at a time against B prompts at
+once (:func:`autojudge.prefix_cache.run_batched`), on the same prompts: wall seconds per
+prompt, and how many prompts got the same labels (batched matmuls round differently, which
+can flip a near-tied greedy choice in fp32).
+
+    python benchmarks/bench_mining.py --batch-size 8 --prompts 8 --max-labels 8
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
 import torch
 
-from autojudge.mining import mine_example
+from autojudge.mining import mine_example, mine_steps
 from autojudge.models import encode_prompt, load_draft, load_target, quiet_transformers
+from autojudge.prefix_cache import PrefixCache, run_batched
 from autojudge.tasks import get_task
 
 LOOPS = {"naive": {"naive": True}, "fast, lookahead 0": {"lookahead": 0}, "fast, lookahead 8": {"lookahead": 8}}
@@ -29,12 +38,18 @@ LOOPS = {"naive": {"naive": True}, "fast, lookahead 0": {"lookahead": 0}, "fast,
 @click.option("--prompts", type=int, default=2, show_default=True)
 @click.option("--offset", type=int, default=5004, show_default=True)
 @click.option("--max-new-tokens", type=int, default=384, show_default=True)
+@click.option("--max-labels", type=int, default=None, help="Cap on labels per prompt (both loops).")
+@click.option("--batch-size", type=int, default=1, show_default=True,
+              help="Above 1: time one prompt at a time against this many at once (fast loop).")
 @click.option("--out", type=click.Path(path_type=Path))
-def main(task_name, split, prompts, offset, max_new_tokens, out):
+def main(task_name, split, prompts, offset, max_new_tokens, max_labels, batch_size, out):
     quiet_transformers()
     target = load_target("embedded", device="cpu")
     draft = load_draft("embedded", target)
     task = get_task(task_name)
+    if batch_size > 1:
+        return compare_batched(target, draft, task, task.load(split, limit=prompts, offset=offset), max_new_tokens,
+                               max_labels, batch_size, out)
     totals = {name: {"target_forward_tokens": 0, "target_forward_calls": 0, "seconds": 0.0} for name in LOOPS}
     labels_equal = True
     with torch.inference_mode():
@@ -42,7 +57,8 @@ def main(task_name, split, prompts, offset, max_new_tokens, out):
             prompt = encode_prompt(target.tokenizer, task.prompt(example), system=task.system)
             reference = None
             for name, kwargs in LOOPS.items():
-                record = mine_example(target, draft, task, example, prompt, max_new_tokens, **kwargs).record
+                record = mine_example(target, draft, task, example, prompt, max_new_tokens, max_labels=max_labels,
+                                      **kwargs).record
                 reference = record["labels"] if reference is None else reference
                 labels_equal &= record["labels"] == reference
                 for key in totals[name]:
@@ -59,6 +75,34 @@ def main(task_name, split, prompts, offset, max_new_tokens, out):
     if out:
         out.write_text(json.dumps({"prompts": prompts, "offset": offset, "totals": totals,
                                    "labels_equal": labels_equal}, indent=2))
+
+
+@torch.inference_mode()
+def compare_batched(target, draft, task, examples, max_new_tokens, max_labels, batch_size, out):
+    prompts = [encode_prompt(target.tokenizer, task.prompt(e), system=task.system) for e in examples]
+    start = time.perf_counter()
+    alone = [mine_example(target, draft, task, e, p, max_new_tokens, max_labels=max_labels).record
+             for e, p in zip(examples, prompts)]
+    alone_s = time.perf_counter() - start
+    print(f"alone: {alone_s:.0f} s", file=sys.stderr, flush=True)
+
+    def job(k):
+        return k, lambda row: mine_steps(PrefixCache(target, shared=row), PrefixCache(draft, track_greedy=True), task,
+                                         examples[k], prompts[k], max_new_tokens, max_labels=max_labels)
+    start = time.perf_counter()
+    batched = dict(run_batched(map(job, range(len(examples))), target, batch_size))
+    batched_s = time.perf_counter() - start
+    same = sum(batched[k].record["labels"] == r["labels"] for k, r in enumerate(alone))
+    labels = sum(len(r["labels"]) for r in alone)
+    result = {"prompts": len(examples), "batch_size": batch_size, "labels": labels, "max_labels": max_labels,
+              "alone_s_per_prompt": alone_s / len(examples), "batched_s_per_prompt": batched_s / len(examples),
+              "speedup": alone_s / batched_s, "prompts_with_identical_labels": same,
+              "threads": torch.get_num_threads()}
+    print(f"{len(examples)} prompts, {labels} labels: alone {alone_s / len(examples):.1f} s/prompt, "
+          f"batch {batch_size} {batched_s / len(examples):.1f} s/prompt ({alone_s / batched_s:.2f}x); "
+          f"identical labels on {same}/{len(examples)} prompts")
+    if out:
+        out.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

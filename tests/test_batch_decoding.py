@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autojudge.batch_decoding import BatchSpeculativeDecoder, RaggedCache
+from autojudge.batch_decoding import BatchSpeculativeDecoder
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder
 from autojudge.errors import AutoJudgeError
 from autojudge.judge import Judge, JudgeMetadata
@@ -82,19 +82,6 @@ def test_rows_end_at_eos_and_stop_strings_and_leave_the_batch(pair):
         assert [r.text for r in batched] == [r.text for r in wanted]
         assert batched[0].finish_reason == "eos" and len(batched[0].token_ids) <= 7
         assert {r.finish_reason for r in batched} != {"eos"}  # rows ended at different cycles
-
-
-def test_holes_are_invisible(pair):
-    """A row read through holes (left padding, dropped slots) has the states of a dense read."""
-    target, _ = pair
-    dense = target.hidden_states(torch.tensor([[1, 5, 6, 7, 8]]), target.new_cache())[0]  # [5, H]
-    cache = RaggedCache(target, 2)
-    cache.read(torch.tensor([[0, 0, 1, 5], [1, 2, 3, 4]]), torch.tensor([[False, False, True, True], [True] * 4]))
-    cache.read(torch.tensor([[6, 99], [5, 5]]), torch.ones(2, 2, dtype=torch.bool))
-    cache.keep(torch.tensor([3, 6]))  # row 0 rejects its 99
-    out = cache.read(torch.tensor([[0, 7, 8], [1, 2, 3]]), torch.tensor([[False, True, True], [True] * 3]))
-    assert cache.lengths.tolist() == [5, 9]
-    torch.testing.assert_close(out[0, 1:], dense[3:])
 
 
 def test_empty_prompts_are_refused(pair):

@@ -1,6 +1,7 @@
 """Mining: the fast loop matches a brute-force reading of ALGORITHM.md section 1 on tiny
 models, finds the planted important mismatches, and shards resume after a crash."""
 
+import copy
 import json
 
 import pytest
@@ -10,6 +11,8 @@ from autojudge import mining
 from autojudge.jsonl import CorruptRecordError
 from autojudge.mining import merge, mine, mine_example, read_mined
 from autojudge.models import encode_prompt
+from autojudge.prefix_cache import PrefixCache, run_batched
+from autojudge.ragged_cache import RaggedCache
 from autojudge.tasks import Example, Task
 
 from conftest import perturbed, tiny_model
@@ -45,6 +48,14 @@ class FirstEightCharacters(Task):
 def pair(make_lm):
     target = tiny_model(0, layers=2)
     return make_lm(target, "tiny-target"), make_lm(perturbed(target, 0.6, seed=1), "tiny-draft")
+
+
+@pytest.fixture(scope="module")
+def pair64(pair, make_lm):
+    """float64 copies: batched matmuls then round exactly like batch-1 ones, so labels must match."""
+    target, draft = pair
+    return make_lm(copy.deepcopy(target.model).double(), "tiny-target"), \
+        make_lm(copy.deepcopy(draft.model).double(), "tiny-draft")
 
 
 def brute_force(target, draft, task, example, prompt, max_new):
@@ -201,3 +212,74 @@ def test_other_settings_in_the_same_directory_are_refused(pair, tmp_path):
         mine(target, draft, task, task.load()[:1], tmp_path, split="test", max_new_tokens=7, progress=False)
     with pytest.raises(AutoJudgeError, match="other settings.*max_labels_per_prompt"):
         mine(target, draft, task, task.load()[:1], tmp_path, split="test", max_labels=3, progress=False)
+
+
+def _alone(target, draft, task, examples, max_new):
+    return [mine_example(target, draft, task, e, encode_prompt(target.tokenizer, task.prompt(e)), max_new)
+            for e in examples]
+
+
+@pytest.mark.parametrize("batch_size, chunk", [(2, 16), (4, 3)])
+def test_batched_search_equals_the_search_alone(pair64, batch_size, chunk, monkeypatch):
+    """Six prompts through 2 or 4 rows: rows are recycled, long feeds chunked, the shared
+    cache compacted and idle rows dropped, and every prompt gets exactly its labels, features
+    and costs from mining alone."""
+    target, draft = pair64
+    task = FirstEightCharacters(determined_after=30)
+    examples = task.load()
+    calls = {"compact": 0, "select": 0}
+    for name in calls:
+        real = getattr(RaggedCache, name)
+        monkeypatch.setattr(RaggedCache, name, lambda self, *a, _real=real, _name=name: (
+            calls.__setitem__(_name, calls[_name] + 1), _real(self, *a))[1])
+
+    def job(k):
+        prompt = encode_prompt(target.tokenizer, task.prompt(examples[k]))
+        return k, lambda row: mining.mine_steps(PrefixCache(target, shared=row),
+                                                PrefixCache(draft, track_greedy=True), task, examples[k], prompt, 40)
+
+    with torch.inference_mode():
+        batched = dict(run_batched(map(job, range(len(examples))), target, batch_size, chunk=chunk))
+        alone = _alone(target, draft, task, examples, 40)
+    assert sorted(batched) == list(range(len(examples)))
+    for k, want in enumerate(alone):
+        got = batched[k]
+        assert got.record["labels"] == want.record["labels"] and want.record["labels"]
+        assert got.record["target_forward_tokens"] == want.record["target_forward_tokens"]
+        torch.testing.assert_close(got.target_hidden, want.target_hidden)
+        torch.testing.assert_close(got.draft_hidden, want.draft_hidden)
+    assert calls["compact"] > 0 and calls["select"] > 0
+
+
+def test_batched_mining_writes_each_prompt_as_it_finishes_and_resumes(pair64, tmp_path, monkeypatch):
+    """Ctrl-C while three prompts are in flight loses only those: the ones that finished
+    are on disk, and re-running (at another batch size) mines just the rest."""
+    target, draft = pair64
+    task = FirstEightCharacters()
+    examples = task.load()
+    out = tmp_path / "mined"
+    with torch.inference_mode():
+        alone = _alone(target, draft, task, examples, task.max_new_tokens)
+    started = []
+    real = mining.mine_steps
+
+    def crash_on_fifth(*args, **kwargs):
+        started.append(args[3].id)
+        if len(started) == 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mining, "mine_steps", crash_on_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        mine(target, draft, task, examples, out, split="test", batch_size=3, progress=False)
+    shard = out / "shard-00000-of-00001.jsonl"
+    written = [json.loads(line) for line in shard.read_text().splitlines()]
+    assert len(written) == 2 and all(r["batch"] == 3 for r in written)  # 3 rows, the 5th start: two had finished
+
+    started.clear()
+    summary = mine(target, draft, task, examples, out, split="test", batch_size=2, progress=False)
+    assert sorted(started) == sorted(e.id for e in examples if e.id not in {r["example_id"] for r in written})
+    assert summary["prompts"] == len(examples)
+    data = read_mined(out)
+    assert [{k: v for k, v in x.items() if k not in ("index", "example_id")} for x in data.labels] == \
+           [label for mined in alone for label in mined.record["labels"]]

@@ -1,0 +1,51 @@
+"""RaggedCache: rows read through holes (left padding, dropped slots, a recycled row) get the
+states of a dense read of their own tokens, before and after compaction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autojudge.ragged_cache import RaggedCache
+from conftest import tiny_model
+
+
+@pytest.fixture(scope="module")
+def target(make_lm):
+    return make_lm(tiny_model(11).double(), "t11")
+
+
+def dense(target, ids: list[int]) -> torch.Tensor:
+    return target.hidden_states(torch.tensor([ids]), target.new_cache())[0]  # [S, H]
+
+
+def test_holes_are_invisible(target):
+    cache = RaggedCache(target, 2)
+    cache.read(torch.tensor([[0, 0, 1, 5], [1, 2, 3, 4]]), torch.tensor([[False, False, True, True], [True] * 4]))
+    cache.read(torch.tensor([[6, 99], [5, 5]]), torch.ones(2, 2, dtype=torch.bool))
+    cache.keep(torch.tensor([3, 6]))  # row 0 rejects its 99
+    out = cache.read(torch.tensor([[0, 7, 8], [1, 2, 3]]), torch.tensor([[False, True, True], [True] * 3]))
+    assert cache.lengths.tolist() == [5, 9]
+    torch.testing.assert_close(out[0, 1:], dense(target, [1, 5, 6, 7, 8])[3:])
+    torch.testing.assert_close(out[1], dense(target, [1, 2, 3, 4, 5, 5, 1, 2, 3])[6:])
+
+
+def test_a_recycled_row_and_compaction_change_nothing_a_row_sees(target):
+    """Row 1 idles (all holes), is emptied with keep_row and starts over; compact() then
+    squeezes the holes out: both rows go on exactly as dense reads of their tokens."""
+    cache = RaggedCache(target, 2)
+    cache.read(torch.tensor([[1, 2, 3], [0, 0, 0]]), torch.tensor([[True] * 3, [False] * 3]))  # row 1 idle
+    cache.read(torch.tensor([[4, 5], [7, 8]]), torch.ones(2, 2, dtype=torch.bool))
+    cache.keep_row(1, 0)  # row 1 gives everything up, e.g. for the next prompt
+    cache.keep_row(0, 4)  # row 0 drops its 5
+    assert cache.lengths.tolist() == [4, 0] and cache.width == 5
+    out = cache.read(torch.tensor([[0, 6], [9, 10]]), torch.tensor([[False, True], [True, True]]))
+    torch.testing.assert_close(out[0, 1:], dense(target, [1, 2, 3, 4, 6])[4:])
+    torch.testing.assert_close(out[1], dense(target, [9, 10]))
+    assert not out.isnan().any()
+
+    cache.compact()
+    assert cache.width == 5 and cache.slots.sum(dim=1).tolist() == [5, 2]
+    out = cache.read(torch.tensor([[11, 12], [13, 14]]), torch.ones(2, 2, dtype=torch.bool))
+    torch.testing.assert_close(out[0], dense(target, [1, 2, 3, 4, 6, 11, 12])[5:])
+    torch.testing.assert_close(out[1], dense(target, [9, 10, 13, 14])[2:])
