@@ -35,6 +35,7 @@ from transformers import (
 from autojudge.cache import atomic_directory, cache_root
 from autojudge.errors import IncompatibleModelsError, MissingDependencyError, ModelLoadError
 from autojudge.few_rows_linear import few_rows_linear, use_few_rows_linear
+from autojudge.gqa_attention import use_gqa_attention
 from autojudge.greedy_head import ScreenedGreedyHead
 
 EMBEDDED = "embedded"
@@ -74,6 +75,7 @@ class CausalLM:
     def __post_init__(self) -> None:
         self.model.eval()
         use_few_rows_linear(self.model)  # CPU fp32: W+1-token verification at ~1-token cost
+        use_gqa_attention(self.model)  # CPU: no KV-head copies under a ragged batch's mask
         self._decoder = self.model.get_decoder()
         self._lm_head = self.model.get_output_embeddings()
         self._greedy_heads: dict = {}  # greedy heads by vocabulary (limit or subset)

@@ -49,3 +49,21 @@ def test_a_recycled_row_and_compaction_change_nothing_a_row_sees(target):
     out = cache.read(torch.tensor([[11, 12], [13, 14]]), torch.ones(2, 2, dtype=torch.bool))
     torch.testing.assert_close(out[0], dense(target, [1, 2, 3, 4, 6, 11, 12])[5:])
     torch.testing.assert_close(out[1], dense(target, [9, 10, 13, 14])[2:])
+
+
+def test_gqa_attention_equals_transformers_sdpa_under_a_ragged_mask(target):
+    """CPU models run "sdpa_gqa" (grouped KV heads kept grouped under a mask): same states
+    as transformers' SDPA, which copies the KV heads first."""
+    assert target.model.config._attn_implementation == "sdpa_gqa"
+    ids = torch.tensor([[0, 0, 1, 5, 6], [1, 2, 3, 4, 5]])
+    fed = torch.tensor([[False, False, True, True, True], [True] * 5])
+    states = {}
+    try:
+        for impl in ("sdpa", "sdpa_gqa"):
+            target.model.set_attn_implementation(impl)
+            cache = RaggedCache(target, 2)
+            cache.read(ids, fed)
+            states[impl] = cache.read(torch.tensor([[7, 8], [9, 9]]), torch.ones(2, 2, dtype=torch.bool))
+    finally:
+        target.model.set_attn_implementation("sdpa_gqa")
+    torch.testing.assert_close(states["sdpa_gqa"], states["sdpa"])
