@@ -510,7 +510,7 @@ def quickstart(out, mine_prompts, labels_per_prompt, eval_prompts, window, max_n
     _status(f"[1/3] mining {mine_prompts} GSM8K train questions -> {out / 'mined'}")
     summary = run_mining(target_lm, draft_lm, task, task.load("train", limit=mine_prompts), out / "mined",
                          split="train@0", max_new_tokens=max_new_tokens, progress=progress,
-                         max_labels=labels_per_prompt)
+                         max_labels=labels_per_prompt, batch_size=min(mine_prompts, 8))
     _status(f"      {summary['labels']} labels, {summary['important_fraction']:.0%} important ({clock.lap('mine')})")
     _status(f"[2/3] training the judge -> {out / 'judge'}")
     judge, report = train_judge(read_mined(out / "mined"), TrainConfig(val_fraction=0.5), progress=progress)
