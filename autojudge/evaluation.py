@@ -78,6 +78,8 @@ def evaluate(decoder: SpeculativeDecoder, task: Task, examples: list[Example], r
     path = out_dir / "results.jsonl"
     drop_torn_tail(path)
     done = {(r["run"], r["example_id"]): r for r in read_records(path)}
+    judge_id = decoder.judge.fingerprint if decoder.judge else None
+    _check_same_judge(done.values(), runs, judge_id, path)
     tokenizer = decoder.target.tokenizer
     batched = BatchSpeculativeDecoder(decoder)
     total = len(runs) * len(examples)
@@ -104,7 +106,8 @@ def evaluate(decoder: SpeculativeDecoder, task: Task, examples: list[Example], r
                         "correct": bool(task.is_correct(example, result.text)),
                         "tokens": m.num_generated_tokens, "target_calls": m.num_target_calls,
                         "accepted_mismatches": m.num_accepted_mismatches,
-                        "seconds": m.wall_time_s / len(todo), "batch": len(todo)})
+                        "seconds": m.wall_time_s / len(todo), "batch": len(todo),
+                        **({"judge": judge_id} if run.mode == "judge" else {})})
                     done[(run.name, example.id)] = records[-1]
                 append_records(f, records)
                 bar.update(len(records))
@@ -118,6 +121,18 @@ def evaluate(decoder: SpeculativeDecoder, task: Task, examples: list[Example], r
     plot_tradeoff(report, out_dir / "tradeoff.png")
     report["plot"] = str(out_dir / "tradeoff.png")
     return report
+
+
+def _check_same_judge(records, runs: list[Run], judge_id: str | None, path: Path) -> None:
+    """Judge runs resume only with the judge that made them (the run name alone, e.g.
+    judge@calibrated/W4, says nothing about which judge)."""
+    judge_runs = {run.name for run in runs if run.mode == "judge"}
+    other = {r.get("judge") for r in records if r["run"] in judge_runs} - {judge_id}
+    if other:
+        raise AutoJudgeError(
+            f"{path} holds judge runs of another judge ({', '.join(sorted(map(str, other)))}; this one is "
+            f"{judge_id}): evaluate this judge into another --out directory (records of the target, lossless "
+            "and top-K runs do not depend on the judge and may be copied there to skip them)")
 
 
 def summarize(runs: list[Run], examples: list[Example], done: dict, task: Task) -> dict:

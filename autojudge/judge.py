@@ -14,6 +14,7 @@ Feature layouts (the order of the concatenation the weight vector expects):
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,13 @@ class Judge:
     weight: torch.Tensor  # [F] fp32
     bias: float
     meta: JudgeMetadata
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the decisions this judge makes: its weights, bias and calibrated threshold."""
+        digest = hashlib.sha256(self.weight.detach().float().cpu().contiguous().numpy().tobytes())
+        digest.update(f"{float(self.bias)!r}/{self.meta.threshold!r}".encode())
+        return digest.hexdigest()[:16]
 
     @property
     def uses_draft_hidden(self) -> bool:

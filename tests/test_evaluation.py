@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from autojudge.decoding import SpeculativeDecoder
+from autojudge.errors import AutoJudgeError
 from autojudge.evaluation import Run, evaluate, sweep
 from autojudge.judge import Judge, JudgeMetadata
 
@@ -48,6 +49,14 @@ def test_sweep_report_plot_and_resume(pair, tmp_path, monkeypatch):
     monkeypatch.setattr(decoder, "generate", lambda *a, **k: calls.append(a) or pytest.fail("recomputed"))
     again = evaluate(decoder, task, examples, runs, tmp_path, max_new_tokens=16, progress=False)
     assert again["runs"] == report["runs"] and not calls
+
+    retrained = SpeculativeDecoder(target, draft, constant_judge(target, draft, bias=-19.0))
+    with pytest.raises(AutoJudgeError, match="judge runs of another judge.*another --out"):
+        evaluate(retrained, task, examples, runs, tmp_path, max_new_tokens=16, progress=False)
+    no_judge = [r for r in runs if r.mode != "judge"]  # runs that do not depend on the judge still resume
+    assert evaluate(retrained, task, examples, no_judge, tmp_path, max_new_tokens=16, progress=False)["runs"] == \
+        [r for r in report["runs"] if not r["name"].startswith("judge")]
+    assert not calls
 
 
 def test_run_names_and_configs():
