@@ -489,7 +489,7 @@ def _print_tradeoff(report: dict) -> None:
 @click.option("--max-new-tokens", type=click.IntRange(8), default=256, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def quickstart(out, mine_prompts, labels_per_prompt, eval_prompts, window, max_new_tokens, progress):
-    """The whole AutoJudge pipeline on the embedded default pair, in about 10 minutes on
+    """The whole AutoJudge pipeline on the embedded default pair, in about 6 minutes on
     2 CPU cores: mine GSM8K train questions, train the judge, evaluate on GSM8K test.
 
     \b
