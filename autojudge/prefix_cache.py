@@ -177,15 +177,16 @@ def run_batched(jobs: Iterable[tuple[K, Callable[[SharedRow], Step[T]]]], lm: Ca
         width = min(chunk, max(len(f.feed.tokens) - f.read for f in flights if f))
         ids = torch.full((len(flights), width), pad, dtype=torch.long)  # [B, width], left-padded
         fed = torch.zeros(len(flights), width, dtype=torch.bool)
-        for row, f in enumerate(flights):
-            piece = f.feed.tokens[f.read: f.read + width] if f else []  # an idle row reads holes
-            ids[row, width - len(piece):] = torch.tensor(piece)
-            fed[row, width - len(piece):] = True
+        pieces = [f.feed.tokens[f.read: f.read + width] if f else [] for f in flights]  # an idle row reads holes
+        for row, piece in enumerate(pieces):
+            if piece:
+                ids[row, width - len(piece):] = torch.tensor(piece)
+                fed[row, width - len(piece):] = True
         hidden = shared.read(ids.to(lm.device), fed.to(lm.device))  # [B, width, H]
-        for row, f in enumerate(flights):
+        for row, (f, piece) in enumerate(zip(flights, pieces)):
             if f is None:
                 continue
-            n = int(fed[row].sum())
+            n = len(piece)
             f.parts.append(hidden[row, width - n:])
             f.read += n
             if f.read == len(f.feed.tokens):
