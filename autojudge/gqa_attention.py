@@ -6,8 +6,8 @@ attention mask; with one -- every ragged batch (``autojudge.ragged_cache``) has 
 first copies each layer's whole KV cache to one head per query head (``repeat_kv``). On
 CUDA that keeps the fused kernels; on CPU the copy is pure cost. ``"sdpa_gqa"`` hands the
 grouped heads and the mask to SDPA directly and is transformers' own SDPA attention in
-every other case. Measured on the 2-core EPYC (embedded target, 8 rows x 9 new tokens over
-600 cached slots): 826 -> 647 ms per forward; outputs equal up to float rounding.
+every other case. Measured on the 2-core EPYC (embedded target, one thread, 8 rows x 9 new
+tokens over 600 cached slots, half of them holes): 667 -> 524 ms per forward, the same states.
 """
 
 from __future__ import annotations
