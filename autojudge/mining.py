@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,8 +155,8 @@ def mine_steps(tpc: PrefixCache, dpc: PrefixCache, task: Task, example: Example,
         draft_token = int(drafted[i - left])
         if naive:
             tpc.reset()
-        alt = yield from continue_greedily(tpc, cur[:i] + [draft_token], P, task, example, max_new_tokens, not naive,
-                                previous=cur, lookahead=0 if naive else lookahead)
+        alt = yield from continue_greedily(tpc, cur[:i] + [draft_token], P, task, example, max_new_tokens,
+                                           not naive, previous=cur, lookahead=0 if naive else lookahead)
         _, draft_hidden = yield from dpc.extend(cur[:i] + [draft_token])
         alt_end = i + 1 + alt.determined_at
         alt_cur = cur[:i] + [draft_token] + alt.tokens
@@ -241,8 +241,8 @@ def mine(target: CausalLM, draft: CausalLM, task: Task, examples: list[Example],
                unit="prompt", disable=not progress, dynamic_ncols=True)
     bar.set_postfix(_progress(records))
     with open(labels_path, "a", encoding="utf-8") as out, torch.inference_mode():
-        for i, mined in _mine_prompts(target, draft, task, examples, todo, max_new_tokens, naive, lookahead,
-                                      max_labels, batch_size):
+        for i, mined in mine_prompts(target, draft, task, examples, todo, max_new_tokens, naive, lookahead,
+                                     max_labels, batch_size):
             record = {"index": i, **mined.record}
             atomic_write_bytes(features_dir / f"{i:06d}.safetensors",
                                _features_bytes(mined.draft_hidden, mined.target_hidden))
@@ -254,10 +254,12 @@ def mine(target: CausalLM, draft: CausalLM, task: Task, examples: list[Example],
     return {"shard": name, **_summary(records)}
 
 
-def _mine_prompts(target: CausalLM, draft: CausalLM, task: Task, examples: list[Example], todo: list[int],
-                  max_new_tokens: int, naive: bool, lookahead: int, max_labels: int | None, batch_size: int
-                  ) -> Iterator[tuple[int, MinedPrompt]]:
-    """(index, mined) for every index in ``todo``: one at a time, or ``batch_size`` at once."""
+def mine_prompts(target: CausalLM, draft: CausalLM, task: Task, examples: list[Example], todo: Iterable[int],
+                 max_new_tokens: int, naive: bool = False, lookahead: int = DEFAULT_LOOKAHEAD,
+                 max_labels: int | None = None, batch_size: int = 1, chunk: int = 16
+                 ) -> Iterator[tuple[int, MinedPrompt]]:
+    """(index, mined) for every index in ``todo``: one at a time in order, or ``batch_size`` at
+    once as they finish (``chunk``: see :func:`~autojudge.prefix_cache.run_batched`)."""
     def prompt_ids(i: int) -> list[int]:
         return encode_prompt(target.tokenizer, task.prompt(examples[i]), system=task.system)
 
@@ -271,7 +273,7 @@ def _mine_prompts(target: CausalLM, draft: CausalLM, task: Task, examples: list[
         return i, lambda row: mine_steps(PrefixCache(target, shared=row), PrefixCache(draft, track_greedy=True),
                                          task, examples[i], prompt_ids(i), max_new_tokens, naive, lookahead,
                                          max_labels)
-    for i, mined in run_batched(map(job, todo), target, batch_size):
+    for i, mined in run_batched(map(job, todo), target, batch_size, chunk):
         mined.record["batch"] = batch_size
         yield i, mined
 

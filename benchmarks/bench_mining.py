@@ -24,9 +24,8 @@ from pathlib import Path
 import click
 import torch
 
-from autojudge.mining import mine_example, mine_steps
+from autojudge.mining import mine_example, mine_prompts
 from autojudge.models import encode_prompt, load_draft, load_target, quiet_transformers
-from autojudge.prefix_cache import PrefixCache, run_batched
 from autojudge.tasks import get_task
 
 LOOPS = {"naive": {"naive": True}, "fast, lookahead 0": {"lookahead": 0}, "fast, lookahead 8": {"lookahead": 8}}
@@ -79,18 +78,15 @@ def main(task_name, split, prompts, offset, max_new_tokens, max_labels, batch_si
 
 @torch.inference_mode()
 def compare_batched(target, draft, task, examples, max_new_tokens, max_labels, batch_size, out):
-    prompts = [encode_prompt(target.tokenizer, task.prompt(e), system=task.system) for e in examples]
     start = time.perf_counter()
-    alone = [mine_example(target, draft, task, e, p, max_new_tokens, max_labels=max_labels).record
-             for e, p in zip(examples, prompts)]
+    alone = [mined.record for _, mined in mine_prompts(target, draft, task, examples, range(len(examples)),
+                                                       max_new_tokens, max_labels=max_labels)]
     alone_s = time.perf_counter() - start
     print(f"alone: {alone_s:.0f} s", file=sys.stderr, flush=True)
 
-    def job(k):
-        return k, lambda row: mine_steps(PrefixCache(target, shared=row), PrefixCache(draft, track_greedy=True), task,
-                                         examples[k], prompts[k], max_new_tokens, max_labels=max_labels)
     start = time.perf_counter()
-    batched = dict(run_batched(map(job, range(len(examples))), target, batch_size))
+    batched = dict(mine_prompts(target, draft, task, examples, range(len(examples)), max_new_tokens,
+                                max_labels=max_labels, batch_size=batch_size))
     batched_s = time.perf_counter() - start
     same = sum(batched[k].record["labels"] == r["labels"] for k, r in enumerate(alone))
     labels = sum(len(r["labels"]) for r in alone)

@@ -11,7 +11,6 @@ from autojudge import mining
 from autojudge.jsonl import CorruptRecordError
 from autojudge.mining import merge, mine, mine_example, read_mined
 from autojudge.models import encode_prompt
-from autojudge.prefix_cache import PrefixCache, run_batched
 from autojudge.ragged_cache import RaggedCache
 from autojudge.tasks import Example, Task
 
@@ -233,13 +232,9 @@ def test_batched_search_equals_the_search_alone(pair64, batch_size, chunk, monke
         monkeypatch.setattr(RaggedCache, name, lambda self, *a, _real=real, _name=name: (
             calls.__setitem__(_name, calls[_name] + 1), _real(self, *a))[1])
 
-    def job(k):
-        prompt = encode_prompt(target.tokenizer, task.prompt(examples[k]))
-        return k, lambda row: mining.mine_steps(PrefixCache(target, shared=row),
-                                                PrefixCache(draft, track_greedy=True), task, examples[k], prompt, 40)
-
     with torch.inference_mode():
-        batched = dict(run_batched(map(job, range(len(examples))), target, batch_size, chunk=chunk))
+        batched = dict(mining.mine_prompts(target, draft, task, examples, range(len(examples)), 40,
+                                           batch_size=batch_size, chunk=chunk))
         alone = _alone(target, draft, task, examples, 40)
     assert sorted(batched) == list(range(len(examples)))
     for k, want in enumerate(alone):
