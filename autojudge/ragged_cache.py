@@ -40,9 +40,8 @@ class RaggedCache:
 
     def keep_row(self, row: int, length: int) -> None:
         """Row ``row`` keeps its first ``length`` tokens; the other rows are untouched."""
-        lengths = self.lengths.clone()
-        lengths[row] = min(length, int(lengths[row]))
-        self.keep(lengths)
+        self.slots[row] &= self.slots[row].long().cumsum(dim=0) <= length  # [L]: only this row's slots
+        self.lengths[row] = self.lengths[row].clamp(max=length)
 
     def compact(self) -> None:
         """Drop holes: every row's tokens move, in order, into the last ``max(lengths)`` slots
