@@ -1,6 +1,8 @@
 """AutoJudge speculative decoding: mine important mismatches, train a judge, accept the rest.
 
-See ``docs`` in the repository README for the method (arXiv 2504.20039) and the CLI.
+The subpackages follow the data flow (README.md, "Layout"): tasks -> mining -> features ->
+judge -> acceptance -> decoding -> evaluation / serving / deploy -> cli, over models and
+storage. The method: arXiv 2504.20039; the command line: ``autojudge-trt --help``.
 """
 
 from autojudge.errors import AutoJudgeError

@@ -1,7 +1,7 @@
 """Throughput of the batched speculative loop beside one-at-a-time decoding, same process.
 
 For each batch size B: the same B GSM8K test questions decoded one by one
-(``SpeculativeDecoder.generate``) and then all at once (``BatchSpeculativeDecoder``), in
+(``SpeculativeDecoder.generate``) and then all at once (``generate_batch``), in
 the same mode and window; reports tokens/s of each, the ratio, and how many rows came out
 token-for-token identical (float rounding of batched matmuls may flip a near-tied greedy
 choice; in float64 all are identical, see tests/test_batch_decoding.py).
@@ -16,7 +16,6 @@ import time
 
 import click
 
-from autojudge.batch_decoding import BatchSpeculativeDecoder
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder
 from autojudge.models import DEFAULT_DRAFT, encode_prompt, load_draft, load_target, quiet_transformers
 from autojudge.tasks import get_task
@@ -33,7 +32,6 @@ def main(batch_sizes, mode, window, max_new_tokens, offset, out):
     quiet_transformers()
     target = load_target("embedded", device="cpu")
     decoder = SpeculativeDecoder(target, load_draft(DEFAULT_DRAFT, target))
-    batched = BatchSpeculativeDecoder(decoder)
     task = get_task("gsm8k")
     config = DecodeConfig(mode=mode, window=window, max_new_tokens=max_new_tokens)
     rows = []
@@ -44,7 +42,7 @@ def main(batch_sizes, mode, window, max_new_tokens, offset, out):
         one = [decoder.generate(p, config) for p in prompts]
         one_s = time.perf_counter() - start
         start = time.perf_counter()
-        many = batched.generate(prompts, config)
+        many = decoder.generate_batch(prompts, config)
         many_s = time.perf_counter() - start
         tokens = sum(len(r.token_ids) for r in one)
         row = {"batch": size, "mode": mode, "window": window, "tokens": tokens,

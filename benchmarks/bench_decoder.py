@@ -27,20 +27,14 @@ import torch
 
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder
 from autojudge.models import DEFAULT_DRAFT, encode_prompt, load_draft, load_target, quiet_transformers
-
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
-
-
-def _questions(path: Path, count: int) -> list[str]:
-    with open(path) as f:
-        return [json.loads(line)["question"] for _, line in zip(range(count), f)]
+from autojudge.tasks.gsm8k import load_questions
 
 
 @click.command()
 @click.option("--target", default="embedded", show_default=True)
 @click.option("--draft", default=DEFAULT_DRAFT, show_default=True)
-@click.option("--data", type=click.Path(exists=True, path_type=Path), default=DEFAULT_DATA,
-              show_default=True, help="GSM8K-style JSONL with a 'question' field.")
+@click.option("--data", default="test", show_default=True,
+              help="A GSM8K split shipped with the package (train, test) or a GSM8K-style JSONL file.")
 @click.option("--prompts", type=int, default=8, show_default=True)
 @click.option("--max-new-tokens", type=int, default=96, show_default=True)
 @click.option("--windows", default="2,4,8", show_default=True, help="Comma-separated W values.")
@@ -86,7 +80,7 @@ def main(target, draft, data, prompts, max_new_tokens, windows, dtype, threads, 
         if plain_head:
             methods[f"ours_lossless@{w}_plain_head"] = lambda ids, w=w: ours(ids, "lossless", w, False)
 
-    prompt_ids = [encode_prompt(target_lm.tokenizer, q) for q in _questions(data, prompts)]
+    prompt_ids = [encode_prompt(target_lm.tokenizer, q) for q in load_questions(data, limit=prompts)]
     with torch.inference_mode():
         for fn in methods.values():  # warm-up
             fn(prompt_ids[0][:16])

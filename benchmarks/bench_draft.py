@@ -22,14 +22,10 @@ import click
 import torch
 
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder
-from autojudge.distill import greedy_agreement
-from autojudge.models import (
-    DEFAULT_DRAFT, crop_cache, encode_prompt, load_draft, load_target, quiet_transformers,
-)
+from autojudge.distill.teacher import generate_teacher_data
+from autojudge.distill.training import greedy_agreement
+from autojudge.models import DEFAULT_DRAFT, crop_cache, encode_prompt, load_draft, load_target, quiet_transformers
 from autojudge.tasks.gsm8k import format_prompt, load_questions
-from autojudge.teacher import generate_teacher_data
-
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 
 
 @torch.inference_mode()
@@ -51,7 +47,7 @@ def step_cost_ms(lm, prompt: list[int], repeats: int = 60) -> float:
 @click.command()
 @click.option("--target", default="embedded", show_default=True)
 @click.option("--draft", default=DEFAULT_DRAFT, show_default=True)
-@click.option("--data", type=click.Path(exists=True, path_type=Path), default=DEFAULT_DATA, show_default=True)
+@click.option("--data", default="test", show_default=True, help="A GSM8K split shipped with the package (train, test) or a GSM8K-style JSONL file.")
 @click.option("--prompts", type=int, default=50, show_default=True, help="Questions for agreement.")
 @click.option("--teacher-file", type=click.Path(path_type=Path), default=Path("out/teacher-test.jsonl"),
               show_default=True, help="Cache of the target's answers (reused, extended).")

@@ -219,7 +219,7 @@ def main() -> None:
     if device.type == "cuda":
         from bench_plugin_kernel import make_inputs, time_call
 
-        from autojudge.plugin_kernel import KernelCall
+        from autojudge.acceptance.plugin import KernelCall
         for w in WINDOWS[1:]:
             row = {}
             for label, scenario in (("typical", "reject"), ("worst", "accept_all")):

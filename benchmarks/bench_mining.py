@@ -7,7 +7,7 @@ loop: target forward tokens, target forward passes and seconds per prompt.
     python benchmarks/bench_mining.py --prompts 2 --offset 5004 --out out/bench_mining.json
 
 ``--batch-size B`` instead times the fast loop one prompt at a time against B prompts at
-once (:func:`autojudge.prefix_cache.run_batched`), on the same prompts: wall seconds per
+once (:func:`autojudge.mining.prefix_cache.run_batched`), on the same prompts: wall seconds per
 prompt, and how many prompts got the same labels (batched matmuls round differently, which
 can flip a near-tied greedy choice in fp32).
 

@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autojudge.acceptance import judge_accept  # noqa: E402
-from autojudge.plugin_kernel import NOT_EVALUATED, KernelCall, build_cuda_library  # noqa: E402
+from autojudge.acceptance.plugin import NOT_EVALUATED, KernelCall, build_cuda_library  # noqa: E402
 
 WINDOWS = (4, 8, 16, 32, 64)
 BATCHES = (1, 8, 64)

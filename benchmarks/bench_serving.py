@@ -24,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autojudge.serving.client import request_arrays, stream_grpc  # noqa: E402
-from autojudge.serving.protocol import ServeRequest  # noqa: E402
 from autojudge.serving.repo import RepoSettings, validate_config, write_repo  # noqa: E402
+from autojudge.serving.requests import ServeRequest  # noqa: E402
 from autojudge.serving.server import TritonServer  # noqa: E402
 from autojudge.serving.service import DecodeService  # noqa: E402
 from autojudge.tasks import get_task  # noqa: E402

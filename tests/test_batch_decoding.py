@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import perturbed, tiny_model
 
-from autojudge.batch_decoding import BatchSpeculativeDecoder
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder
 from autojudge.errors import AutoJudgeError
 from autojudge.judge import Judge, JudgeMetadata
-from conftest import perturbed, tiny_model
 
 # Ragged on purpose: lengths 3..12, so prefill and every later block carry holes.
 PROMPTS = [[1, 504, 3458, 314, 253, 1345, 28, 288], [1, 42, 977], [1, 9, 8, 7, 6, 5, 4, 3, 2000, 31, 77, 12],
@@ -51,7 +50,7 @@ def test_every_row_equals_the_batch1_decoder(pair, config, layout):
     in the middle of a window (max_new_tokens 31 with W=4)."""
     target, draft = pair
     decoder = SpeculativeDecoder(target, draft, _judge(target, draft, layout))
-    batched = BatchSpeculativeDecoder(decoder).generate(PROMPTS, config)
+    batched = decoder.generate_batch(PROMPTS, config)
     assert len(batched) == len(PROMPTS)
     mismatches = 0
     for prompt, got in zip(PROMPTS, batched):
@@ -75,7 +74,7 @@ def test_rows_end_at_eos_and_stop_strings_and_leave_the_batch(pair):
     stop = decoder.backend.tokenizer.decode(free.token_ids[10:12])
     for config in (DecodeConfig(mode="lossless", window=4, max_new_tokens=30),
                    DecodeConfig(mode="lossless", window=3, max_new_tokens=30, stop=(stop,))):
-        batched = BatchSpeculativeDecoder(decoder).generate(PROMPTS, config)
+        batched = decoder.generate_batch(PROMPTS, config)
         wanted = [decoder.generate(p, config) for p in PROMPTS]
         assert [r.token_ids for r in batched] == [r.token_ids for r in wanted]
         assert [r.finish_reason for r in batched] == [r.finish_reason for r in wanted]
@@ -87,4 +86,48 @@ def test_rows_end_at_eos_and_stop_strings_and_leave_the_batch(pair):
 def test_empty_prompts_are_refused(pair):
     target, draft = pair
     with pytest.raises(AutoJudgeError, match="at least one token"):
-        BatchSpeculativeDecoder(SpeculativeDecoder(target, draft)).generate([[1, 2], []])
+        SpeculativeDecoder(target, draft).generate_batch([[1, 2], []])
+
+
+@pytest.mark.parametrize("config", [DecodeConfig(mode="lossless", window=4, max_new_tokens=30),
+                                    DecodeConfig(mode="judge", window=3, max_new_tokens=30)], ids=["lossless", "judge"])
+def test_a_sequence_that_joins_a_running_batch_gets_what_it_gets_alone(pair, config):
+    """Two rows decode for a few cycles, then three more join (their caches start empty beside
+    rows that already hold tokens and holes): every row still equals the batch-1 decoder."""
+    from autojudge.decoding.loop import Running
+
+    target, draft = pair
+    decoder = SpeculativeDecoder(target, draft, _judge(target, draft))
+    running = Running(decoder.backend, config, decoder.backend.eos_token_ids)
+    running.join(PROMPTS[:2])
+    for _ in range(3):
+        running.cycle()
+    assert all(len(row.generated) > 0 for row in running.active)
+    running.join(PROMPTS[2:])
+    while running.active:
+        running.cycle()
+    for prompt, got in zip(PROMPTS, running.results()):
+        want = decoder.generate(prompt, config)
+        assert got.token_ids == want.token_ids and got.finish_reason == want.finish_reason
+        assert got.metrics.num_target_calls == want.metrics.num_target_calls
+
+
+def test_a_batch_of_one_holds_no_holes(pair):
+    """Rejected draft tokens of a single row are cropped, not masked: the cache is exactly the
+    committed sequence but its last token after every cycle (as a plain KV cache would be)."""
+    from autojudge.decoding.loop import Running
+
+    target, draft = pair
+    decoder = SpeculativeDecoder(target, draft)
+    running = Running(decoder.backend, DecodeConfig(mode="lossless", window=4, max_new_tokens=30), frozenset())
+    running.join(PROMPTS[:1])
+    rejected = 0
+    while running.active:
+        before = running.rows[0].metrics.num_draft_tokens - running.rows[0].metrics.num_accepted_tokens
+        running.cycle()
+        rejected += running.rows[0].metrics.num_draft_tokens - running.rows[0].metrics.num_accepted_tokens - before
+        cache = running.state.target_cache
+        if running.active:  # (the row leaves the batch when it ends)
+            assert cache.width == int(cache.lengths[0]) == len(running.rows[0].tokens) - 1
+            assert bool(cache.slots.all())
+    assert rejected > 0  # some cycles did reject draft tokens

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import tiny_model
 
 from autojudge.cli import main
 from autojudge.judge import Judge, JudgeMetadata
-from conftest import tiny_model
 
 
 @pytest.fixture(scope="module")

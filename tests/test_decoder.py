@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import perturbed, tiny_model
 
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder
 from autojudge.errors import AutoJudgeError
 from autojudge.judge import Judge, JudgeMetadata
 from autojudge.models import encode_prompt, load_draft
-from conftest import perturbed, tiny_model
 
 PROMPT = [1, 504, 3458, 314, 253, 1345, 28, 288]
 
@@ -123,9 +123,9 @@ def test_kv_caches_are_reused_not_reprefilled(tiny_pairs):
     for role, lm in (("target", target), ("draft", draft)):
         original = lm.hidden_states
 
-        def counting(ids, cache, _role=role, _original=original):
+        def counting(ids, cache, _role=role, _original=original, **kwargs):
             fed[_role] += ids.shape[1]
-            return _original(ids, cache)
+            return _original(ids, cache, **kwargs)
 
         lm.hidden_states = counting
     try:

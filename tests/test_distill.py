@@ -7,16 +7,15 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_model
 
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder
-from autojudge.distill import (
-    DRAFT_METADATA, DRAFT_WEIGHTS, DistillConfig, build_student, export_draft, greedy_agreement,
-    load_draft_artifact, train_student, trainable_state,
-)
+from autojudge.distill.teacher import generate_teacher_data
+from autojudge.distill.training import DistillConfig, greedy_agreement, train_student
 from autojudge.errors import AutoJudgeError, ModelLoadError
 from autojudge.models import load_draft
-from autojudge.teacher import generate_teacher_data
-from conftest import tiny_model
+from autojudge.models.draft_artifact import DRAFT_METADATA, DRAFT_WEIGHTS, export_draft, load_draft_artifact
+from autojudge.models.layer_subset import build_student, trainable_state
 
 PROMPTS = [[1, 504, 3458 + i, 314, 253, 1345 + 7 * i, 28] for i in range(10)]
 
@@ -79,7 +78,7 @@ def test_training_raises_agreement(tiny_target, teacher_records, tmp_path):
 
 def test_interrupted_training_resumes_to_the_same_weights(tiny_target, teacher_records, tmp_path,
                                                          monkeypatch):
-    import autojudge.distill as distill
+    import autojudge.distill.training as distill
 
     config = DistillConfig(init_layers=(0, 1), steps=8, batch_sequences=3, warmup_steps=2,
                            checkpoint_every=4)
@@ -160,7 +159,7 @@ def test_draft_for_another_target_is_refused(artifact, make_lm, tmp_path):
 
 
 def test_greedy_vocabulary_restricts_proposals_and_stays_lossless(tiny_target, teacher_records, artifact, tmp_path):
-    from autojudge.distill import teacher_vocabulary
+    from autojudge.distill.training import teacher_vocabulary
 
     _, student = artifact
     vocab = teacher_vocabulary(teacher_records, tiny_target.eos_token_ids)

@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from autojudge.distill import DRAFT_METADATA, DRAFT_WEIGHTS, load_draft_artifact
 from autojudge.errors import ModelLoadError
 from autojudge.models import DEFAULT_DRAFT, EMBEDDED_DRAFT_DIR, load_draft
+from autojudge.models.draft_artifact import DRAFT_METADATA, DRAFT_WEIGHTS, load_draft_artifact
 
 
 def test_default_draft_is_the_shipped_one():

@@ -4,14 +4,13 @@ import json
 
 import pytest
 import torch
+from conftest import perturbed, tiny_model
+from test_mining import FirstEightCharacters
 
 from autojudge.decoding import SpeculativeDecoder
 from autojudge.errors import AutoJudgeError
 from autojudge.evaluation import Run, evaluate, sweep
 from autojudge.judge import Judge, JudgeMetadata
-
-from conftest import perturbed, tiny_model
-from test_mining import FirstEightCharacters
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +45,7 @@ def test_sweep_report_plot_and_resume(pair, tmp_path, monkeypatch):
     assert (tmp_path / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     calls = []
-    monkeypatch.setattr(decoder, "generate", lambda *a, **k: calls.append(a) or pytest.fail("recomputed"))
+    monkeypatch.setattr(decoder, "generate_batch", lambda *a, **k: calls.append(a) or pytest.fail("recomputed"))
     again = evaluate(decoder, task, examples, runs, tmp_path, max_new_tokens=16, progress=False)
     assert again["runs"] == report["runs"] and not calls
 

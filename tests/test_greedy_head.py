@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from autojudge.greedy_head import ScreenedGreedyHead
+from autojudge.models.cpu.greedy_head import ScreenedGreedyHead
 
 
 def _exact(hidden, weight):
@@ -50,7 +50,7 @@ def test_near_ties_below_bf16_resolution_are_resolved_in_fp32():
 
 @pytest.mark.parametrize("rows", [1, 2, 5, 16, 17])
 def test_few_rows_linear_equals_f_linear(rows):
-    from autojudge.few_rows_linear import FewRowsLinear, use_few_rows_linear
+    from autojudge.models.cpu.few_rows_linear import FewRowsLinear, use_few_rows_linear
 
     layer = torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.Linear(40, 8, bias=False))
     x = torch.randn(rows, 24)

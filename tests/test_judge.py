@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_model
 
 from autojudge.decoding import SpeculativeDecoder
 from autojudge.errors import JudgeArtifactError
 from autojudge.judge import METADATA_FILE, WEIGHTS_FILE, Judge, JudgeMetadata
-from conftest import tiny_model
 
 
 def _judge(layout="draft+target", hd=64, ht=64, threshold=0.3, target="t", draft="d"):

@@ -7,7 +7,7 @@ import torch
 
 from autojudge.errors import AutoJudgeError
 from autojudge.judge import Judge
-from autojudge.judge_training import TrainConfig, fold_scaler, threshold_for_recall, train_judge
+from autojudge.judge.training import TrainConfig, fold_scaler, threshold_for_recall, train_judge
 from autojudge.mining import MinedDataset
 
 
@@ -87,7 +87,7 @@ def test_one_class_is_a_clear_error():
 
 
 def test_cross_validated_auc_is_grouped_by_prompt_and_tracks_signal():
-    from autojudge.judge_training import cross_validated_auc
+    from autojudge.judge.training import cross_validated_auc
 
     data, _, _ = synthetic(n_prompts=20, per_prompt=30, seed=5)
     _, report = train_judge(data, TrainConfig(cv_folds=4), progress=False)

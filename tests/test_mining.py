@@ -6,15 +6,14 @@ import json
 
 import pytest
 import torch
-
-from autojudge import mining
-from autojudge.jsonl import CorruptRecordError
-from autojudge.mining import merge, mine, mine_example, read_mined
-from autojudge.models import encode_prompt
-from autojudge.ragged_cache import RaggedCache
-from autojudge.tasks import Example, Task
-
 from conftest import perturbed, tiny_model
+
+from autojudge.mining import merge, mine, mine_example, read_mined
+from autojudge.mining import search as mining  # the module whose functions mine() calls
+from autojudge.models import encode_prompt
+from autojudge.models.ragged_cache import RaggedCache
+from autojudge.storage import CorruptRecordError
+from autojudge.tasks import Example, Task
 
 QUESTIONS = ["What is two plus three?", "Name a colour.", "Count to five.", "Why is the sky blue?",
              "Say hello.", "How many legs has a cat?"]

@@ -6,15 +6,14 @@ import os
 
 import pytest
 import torch
+from conftest import tiny_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from autojudge.cache import atomic_directory, cache_root
 from autojudge.errors import IncompatibleModelsError, ModelLoadError
-from autojudge.models import (
-    EMBEDDED_GGUF, CausalLM, check_compatible, embedded_target_dir, load_draft, load_target,
-)
-from conftest import tiny_model
+from autojudge.models import CausalLM, check_compatible, embedded_target_dir, load_draft, load_target
+from autojudge.models.loading import EMBEDDED_GGUF
+from autojudge.storage import atomic_directory, cache_root
 
 
 def _word_tokenizer(words, **special):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from autojudge.acceptance.onnx import IR_VERSION, export_onnx, judge_accept_graph
 from autojudge.judge import Judge, JudgeMetadata
-from autojudge.onnx_export import IR_VERSION, export_onnx, judge_accept_graph
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from autojudge.acceptance import judge_accept
-from autojudge.plugin_kernel import NOT_EVALUATED, build_cuda_library, judge_accept_native
+from autojudge.acceptance.plugin import NOT_EVALUATED, build_cuda_library, judge_accept_native
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ for the host build")
 

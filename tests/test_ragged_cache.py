@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from autojudge.ragged_cache import RaggedCache
 from conftest import tiny_model
+
+from autojudge.models.ragged_cache import RaggedCache
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 import time
 
-from autojudge.sandbox import SandboxLimits, run_python
+from autojudge.tasks.sandbox import SandboxLimits, run_python
 
 LIMITS = SandboxLimits(timeout_s=2.0, memory_mb=256, output_bytes=20_000)
 

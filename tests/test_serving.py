@@ -17,8 +17,9 @@ import torch
 from autojudge.errors import AutoJudgeError
 from autojudge.judge import Judge, JudgeMetadata
 from autojudge.serving.client import ServingError, infer_grpc, infer_http, request_arrays, stream_grpc
-from autojudge.serving.protocol import INPUTS, OUTPUTS, ServeRequest
+from autojudge.serving.protocol import INPUTS, METRICS, OUTPUTS
 from autojudge.serving.repo import RepoSettings, render, validate_config, write_repo
+from autojudge.serving.requests import ServeRequest
 from autojudge.serving.service import DecodeService
 
 pytestmark = pytest.mark.skipif(
@@ -112,8 +113,8 @@ def test_http_and_grpc_streaming_return_the_in_process_tokens(server, in_process
     streamed = stream_grpc(server.grpc_url, arrays, on_piece=pieces.append)
     assert streamed["token_ids"] == ids and streamed["text"] == text
     assert len(pieces) > 1  # one response per decoder cycle
-    for piece in pieces:  # metrics on every response; finish_reason only on the last
-        assert piece["metrics"]["mode"] == mode and "tau" in piece["metrics"]
+    for piece in pieces:  # metrics on every response, with the keys the protocol documents
+        assert piece["metrics"]["mode"] == mode and set(piece["metrics"]) == set(METRICS)
     assert pieces[-1]["metrics"]["finish_reason"] in ("length", "eos", "stop")
     assert all(p["metrics"]["finish_reason"] is None for p in pieces[:-1])
     if mode == "judge":
@@ -223,9 +224,9 @@ def trtllm_deployment(tmp_path_factory):
     The judge accepts every mismatch (p = sigmoid(-20)), so its decisions do not depend on
     BF16 rounding."""
     from autojudge.deploy.config import load_config
+    from autojudge.deploy.triton_repo import write_trtllm_repo
     from autojudge.models import embedded_target_dir, load_draft, load_target
-    from autojudge.serving.trtllm_reference import use_reference_engines
-    from autojudge.serving.trtllm_repo import write_trtllm_repo
+    from autojudge.testing.trtllm_reference import use_reference_engines
 
     target = load_target("embedded", device="cpu")
     draft = load_draft("embedded", target)

@@ -10,10 +10,10 @@ import subprocess
 
 import pytest
 from click.testing import CliRunner
+from test_onnx_export import make_judge
 
 from autojudge.cli import main
-from autojudge.plugin_kernel import plugin_source_dir
-from test_onnx_export import make_judge
+from autojudge.storage import asset
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -47,7 +47,7 @@ def test_build_judge_without_tensorrt_says_what_is_missing(tmp_path, judge_dir):
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
 def test_cmake_without_tensorrt_stops_with_a_clear_message(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TENSORRT_ROOT"}
-    done = subprocess.run(["cmake", "-S", str(plugin_source_dir()), "-B", str(tmp_path / "b")],
+    done = subprocess.run(["cmake", "-S", str(asset("plugin")), "-B", str(tmp_path / "b")],
                           capture_output=True, text=True, env=env, check=False)
     if "TensorRT headers not found" not in done.stderr and done.returncode == 0:
         pytest.skip("TensorRT headers are installed on this machine")
@@ -58,7 +58,7 @@ def test_cmake_without_tensorrt_stops_with_a_clear_message(tmp_path):
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
 def test_cmake_host_only_build_needs_neither_tensorrt_nor_cuda(tmp_path):
     build = tmp_path / "b"
-    for step in (["cmake", "-S", str(plugin_source_dir()), "-B", str(build), "-DAUTOJUDGE_HOST_ONLY=ON"],
+    for step in (["cmake", "-S", str(asset("plugin")), "-B", str(build), "-DAUTOJUDGE_HOST_ONLY=ON"],
                  ["cmake", "--build", str(build)]):
         done = subprocess.run(step, capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stdout + done.stderr

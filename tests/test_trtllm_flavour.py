@@ -1,6 +1,6 @@
 """The TensorRT-LLM flavour's orchestration, run on CPU through the same loop as flavour 1.
 
-The BLS session (autojudge.serving.trtllm_backend) talks to the draft, target and
+The BLS session (autojudge.serving.trtllm.backend) talks to the draft, target and
 judge-accept models only through their tensor contract; ReferenceModels answers that
 contract with tiny in-process models. Every mode must give exactly what the in-process
 decoder gives.
@@ -14,8 +14,8 @@ from conftest import perturbed, tiny_model
 
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder, SpeculativeLoop
 from autojudge.judge import Judge, JudgeMetadata
-from autojudge.serving.trtllm_backend import JUDGE_MODEL, TensorRTLLMBackend
-from autojudge.serving.trtllm_reference import ReferenceModels
+from autojudge.serving.trtllm.backend import JUDGE_MODEL, TensorRTLLMBackend
+from autojudge.testing.trtllm_reference import ReferenceModels
 
 PROMPT = [1, 504, 3458, 314, 253, 1234, 17, 2800, 30]
 
@@ -122,6 +122,7 @@ def test_the_tensorrt_llm_repository_is_generated_and_every_config_parses(tmp_pa
     assert plan.is_symlink() and plan.readlink() == tmp_path / "out" / "engines" / "judge_accept" / "judge_accept.plan"
     bls = configs["autojudge"].parameters
     assert (bls["backend"].string_value, bls["default_window"].string_value) == ("tensorrt-llm", "6")
+    assert bls["max_window"].string_value == "6"  # requests are bounded by the target engine's max_draft_len
     assert bls["default_mode"].string_value == "judge"
     assert configs["autojudge_stream"].model_transaction_policy.decoupled
     manifest = json.loads((tmp_path / "deploy" / "deployment.json").read_text())
@@ -132,10 +133,57 @@ def test_the_tensorrt_llm_repository_is_generated_and_every_config_parses(tmp_pa
 
 def test_a_target_only_judge_gets_a_judge_accept_model_without_draft_hidden(tmp_path):
     from autojudge.deploy.config import load_config
+    from autojudge.deploy.triton_repo import write_trtllm_repo
     from autojudge.serving.repo import validate_config
-    from autojudge.serving.trtllm_repo import write_trtllm_repo
 
     models = write_trtllm_repo(tmp_path / "deploy", load_config(deployment(tmp_path, layout="target")),
                                check_engines=False)
     judge = validate_config((models / "judge_accept" / "config.pbtxt").read_text(), "judge_accept")
     assert [i.name for i in judge.input] == ["draft_tokens", "target_tokens", "target_hidden", "threshold"]
+
+
+@pytest.fixture(scope="module")
+def pair64(make_lm):
+    target = tiny_model(0).double()  # float64: a batch and a row alone sum alike
+    return make_lm(target, "tiny-target"), make_lm(perturbed(target, 0.2, seed=4), "tiny-draft")
+
+
+@pytest.mark.parametrize("mode", ["lossless", "topk", "judge"])
+def test_a_batch_through_the_trtllm_contract_equals_the_in_process_batch(pair64, mode):
+    """Three rows of different lengths: one request per row and step to the engines, and one
+    judge-accept request for the whole batch, give what the in-process batch gives."""
+    target, draft = pair64
+    judge = random_judge(target, draft, "draft+target")
+    prompts = [PROMPT, PROMPT[:4], [1, 77, 3000, 25, 911, 5, 8]]
+    config = DecodeConfig(mode=mode, window=4, top_k=3, max_new_tokens=24)
+    in_process = SpeculativeDecoder(target, draft, judge).generate_batch(prompts, config, eos_token_ids=frozenset())
+    models = ReferenceModels(target, draft, judge)
+    backend = TensorRTLLMBackend(models, target.tokenizer, frozenset(), judge)
+    served = SpeculativeLoop(backend).generate_batch(prompts, config)
+    assert [r.token_ids for r in served] == [r.token_ids for r in in_process]
+    assert [r.metrics.num_accepted_mismatches for r in served] == [r.metrics.num_accepted_mismatches
+                                                                   for r in in_process]
+    if mode == "judge":  # one engine call per cycle, for all rows at once
+        assert models.requests[JUDGE_MODEL] == max(r.metrics.num_target_calls for r in served)
+
+
+def test_a_window_beyond_the_engines_max_draft_len_is_a_clear_error(pair):
+    from autojudge.errors import AutoJudgeError
+
+    target, draft = pair
+    backend = TensorRTLLMBackend(ReferenceModels(target, draft, None), target.tokenizer, frozenset(), None,
+                                 max_window=4)
+    with pytest.raises(AutoJudgeError, match=r"window must be in 1\.\.4 \(the target engine's max_draft_len\), got 8"):
+        SpeculativeLoop(backend).generate(PROMPT, DecodeConfig(mode="lossless", window=8))
+
+
+def test_a_served_request_is_bounded_by_the_engines_max_draft_len():
+    import numpy as np
+
+    from autojudge.serving.requests import RequestError, ServeDefaults, parse_request
+    from autojudge.serving.trtllm.contract import MAX_DRAFT_LEN_BOUND
+
+    defaults = ServeDefaults(mode="lossless", window=4, max_window=8, window_bound=MAX_DRAFT_LEN_BOUND)
+    assert parse_request({"prompt": np.array([b"hi"]), "window": np.array([8])}, defaults).window == 8
+    with pytest.raises(RequestError, match=r"'window': must be in 1\.\.8 \(the target engine's max_draft_len\)"):
+        parse_request({"prompt": np.array([b"hi"]), "window": np.array([9])}, defaults)

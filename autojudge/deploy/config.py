@@ -26,9 +26,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from autojudge.decoding.config import MAX_WINDOW
 from autojudge.errors import AutoJudgeError
-
-MAX_WINDOW = 64  # the decoder's and the serving protocol's limit (the kernel allows 1024)
 
 # quantization name -> (TensorRT-LLM QuantAlgo, bytes per weight, needs calibration data)
 QUANTIZATIONS: dict[str, tuple[str | None, float, bool]] = {

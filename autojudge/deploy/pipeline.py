@@ -39,7 +39,7 @@ def run_build(config_path: Path, dry_run: bool = False, as_json: bool = False) -
         _print_checks(checks)
     echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     rows = run_plan(steps, config.output_dir, echo)
-    from autojudge.serving.trtllm_repo import serve_command
+    from autojudge.deploy.triton_repo import serve_command
 
     serve = serve_command(config, config.output_dir / "triton_repo" / "models")
     if as_json:

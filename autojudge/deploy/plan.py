@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autojudge.deploy.config import DeployConfig
-from autojudge.errors import AutoJudgeError
+from autojudge.serving.trtllm.contract import DRAFT_MODEL, HIDDEN_OUTPUT, JUDGE_MODEL, TARGET_MODEL
+from autojudge.storage import asset
 
 OUTPUT = "{OUTPUT}"  # placeholder for the step's output directory in its commands
-HIDDEN_OUTPUT = "autojudge_hidden_states"  # engine output name of the last-layer hidden states
 PLUGIN_LIBRARY = "libautojudge_judge_accept_plugin.so"
 
 
@@ -52,28 +52,16 @@ class Step:
         return [shlex.join(command) for command in self.rendered()]
 
 
-def build_scripts_dir() -> Path:
-    """The step scripts: the repository's ``build/`` or the copy inside the wheel."""
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (here.parent / "build", here / "build_steps"):
-        if (candidate / "build_engine.py").is_file():
-            return candidate
-    raise AutoJudgeError(f"the build step scripts are missing from this installation (looked in {here.parent / 'build'}"
-                         f" and {here / 'build_steps'}); reinstall autojudge.")
-
-
 def engine_paths(config: DeployConfig) -> dict[str, Path]:
     """Where the build puts what the Triton repository points at (one definition for both)."""
     engines = config.output_dir / "engines"
-    return {"draft": engines / "draft", "target": engines / "target",
-            "judge_accept": engines / "judge_accept" / "judge_accept.plan",
+    return {DRAFT_MODEL: engines / DRAFT_MODEL, TARGET_MODEL: engines / TARGET_MODEL,
+            JUDGE_MODEL: engines / JUDGE_MODEL / f"{JUDGE_MODEL}.plan",
             "plugin": config.output_dir / "plugin" / PLUGIN_LIBRARY}
 
 
 def make_plan(config: DeployConfig, config_path: Path) -> list[Step]:
-    from autojudge.plugin_kernel import plugin_source_dir
-
-    out, scripts, py = config.output_dir, build_scripts_dir(), sys.executable
+    out, scripts, py = config.output_dir, asset("build_steps"), sys.executable
     paths = engine_paths(config)
     cli = (py, "-m", "autojudge.cli")
     steps: list[Step] = []
@@ -103,8 +91,8 @@ def make_plan(config: DeployConfig, config_path: Path) -> list[Step]:
         plugin = paths["plugin"].parent
         steps.append(Step(
             "judge-plugin", "compile the judge-accept TensorRT plugin (CMake, CUDA)",
-            (("cmake", "-S", str(plugin_source_dir()), "-B", OUTPUT, "-DCMAKE_BUILD_TYPE=Release"),
-             ("cmake", "--build", OUTPUT, "-j")), plugin, inputs=(str(plugin_source_dir()),)))
+            (("cmake", "-S", str(asset("plugin")), "-B", OUTPUT, "-DCMAKE_BUILD_TYPE=Release"),
+             ("cmake", "--build", OUTPUT, "-j")), plugin, inputs=(str(asset("plugin")),)))
         judge_args += ["--plugin-library", str(paths["plugin"])]
         judge_after = ("judge-plugin",)
     steps.append(Step("judge-engine", f"build the judge-accept engine ({config.judge_engine} path)",

@@ -18,9 +18,8 @@ import importlib.metadata
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-from autojudge.deploy.config import QUANTIZATIONS, DeployConfig
+from autojudge.deploy.config import DeployConfig
 from autojudge.deploy.model_info import SUPPORTED_ARCHITECTURES, ModelInfo, read_model_info
 
 TENSORRT_LLM_LINE = (1, 2)  # the last line with the TensorRT-engine (trtllm-build) workflow
@@ -82,11 +81,12 @@ class Preflight:
         from autojudge.judge import Judge
 
         try:
-            meta = Judge.load(self.config.judge).meta
+            judge = Judge.load(self.config.judge)
         except AutoJudgeError as exc:
             return Check("judge", "config", "fail", str(exc), "train one with `autojudge-trt train` and set judge:")
+        meta = judge.meta
         wanted = [("target", meta.target_hidden_size)]
-        if meta.feature_layout == "draft+target":
+        if judge.uses_draft_hidden:
             wanted.append(("draft", meta.draft_hidden_size))
         problems, unknown = [], []
         for role, size in wanted:

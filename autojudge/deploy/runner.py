@@ -20,9 +20,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from autojudge.cache import atomic_write_bytes
 from autojudge.deploy.plan import Step, step_hashes
 from autojudge.errors import AutoJudgeError
+from autojudge.storage import atomic_write_bytes
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "autojudge.build/v1"

@@ -22,21 +22,12 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from autojudge.cache import atomic_directory
+from autojudge.decoding.config import MAX_WINDOW, MODES
 from autojudge.errors import AutoJudgeError, MissingDependencyError
-from autojudge.serving.protocol import MAX_WINDOW, MODES
+from autojudge.storage import asset, atomic_directory
 
 PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 MODELS = {"autojudge": False, "autojudge_stream": True}  # name -> decoupled
-
-
-def template_dir() -> Path:
-    """The repository template: the checkout's ``triton_repo/`` or the copy inside the wheel."""
-    here = Path(__file__).resolve().parents[1]
-    for candidate in (here.parent / "triton_repo", here / "triton_repo"):
-        if (candidate / "python" / "autojudge" / "config.pbtxt").is_file():
-            return candidate
-    raise AutoJudgeError("the triton_repo template is missing from this installation; reinstall autojudge.")
 
 
 @dataclass(frozen=True)
@@ -54,6 +45,7 @@ class RepoSettings:
     dtype: str = "float32"
     torch_threads: int = 0  # per model instance; 0 = the machine's cores / instances
     backend: str = "in-process"  # what the autojudge models decode with: in-process | tensorrt-llm
+    max_window: int = MAX_WINDOW  # the largest window a request may ask for (tensorrt-llm: max_draft_len)
 
     def threads(self) -> int:
         import os
@@ -65,8 +57,10 @@ class RepoSettings:
             raise AutoJudgeError(f"default mode {self.default_mode!r} is not one of {', '.join(MODES)}")
         if self.default_mode == "judge" and self.judge is None:
             raise AutoJudgeError("default mode 'judge' needs --judge (a judge artifact)")
-        if not 1 <= self.window <= MAX_WINDOW:
-            raise AutoJudgeError(f"window must be in 1..{MAX_WINDOW}, got {self.window}")
+        if not 1 <= self.max_window <= MAX_WINDOW:
+            raise AutoJudgeError(f"max window must be in 1..{MAX_WINDOW}, got {self.max_window}")
+        if not 1 <= self.window <= self.max_window:
+            raise AutoJudgeError(f"window must be in 1..{self.max_window}, got {self.window}")
         if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise AutoJudgeError(f"threshold must be in [0, 1], got {self.threshold}")
         if not 1 <= self.max_tokens <= self.max_tokens_limit:
@@ -122,14 +116,14 @@ def write_repo(out: str | Path, settings: RepoSettings, force: bool = False,
         from autojudge.judge import Judge
 
         Judge.load(settings.judge)  # refuse a broken artifact now, not when the server starts
-    source = template_dir() / "python" / "autojudge"
+    source = asset("triton_repo") / "python" / "autojudge"
     template = (source / "config.pbtxt").read_text()
     values = {
         "target": settings.target, "draft": settings.draft,
         # relative to the model's directory; DecodeService resolves it there
         "judge": "../../artifacts/judge" if settings.judge else "",
         "dtype": settings.dtype, "device": settings.device, "default_mode": settings.default_mode,
-        "window": str(settings.window), "threshold": "" if settings.threshold is None else repr(settings.threshold),
+        "window": str(settings.window), "max_window": str(settings.max_window), "threshold": "" if settings.threshold is None else repr(settings.threshold),
         "max_tokens": str(settings.max_tokens), "max_tokens_limit": str(settings.max_tokens_limit),
         "instances": str(settings.instances), "torch_threads": str(settings.threads()),
         "instance_kind": "KIND_CPU" if settings.device == "cpu" else "KIND_GPU", "backend": settings.backend,

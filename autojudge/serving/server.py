@@ -24,8 +24,8 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from autojudge.cache import cache_root
 from autojudge.errors import AutoJudgeError, MissingDependencyError
+from autojudge.storage import cache_root
 
 INSTALL_HINT = "pip install 'autojudge[serve]' (nvidia-pytriton ships the tritonserver binary)"
 

@@ -8,15 +8,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from autojudge.decoding import DecodeConfig, SpeculativeDecoder, SpeculativeLoop
-from autojudge.metrics import SpecDecodeMetrics
-from autojudge.serving.protocol import ServeDefaults, ServeRequest
+from autojudge.decoding import DecodeConfig, SpeculativeLoop
+from autojudge.decoding.metrics import SpecDecodeMetrics
+from autojudge.serving.requests import ServeDefaults, ServeRequest
 
 # A streamed piece: (new text, new token ids, metrics so far)
 OnPiece = Callable[[str, list[int], dict], None]
 
 
 def metrics_dict(metrics: SpecDecodeMetrics, threshold: float | None, finish_reason: str | None) -> dict:
+    """The metrics JSON of a response: the keys of :data:`autojudge.serving.protocol.METRICS`."""
     return {
         "mode": metrics.mode,
         "window": metrics.window,
@@ -39,52 +40,24 @@ class DecodeService:
 
     @classmethod
     def from_parameters(cls, params: dict[str, str], model_dir: str | Path = ".") -> DecodeService:
-        """Load the models a deployment names (config.pbtxt ``parameters``); relative paths
-        are taken from ``model_dir`` (the model's folder in the repository)."""
-        from autojudge.judge import Judge
-        from autojudge.models import DEFAULT_DRAFT, load_draft, load_target, quiet_transformers
+        """Load what a deployment names (config.pbtxt ``parameters``); relative paths are taken
+        from ``model_dir`` (the model's folder in the repository)."""
+        from autojudge.models import quiet_transformers
 
         quiet_transformers()
         if params.get("torch_threads"):  # instances share the cores: no oversubscription
             import torch
 
             torch.set_num_threads(int(params["torch_threads"]))
+        judge = _judge(params, model_dir)
         if params.get("backend", "in-process") == "tensorrt-llm":
-            return cls._tensorrt_llm(params, model_dir)
-        target = load_target(params.get("target", "embedded"), dtype=params.get("dtype", "float32"),
-                             device=params.get("device", "cpu"))
-        draft = load_draft(params.get("draft") or DEFAULT_DRAFT, target)
-        judge = Judge.load(Path(model_dir) / params["judge"]) if params.get("judge") else None
-        defaults = ServeDefaults(mode=params.get("default_mode", "lossless"),
-                                 window=int(params.get("default_window", 4)),
-                                 max_tokens=int(params.get("default_max_tokens", 128)),
-                                 max_tokens_limit=int(params.get("max_tokens_limit", 1024)),
-                                 has_judge=judge is not None)
-        threshold = params.get("default_threshold")
-        if judge is not None and threshold:
-            judge = replace(judge, meta=replace(judge.meta, threshold=float(threshold)))
-        decoder = SpeculativeDecoder(target, draft, judge,
-                                     check_judge_names=params.get("check_judge_models", "true") == "true")
-        return cls(decoder, defaults, chat=params.get("chat", "true") == "true")
-
-    @classmethod
-    def _tensorrt_llm(cls, params: dict[str, str], model_dir: str | Path) -> DecodeService:
-        """The BLS of the TensorRT-LLM flavour: the same loop over the draft, target and
-        judge_accept models of this Triton server (only importable inside Triton)."""
-        import triton_python_backend_utils as pb_utils
-
-        from autojudge.judge import Judge
-        from autojudge.serving.trtllm_backend import TensorRTLLMBackend, bls_call, load_tokenizer
-
-        judge = Judge.load(Path(model_dir) / params["judge"])
-        if params.get("default_threshold"):
-            judge = replace(judge, meta=replace(judge.meta, threshold=float(params["default_threshold"])))
-        tokenizer, eos = load_tokenizer(params["target"])
-        backend = TensorRTLLMBackend(bls_call(pb_utils), tokenizer, eos, judge)
-        defaults = ServeDefaults(mode=params.get("default_mode", "judge"), window=int(params.get("default_window", 8)),
-                                 max_tokens=int(params.get("default_max_tokens", 128)),
-                                 max_tokens_limit=int(params.get("max_tokens_limit", 1024)), has_judge=True)
-        return cls(SpeculativeLoop(backend), defaults, chat=params.get("chat", "true") == "true")
+            loop = _tensorrt_llm_loop(params, judge)
+            defaults = ServeDefaults.from_parameters(params, judge is not None, "judge", 8, loop.backend.max_window,
+                                                     loop.backend.window_bound)
+        else:
+            loop = _in_process_decoder(params, judge)
+            defaults = ServeDefaults.from_parameters(params, judge is not None, "lossless", 4)
+        return cls(loop, defaults, chat=params.get("chat", "true") == "true")
 
     def prompt_ids(self, prompt: str) -> list[int]:
         from autojudge.models import encode_prompt
@@ -101,9 +74,7 @@ class DecodeService:
         config = DecodeConfig(mode=request.mode, window=request.window, max_new_tokens=request.max_tokens,
                               threshold=request.threshold, stop=request.stop)
         tokenizer = self.decoder.backend.tokenizer
-        threshold = request.threshold
-        if request.mode == "judge" and threshold is None:
-            threshold = self.decoder.backend.judge.meta.threshold
+        threshold = config.judge_threshold(self.decoder.backend.judge)
         generated: list[int] = []
         sent = {"text": "", "ids": 0}
         hold = max((len(s) for s in request.stop), default=1) - 1
@@ -129,3 +100,37 @@ class DecodeService:
             return result.text, result.token_ids, final
         rest = result.text[len(sent["text"]):] if result.text.startswith(sent["text"]) else ""
         return rest, result.token_ids[sent["ids"]:], final
+
+
+def _judge(params: dict[str, str], model_dir: str | Path):
+    """The deployment's judge (None without one), its threshold overridden by ``default_threshold``."""
+    from autojudge.judge import Judge
+
+    if not params.get("judge"):
+        return None
+    judge = Judge.load(Path(model_dir) / params["judge"])
+    if params.get("default_threshold"):
+        judge = replace(judge, meta=replace(judge.meta, threshold=float(params["default_threshold"])))
+    return judge
+
+
+def _in_process_decoder(params: dict[str, str], judge) -> SpeculativeLoop:
+    from autojudge.decoding import SpeculativeDecoder
+    from autojudge.models import DEFAULT_DRAFT, load_draft, load_target
+
+    target = load_target(params.get("target", "embedded"), dtype=params.get("dtype", "float32"),
+                         device=params.get("device", "cpu"))
+    draft = load_draft(params.get("draft") or DEFAULT_DRAFT, target)
+    return SpeculativeDecoder(target, draft, judge, check_judge_names=params.get("check_judge_models", "true") == "true")
+
+
+def _tensorrt_llm_loop(params: dict[str, str], judge) -> SpeculativeLoop:
+    """The BLS of the TensorRT-LLM flavour: the same loop over the draft, target and
+    judge_accept models of this Triton server (only importable inside Triton)."""
+    import triton_python_backend_utils as pb_utils
+
+    from autojudge.serving.trtllm.backend import TensorRTLLMBackend, bls_call, load_tokenizer
+
+    tokenizer, eos = load_tokenizer(params["target"])
+    return SpeculativeLoop(TensorRTLLMBackend(bls_call(pb_utils), tokenizer, eos, judge,
+                                              max_window=int(params["max_window"])))

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from autojudge.errors import AutoJudgeError
-from autojudge.serving.protocol import INPUTS, parse_request, response_arrays
+from autojudge.serving.protocol import INPUTS, response_arrays
+from autojudge.serving.requests import parse_request
 from autojudge.serving.service import DecodeService
 
 

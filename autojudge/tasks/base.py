@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any, Hashable
 
 from autojudge.errors import AutoJudgeError
+from autojudge.storage import asset
 
-DATA_DIR = Path(__file__).parent / "data"
+DATA_DIR = asset("task_data")  # the task files shipped with the package
 
 
 class TaskError(AutoJudgeError):

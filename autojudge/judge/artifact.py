@@ -1,0 +1,141 @@
+"""The judge artifact: a logistic regression over draft/target hidden states.
+
+On disk a judge is a directory holding two files (never pickle):
+
+- ``judge.safetensors``: ``weight`` [F] fp32 (scaler folded in) and ``bias`` [1] fp32;
+- ``judge.json``: metadata: format, model names and hidden sizes, feature layout,
+  threshold, the sha256 of the weights file, and free-form extras (e.g. the recall curve).
+
+The feature layout (which hidden states, in which order) is :mod:`autojudge.features.layout`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autojudge.errors import JudgeArtifactError
+from autojudge.features import DRAFT_TARGET, LAYOUTS, concat, num_features, uses_draft
+from autojudge.storage import read_artifact, write_artifact
+
+FORMAT = "autojudge.judge/v1"
+WEIGHTS_FILE = "judge.safetensors"
+METADATA_FILE = "judge.json"
+
+
+def judge_probabilities(
+    features: torch.Tensor,  # [B, W, F] judge features in the judge's layout
+    weight: torch.Tensor,  # [F] fp32, scaler already folded in
+    bias: float | torch.Tensor,  # scalar
+) -> torch.Tensor:  # [B, W] fp32: P(mismatch is important)
+    """The judge: sigmoid(w . x + b), computed in fp32 whatever the dtype of the hidden states."""
+    return torch.sigmoid(features.float() @ weight.float() + bias)
+
+
+@dataclass(frozen=True)
+class JudgeMetadata:
+    target_model: str
+    target_hidden_size: int
+    draft_model: str
+    draft_hidden_size: int
+    feature_layout: str = DRAFT_TARGET
+    threshold: float = 0.5
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_features(self) -> int:
+        return num_features(self.feature_layout, self.draft_hidden_size, self.target_hidden_size)
+
+
+@dataclass(frozen=True)
+class Judge:
+    weight: torch.Tensor  # [F] fp32
+    bias: float
+    meta: JudgeMetadata
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the decisions this judge makes: its weights, bias and calibrated threshold."""
+        digest = hashlib.sha256(self.weight.detach().float().cpu().contiguous().numpy().tobytes())
+        digest.update(f"{float(self.bias)!r}/{self.meta.threshold!r}".encode())
+        return digest.hexdigest()[:16]
+
+    @property
+    def uses_draft_hidden(self) -> bool:
+        return uses_draft(self.meta.feature_layout)
+
+    def probabilities(
+        self,
+        draft_hidden: torch.Tensor | None,  # [B, W, Hd] (unused by the target-only layout)
+        target_hidden: torch.Tensor,  # [B, W, Ht]
+    ) -> torch.Tensor:  # [B, W] fp32
+        return judge_probabilities(concat(self.meta.feature_layout, draft_hidden, target_hidden),
+                                   self.weight, self.bias)
+
+    def check_models(self, draft_name: str, draft_hidden: int, target_name: str, target_hidden: int,
+                     check_names: bool = True) -> None:
+        """Raise JudgeArtifactError unless this judge was made for these models."""
+        meta = self.meta
+        sizes = [("target", meta.target_hidden_size, target_hidden)]
+        if self.uses_draft_hidden:
+            sizes.append(("draft", meta.draft_hidden_size, draft_hidden))
+        for role, expected, actual in sizes:
+            if expected != actual:
+                raise JudgeArtifactError(
+                    f"the judge expects a {role} hidden size of {expected}, but the {role} model "
+                    f"has {actual}: this judge was trained for other models "
+                    f"(target {meta.target_model!r}, draft {meta.draft_model!r})."
+                )
+        if not check_names:
+            return
+        for role, expected, actual in (("target", meta.target_model, target_name),
+                                       ("draft", meta.draft_model, draft_name)):
+            if role == "draft" and not self.uses_draft_hidden:
+                continue
+            if expected != actual:
+                raise JudgeArtifactError(
+                    f"the judge was trained for {role} {expected!r}, not {actual!r}. Train a judge "
+                    "for these models, or pass --ignore-judge-models if they are the same "
+                    "weights under another name."
+                )
+
+    def save(self, directory: str | Path) -> Path:
+        tensors = {"weight": self.weight.float(), "bias": torch.tensor([self.bias], dtype=torch.float32)}
+        return write_artifact(Path(directory), WEIGHTS_FILE, METADATA_FILE, tensors,
+                              {"format": FORMAT, **asdict(self.meta)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Judge:
+        """Load from the artifact directory (or either of its two files)."""
+        path = Path(path)
+        directory = path.parent if path.name in (WEIGHTS_FILE, METADATA_FILE) else path
+        raw, tensors = read_artifact(
+            directory, WEIGHTS_FILE, METADATA_FILE, FORMAT, "judge", JudgeArtifactError,
+            f"a judge is a directory with {METADATA_FILE} and {WEIGHTS_FILE}, as written by "
+            "`autojudge-trt train`.")
+        meta_path, weights_path = directory / METADATA_FILE, directory / WEIGHTS_FILE
+        try:
+            known = {k: raw[k] for k in JudgeMetadata.__dataclass_fields__ if k in raw}
+            meta = JudgeMetadata(**known)
+        except TypeError as exc:
+            raise JudgeArtifactError(f"{meta_path} is missing fields: {exc}") from exc
+        if meta.feature_layout not in LAYOUTS:
+            raise JudgeArtifactError(
+                f"{meta_path}: unknown feature_layout {meta.feature_layout!r}; expected one of {LAYOUTS}"
+            )
+        if not 0.0 <= float(meta.threshold) <= 1.0:
+            raise JudgeArtifactError(f"{meta_path}: threshold {meta.threshold} is outside [0, 1]")
+        weight, bias = tensors.get("weight"), tensors.get("bias")
+        if weight is None or bias is None or bias.numel() != 1:
+            raise JudgeArtifactError(f"{weights_path} must hold tensors 'weight' [F] and 'bias' [1]")
+        if tuple(weight.shape) != (meta.num_features,):
+            raise JudgeArtifactError(
+                f"{weights_path}: weight has shape {tuple(weight.shape)}, but layout "
+                f"{meta.feature_layout!r} with hidden sizes draft={meta.draft_hidden_size}, "
+                f"target={meta.target_hidden_size} needs ({meta.num_features},)"
+            )
+        return cls(weight=weight.float(), bias=float(bias.item()), meta=meta)

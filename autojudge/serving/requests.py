@@ -1,0 +1,117 @@
+"""A served request, validated: raw input arrays (:mod:`autojudge.serving.protocol`) in, a
+:class:`ServeRequest` out, or a :class:`RequestError` naming the field."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from autojudge.decoding.config import DECODER_BOUND, MAX_WINDOW, MODES
+from autojudge.errors import AutoJudgeError
+
+
+class RequestError(AutoJudgeError):
+    """A request field is invalid; the message names the field."""
+
+    def __init__(self, name: str, problem: str):
+        super().__init__(f"invalid request field '{name}': {problem}")
+        self.field = name
+
+
+@dataclass(frozen=True)
+class ServeDefaults:
+    """A deployment's defaults and limits (from the model's config.pbtxt parameters)."""
+
+    mode: str = "lossless"
+    window: int = 4
+    max_tokens: int = 128
+    max_tokens_limit: int = 1024
+    has_judge: bool = False
+    max_window: int = MAX_WINDOW  # a TensorRT-LLM deployment: the target engine's max_draft_len
+    window_bound: str = DECODER_BOUND  # what sets max_window, in words
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, str], has_judge: bool, mode: str, window: int,
+                        max_window: int = MAX_WINDOW, window_bound: str = DECODER_BOUND) -> ServeDefaults:
+        """The defaults a model's config.pbtxt ``parameters`` set (``mode`` and ``window`` when unset)."""
+        return cls(mode=params.get("default_mode") or mode, window=int(params.get("default_window") or window),
+                   max_tokens=int(params.get("default_max_tokens") or 128),
+                   max_tokens_limit=int(params.get("max_tokens_limit") or 1024), has_judge=has_judge,
+                   max_window=max_window, window_bound=window_bound)
+
+
+@dataclass(frozen=True)
+class ServeRequest:
+    prompt: str
+    max_tokens: int
+    mode: str
+    window: int
+    threshold: float | None
+    stop: tuple[str, ...]
+
+
+def _text(value: object, name: str) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RequestError(name, f"not UTF-8 ({exc})") from exc
+    return str(value)
+
+
+def _scalar(raw: dict, name: str):
+    value = raw.get(name)
+    if value is None:
+        return None
+    array = np.asarray(value).reshape(-1)
+    if array.size != 1:
+        raise RequestError(name, f"expected one value, got {array.size}")
+    return array[0]
+
+
+def parse_request(raw: dict[str, np.ndarray | None], defaults: ServeDefaults) -> ServeRequest:
+    """Validate raw input arrays (missing optional inputs: absent or None) into a request."""
+    prompt = _scalar(raw, "prompt")
+    if prompt is None:
+        raise RequestError("prompt", "missing")
+    prompt = _text(prompt, "prompt")
+    if not prompt.strip():
+        raise RequestError("prompt", "empty")
+
+    mode = _scalar(raw, "mode")
+    mode = defaults.mode if mode is None else _text(mode, "mode")
+    if mode not in MODES:
+        raise RequestError("mode", f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "judge" and not defaults.has_judge:
+        raise RequestError("mode", "'judge' needs a judge artifact, and this deployment has none")
+
+    def integer(name: str, default: int, low: int, high: int, why: str = "") -> int:
+        value = _scalar(raw, name)
+        if value is None:
+            return default
+        if not float(value).is_integer():
+            raise RequestError(name, f"must be an integer, got {value}")
+        value = int(value)
+        if not low <= value <= high:
+            raise RequestError(name, f"must be in {low}..{high}{why}, got {value}")
+        return value
+
+    max_tokens = integer("max_tokens", defaults.max_tokens, 1, defaults.max_tokens_limit)
+    bound = "" if defaults.window_bound == DECODER_BOUND else f" ({defaults.window_bound})"
+    window = integer("window", defaults.window, 1, defaults.max_window, bound)
+
+    threshold = _scalar(raw, "threshold")
+    if threshold is not None:
+        threshold = float(threshold)
+        if math.isnan(threshold) or not 0.0 <= threshold <= 1.0:
+            raise RequestError("threshold", f"must be in [0, 1], got {threshold}")
+
+    stop_raw = raw.get("stop")
+    stop = tuple(_text(s, "stop") for s in np.asarray(stop_raw).reshape(-1)) if stop_raw is not None else ()
+    if any(not s for s in stop):
+        raise RequestError("stop", "stop strings must not be empty")
+    return ServeRequest(prompt, max_tokens, mode, window, threshold, stop)
+
+

@@ -1,0 +1,7 @@
+"""Names shared by the TensorRT-LLM deployment: the models of its Triton repository and the engine
+output the build marks. Written by :mod:`autojudge.deploy` (engines, repository), read by the BLS
+backend (:mod:`autojudge.serving.trtllm.backend`) and the reference engines of the tests."""
+
+DRAFT_MODEL, TARGET_MODEL, JUDGE_MODEL = "draft", "target", "judge_accept"
+HIDDEN_OUTPUT = "autojudge_hidden_states"  # engine output of the last-layer hidden states (build/build_engine.py)
+MAX_DRAFT_LEN_BOUND = "the target engine's max_draft_len"  # what bounds a deployment's window, in words
