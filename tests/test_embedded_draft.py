@@ -67,6 +67,29 @@ def test_damaged_shipped_draft_is_a_clear_error(embedded_target, tmp_path, damag
         load_draft_artifact(copy, embedded_target)
 
 
+@pytest.mark.parametrize("changes, message", [
+    ({"init_layers": [0] * 100_000, "num_layers": 100_000}, "field 'num_layers': Input should be less than or equal"),
+    ({"init_layers": [0] * 2000}, "field 'init_layers': List should have at most 1024 items"),
+    ({"init_layers": [0] * 40, "num_layers": 40}, "field 'init_layers': must list num_layers \\(40\\) layers of the "
+                                                  "target, at most its 30"),
+    ({"init_layers": [0, 1, 2, 99]}, "field 'init_layers': .*each in 0..29"),
+    ({"init_layers": [0, 1, 2]}, "field 'init_layers': must list num_layers \\(4\\)"),
+    ({"init_layers": "0,1,2,3"}, "field 'init_layers': Input should be a valid list"),
+    ({"init_layers": [0, 1, 2, "3"]}, "field 'init_layers.3': Input should be a valid integer"),
+    ({"target_hidden_size": "576"}, "field 'target_hidden_size': Input should be a valid integer"),
+    ({"target": "__delete__"}, "field 'target': Field required"),
+])
+def test_malformed_draft_metadata_is_refused_naming_the_field_before_anything_is_built(embedded_target, tmp_path,
+                                                                                      changes, message):
+    copy = shutil.copytree(EMBEDDED_DRAFT_DIR, tmp_path / "draft")
+    meta = json.loads((copy / DRAFT_METADATA).read_text())
+    meta.update(changes)
+    meta = {k: v for k, v in meta.items() if v != "__delete__"}
+    (copy / DRAFT_METADATA).write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match=message):
+        load_draft_artifact(copy, embedded_target)
+
+
 def test_embedded_draft_refuses_another_target(make_lm):
     from conftest import tiny_model
 

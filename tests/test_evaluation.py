@@ -94,3 +94,18 @@ def test_batched_sweep_records_what_the_batch1_sweep_records(make_lm, tmp_path):
     evaluate(decoder, task, examples[:2], runs, partial, max_new_tokens=16, progress=False)
     evaluate(decoder, task, examples, runs, partial, max_new_tokens=16, progress=False, batch_size=3)
     assert records(partial) == records(tmp_path / "one")
+
+
+def test_a_task_that_fails_on_one_output_scores_it_wrong_and_the_sweep_goes_on(pair, tmp_path):
+    from test_mining import FailsOnSomeOutputs
+
+    target, draft = pair
+    task = FailsOnSomeOutputs()
+    report = evaluate(SpeculativeDecoder(target, draft), task, task.load()[:3], [Run("target"), Run("lossless", 4)],
+                      tmp_path, max_new_tokens=16, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").open()]
+    failed = [r for r in records if r["example_id"] == "q1"]
+    assert len(failed) == 2 and all("cannot parse this output" in r["error"] and not r["correct"] for r in failed)
+    assert all("error" not in r for r in records if r["example_id"] != "q1")
+    assert len(report["runs"]) == 2
+

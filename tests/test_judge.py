@@ -77,13 +77,42 @@ def test_wrong_dimensions(tmp_path):
 
 @pytest.mark.parametrize("changes, message", [
     ({"format": "something-else"}, "not a judge artifact"),
-    ({"feature_layout": "draft"}, "unknown feature_layout"),
-    ({"threshold": 1.5}, "outside"),
+    ({"feature_layout": "draft"}, "field 'feature_layout': Input should be 'draft\\+target' or 'target'"),
+    ({"threshold": 1.5}, "field 'threshold': Input should be less than or equal to 1"),
+    ({"threshold": float("nan")}, "field 'threshold': Input should be a finite number"),
+    ({"threshold": "0.5"}, "field 'threshold': Input should be a valid number"),
+    ({"target_hidden_size": "64"}, "field 'target_hidden_size': Input should be a valid integer"),
+    ({"target_hidden_size": True}, "field 'target_hidden_size': Input should be a valid integer"),
+    ({"target_hidden_size": -1}, "field 'target_hidden_size': Input should be greater than or equal to 1"),
+    ({"target_hidden_size": 10**12}, "field 'target_hidden_size': Input should be less than or equal to 65536"),
+    ({"target_model": None}, "field 'target_model': Input should be a valid string"),
+    ({"target_model": "__delete__"}, "field 'target_model': Field required"),
+    ({"extra": [1, 2]}, "field 'extra': Input should be a valid dictionary"),
 ])
-def test_bad_metadata(tmp_path, changes, message):
+def test_bad_metadata_is_refused_naming_the_field(tmp_path, changes, message):
     _judge().save(tmp_path)
-    _rewrite_meta(tmp_path, **changes)
+    meta = json.loads((tmp_path / METADATA_FILE).read_text())
+    meta.update(changes)
+    meta = {k: v for k, v in meta.items() if v != "__delete__"}
+    (tmp_path / METADATA_FILE).write_text(json.dumps(meta))
     with pytest.raises(JudgeArtifactError, match=message):
+        Judge.load(tmp_path)
+
+
+def test_deeply_nested_metadata_is_a_clear_error_not_a_recursion_error(tmp_path):
+    _judge().save(tmp_path)
+    text = (tmp_path / METADATA_FILE).read_text()
+    (tmp_path / METADATA_FILE).write_text(text[:-1] + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(JudgeArtifactError, match="not valid JSON"):
+        Judge.load(tmp_path)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(tmp_path, bad):
+    judge = _judge()
+    judge.weight[3] = bad
+    judge.save(tmp_path)  # the checksum is right: only the values are wrong
+    with pytest.raises(JudgeArtifactError, match="tensor 'weight' holds NaN or infinite values"):
         Judge.load(tmp_path)
 
 

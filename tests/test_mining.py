@@ -277,3 +277,29 @@ def test_batched_mining_writes_each_prompt_as_it_finishes_and_resumes(pair64, tm
     data = read_mined(out)
     assert [{k: v for k, v in x.items() if k not in ("index", "example_id")} for x in data.labels] == \
            [label for mined in alone for label in mined.record["labels"]]
+
+
+class FailsOnSomeOutputs(FirstEightCharacters):
+    """A task whose own code raises on some model outputs (as a buggy user task would)."""
+
+    name = "fails-sometimes"
+
+    def result(self, example, completion):
+        if example.id == "q1" and len(completion) > 3:
+            raise ValueError("cannot parse this output")
+        return completion[:8]
+
+
+def test_a_task_that_fails_on_one_output_is_recorded_against_that_prompt_and_mining_goes_on(pair, tmp_path):
+    target, draft = pair
+    task = FailsOnSomeOutputs()
+    examples = task.load()[:3]
+    for batch_size in (1, 2):
+        out = tmp_path / f"b{batch_size}"
+        summary = mine(target, draft, task, examples, out, split="test", max_new_tokens=20, progress=False,
+                       batch_size=batch_size)
+        records = {r["example_id"]: r for r in map(json.loads, (out / "shard-00000-of-00001.jsonl").open())}
+        assert summary["prompts"] == 3 and set(records) == {"q0", "q1", "q2"}
+        assert "ValueError: cannot parse this output" in records["q1"]["error"]
+        assert "error" not in records["q0"] and records["q0"]["labels"]
+        assert len(read_mined(out).labels) == sum(len(r["labels"]) for r in records.values())

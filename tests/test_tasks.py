@@ -65,6 +65,23 @@ def test_humaneval_reference_solutions_pass_and_wrong_ones_fail():
     assert task.determined(problems[0], "```python\nx = 1\n```") and not task.determined(problems[0], "```python\nx")
 
 
+@pytest.mark.parametrize("escape", [
+    "import sys\nsys.exit(0)",  # exits with status 0 before the tests run
+    "import os\nos._exit(0)",
+    "def check(candidate):\n    pass",  # a check of its own (the problem's tests come after it and win)
+    "import builtins\nbuiltins.exit = None\nraise SystemExit(0)",
+    "print('\\n' + '0' * 32)",  # a proof-shaped line, then the real (failing) tests
+])
+def test_humaneval_code_that_exits_early_or_forges_a_pass_fails(escape):
+    """A completion that never lets the problem's tests run to their end is a failure, even
+    when the program ends with status 0."""
+    task = get_task("humaneval")
+    problem = task.load(limit=1)[0]
+    entry = problem.meta["entry_point"]
+    completion = f"```python\n{escape}\ndef {entry}(*args):\n    return None\n```"
+    assert task.result(problem, completion) is False
+
+
 class Parity:
     name = "parity"
 

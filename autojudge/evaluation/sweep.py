@@ -20,7 +20,7 @@ from autojudge.errors import AutoJudgeError
 from autojudge.evaluation.plot import plot_tradeoff
 from autojudge.models import encode_prompt
 from autojudge.storage import append_records, atomic_write_bytes, drop_torn_tail, jsonable, read_records
-from autojudge.tasks import Example, Task
+from autojudge.tasks import Example, Guarded, Task, TaskOutputError
 
 TARGET_RUN = "target"
 
@@ -97,8 +97,7 @@ def evaluate(decoder: SpeculativeDecoder, task: Task, examples: list[Example], r
                 for example, result in zip(todo, results):
                     m = result.metrics
                     records.append({
-                        "run": run.name, "example_id": example.id, "result": jsonable(task.result(example, result.text)),
-                        "correct": bool(task.is_correct(example, result.text)),
+                        "run": run.name, "example_id": example.id, **_score(task, example, result.text),
                         "tokens": m.num_generated_tokens, "target_calls": m.num_target_calls,
                         "accepted_mismatches": m.num_accepted_mismatches,
                         "seconds": m.wall_time_s / len(todo), "batch": len(todo),
@@ -116,6 +115,15 @@ def evaluate(decoder: SpeculativeDecoder, task: Task, examples: list[Example], r
     plot_tradeoff(report, out_dir / "tradeoff.png")
     report["plot"] = str(out_dir / "tradeoff.png")
     return report
+
+
+def _score(task: Task, example: Example, text: str) -> dict:
+    """The record's result and verdict; a task that fails on this output scores it wrong and says why."""
+    guarded = Guarded(task)
+    try:
+        return {"result": jsonable(guarded.result(example, text)), "correct": guarded.is_correct(example, text)}
+    except TaskOutputError as exc:
+        return {"result": None, "correct": False, "error": str(exc)}
 
 
 def _check_same_judge(records, runs: list[Run], judge_id: str | None, path: Path) -> None:

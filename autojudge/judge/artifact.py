@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from autojudge.errors import JudgeArtifactError
 from autojudge.features import DRAFT_TARGET, LAYOUTS, concat, num_features, uses_draft
@@ -34,6 +35,23 @@ def judge_probabilities(
 ) -> torch.Tensor:  # [B, W] fp32: P(mismatch is important)
     """The judge: sigmoid(w . x + b), computed in fp32 whatever the dtype of the hidden states."""
     return torch.sigmoid(features.float() @ weight.float() + bias)
+
+
+MAX_HIDDEN_SIZE = 1 << 16  # larger than any model's; bounds F before a weight is allocated
+
+
+class JudgeFile(BaseModel):
+    """The fields of ``judge.json``, type- and range-checked (strict: no "4096" for 4096)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    format: str
+    target_model: str
+    target_hidden_size: int = Field(ge=1, le=MAX_HIDDEN_SIZE)
+    draft_model: str
+    draft_hidden_size: int = Field(ge=0, le=MAX_HIDDEN_SIZE)
+    feature_layout: Literal[LAYOUTS] = DRAFT_TARGET  # type: ignore[valid-type]
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0, allow_inf_nan=False)
+    extra: dict[str, Any] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -113,22 +131,12 @@ class Judge:
         """Load from the artifact directory (or either of its two files)."""
         path = Path(path)
         directory = path.parent if path.name in (WEIGHTS_FILE, METADATA_FILE) else path
-        raw, tensors = read_artifact(
+        fields, tensors = read_artifact(
             directory, WEIGHTS_FILE, METADATA_FILE, FORMAT, "judge", JudgeArtifactError,
             f"a judge is a directory with {METADATA_FILE} and {WEIGHTS_FILE}, as written by "
-            "`autojudge-trt train`.")
-        meta_path, weights_path = directory / METADATA_FILE, directory / WEIGHTS_FILE
-        try:
-            known = {k: raw[k] for k in JudgeMetadata.__dataclass_fields__ if k in raw}
-            meta = JudgeMetadata(**known)
-        except TypeError as exc:
-            raise JudgeArtifactError(f"{meta_path} is missing fields: {exc}") from exc
-        if meta.feature_layout not in LAYOUTS:
-            raise JudgeArtifactError(
-                f"{meta_path}: unknown feature_layout {meta.feature_layout!r}; expected one of {LAYOUTS}"
-            )
-        if not 0.0 <= float(meta.threshold) <= 1.0:
-            raise JudgeArtifactError(f"{meta_path}: threshold {meta.threshold} is outside [0, 1]")
+            "`autojudge-trt train`.", JudgeFile)
+        weights_path = directory / WEIGHTS_FILE
+        meta = JudgeMetadata(**fields.model_dump(exclude={"format"}))
         weight, bias = tensors.get("weight"), tensors.get("bias")
         if weight is None or bias is None or bias.numel() != 1:
             raise JudgeArtifactError(f"{weights_path} must hold tensors 'weight' [F] and 'bias' [1]")

@@ -40,7 +40,7 @@ import torch
 from autojudge.mining.prefix_cache import PrefixCache, Step, run_alone, run_batched
 from autojudge.models import CausalLM, encode_prompt
 from autojudge.storage import jsonable
-from autojudge.tasks import Example, Task
+from autojudge.tasks import Example, Guarded, Task, TaskOutputError
 
 DEFAULT_LOOKAHEAD = 8  # tokens of the previous answer verified per target forward
 
@@ -131,12 +131,36 @@ def mine_steps(tpc: PrefixCache, dpc: PrefixCache, task: Task, example: Example,
     cache ``tpc`` and the draft's ``dpc`` (which tracks its greedy predictions)."""
     start_time = time.perf_counter()
     target, draft = tpc.lm, dpc.lm
+    task = Guarded(task)
     P = len(prompt_ids)
-    ref = yield from continue_greedily(tpc, prompt_ids, P, task, example, max_new_tokens, not naive)
-    cur = prompt_ids + ref.tokens
-    end = P + ref.determined_at  # positions in [P, end) can change the result
-    reference = task.result(example, _text(target, cur[P:end]))
     labels, draft_states, target_states = [], [], []
+    cur, end, reference, reference_tokens, error = list(prompt_ids), P, None, 0, None
+    try:
+        ref = yield from continue_greedily(tpc, prompt_ids, P, task, example, max_new_tokens, not naive)
+        cur, end = prompt_ids + ref.tokens, P + ref.determined_at  # positions in [P, end) can change the result
+        reference, reference_tokens = task.result(example, _text(target, cur[P:end])), ref.determined_at
+        cur, end = yield from _search(tpc, dpc, task, example, P, cur, end, reference, labels, draft_states,
+                                      target_states, max_new_tokens, naive, lookahead, max_labels)
+    except TaskOutputError as exc:  # recorded against this prompt, with the labels found before it
+        error = str(exc)
+    record = {
+        "example_id": example.id, "prompt_len": P, "reference_result": jsonable(reference),
+        "reference_tokens": reference_tokens, "final_ids": cur[P:end], "labels": labels,
+        "num_important": sum(label["important"] for label in labels),
+        "target_forward_tokens": tpc.tokens_fed, "target_forward_calls": tpc.forward_calls,
+        "draft_forward_tokens": dpc.tokens_fed,
+        "seconds": round(time.perf_counter() - start_time, 3), **({"error": error} if error else {}),
+    }
+    return MinedPrompt(record, _stack_fp16(draft_states, draft.hidden_size),
+                       _stack_fp16(target_states, target.hidden_size))
+
+
+def _search(tpc: PrefixCache, dpc: PrefixCache, task: Task, example: Example, P: int, cur: list[int], end: int,
+            reference, labels: list[dict], draft_states: list[torch.Tensor], target_states: list[torch.Tensor],
+            max_new_tokens: int, naive: bool, lookahead: int, max_labels: int | None) -> Step[tuple[list[int], int]]:
+    """Left to right over the mismatches of ``cur[P:end]``: label each (appending to ``labels`` and
+    the state lists) and keep the unimportant swaps; returns the final (sequence, end)."""
+    target = tpc.lm
     left = P
     while left < end and (max_labels is None or len(labels) < max_labels):
         yield from dpc.extend(cur[: end - 1])
@@ -161,16 +185,7 @@ def mine_steps(tpc: PrefixCache, dpc: PrefixCache, task: Task, example: Example,
         if not important:
             cur, end = alt_cur, alt_end
         left = i + 1
-    record = {
-        "example_id": example.id, "prompt_len": P, "reference_result": jsonable(reference),
-        "reference_tokens": ref.determined_at, "final_ids": cur[P:end], "labels": labels,
-        "num_important": sum(label["important"] for label in labels),
-        "target_forward_tokens": tpc.tokens_fed, "target_forward_calls": tpc.forward_calls,
-        "draft_forward_tokens": dpc.tokens_fed,
-        "seconds": round(time.perf_counter() - start_time, 3),
-    }
-    return MinedPrompt(record, _stack_fp16(draft_states, draft.hidden_size),
-                       _stack_fp16(target_states, target.hidden_size))
+    return cur, end
 
 
 def _stack_fp16(states: list[torch.Tensor], size: int) -> torch.Tensor:

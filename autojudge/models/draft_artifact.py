@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from autojudge.errors import ModelLoadError
 from autojudge.models.causal_lm import CausalLM
@@ -26,6 +27,21 @@ DRAFT_METADATA = "draft.json"
 
 
 GREEDY_VOCAB = "greedy_vocab"
+MAX_LAYERS = 1024  # bounds a draft's depth before any layer is built
+MAX_SIZE = 1 << 22  # hidden and vocabulary sizes beyond any model's
+
+
+class DraftFile(BaseModel):
+    """The fields of ``draft.json`` that loading uses, type- and range-checked."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    format: str
+    name: str | None = None
+    target: str
+    target_hidden_size: int = Field(ge=1, le=MAX_SIZE)
+    target_vocab_size: int = Field(ge=1, le=MAX_SIZE)
+    num_layers: int = Field(ge=1, le=MAX_LAYERS)
+    init_layers: list[int] = Field(min_length=1, max_length=MAX_LAYERS)
 
 
 def export_draft(student: CausalLM, target: CausalLM, directory: Path, init_layers, made_by: dict,
@@ -57,15 +73,21 @@ def load_draft_artifact(directory: Path, target: CausalLM) -> CausalLM:
     """A distilled draft for ``target``: shared tensors from the target, the rest from disk."""
     meta, tensors = read_artifact(directory, DRAFT_WEIGHTS, DRAFT_METADATA, DRAFT_FORMAT, "draft",
                                   ModelLoadError, "reinstall the package or re-run "
-                                  "`autojudge-trt draft distill`")
-    weights_path = directory / DRAFT_WEIGHTS
-    if (meta["target_hidden_size"], meta["target_vocab_size"]) != (target.hidden_size, target.vocab_size):
+                                  "`autojudge-trt draft distill`", DraftFile)
+    weights_path, meta_path = directory / DRAFT_WEIGHTS, directory / DRAFT_METADATA
+    if (meta.target_hidden_size, meta.target_vocab_size) != (target.hidden_size, target.vocab_size):
         raise ModelLoadError(
-            f"draft {directory} was distilled for {meta['target']!r} (hidden {meta['target_hidden_size']}, "
-            f"vocab {meta['target_vocab_size']}), not for {target.name!r} (hidden {target.hidden_size}, "
+            f"draft {directory} was distilled for {meta.target!r} (hidden {meta.target_hidden_size}, "
+            f"vocab {meta.target_vocab_size}), not for {target.name!r} (hidden {target.hidden_size}, "
             f"vocab {target.vocab_size})"
         )
-    student = build_student(target, tuple(meta["init_layers"]))
+    layers = meta.init_layers
+    if len(layers) != meta.num_layers or len(layers) > target.num_layers or \
+            any(not 0 <= i < target.num_layers for i in layers):
+        raise ModelLoadError(f"{meta_path}: field 'init_layers': must list num_layers ({meta.num_layers}) "
+                             f"layers of the target, at most its {target.num_layers}, each in "
+                             f"0..{target.num_layers - 1}; got {len(layers)}: {layers[:8]}")
+    student = build_student(target, tuple(layers))
     greedy_vocab = tensors.pop(GREEDY_VOCAB, None)
     if greedy_vocab is not None:
         if greedy_vocab.dim() != 1 or not bool((greedy_vocab[1:] > greedy_vocab[:-1]).all()) or \
@@ -84,5 +106,5 @@ def load_draft_artifact(directory: Path, target: CausalLM) -> CausalLM:
                                      f"expected {tuple(param.shape)}")
             param.copy_(tensors[name].to(param.dtype))
             param.requires_grad_(False)
-    student.name = meta.get("name") or str(directory)
+    student.name = meta.name or str(directory)
     return student

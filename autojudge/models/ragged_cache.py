@@ -33,8 +33,9 @@ class RaggedCache:
         positions = (self.lengths[:, None] + fed.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, S]
         self.slots = torch.cat([self.slots, fed], dim=1)
         self.lengths = self.lengths + fed.sum(dim=1)
-        mask = None if bool(self.slots.all()) else self.slots.long()  # [B, L]: no holes, no mask
-        return self.model.hidden_states(ids, self.cache, attention_mask=mask, position_ids=positions)
+        if bool(self.slots.all()):  # no holes: a plain KV cache's read (default positions, causal mask)
+            return self.model.hidden_states(ids, self.cache)
+        return self.model.hidden_states(ids, self.cache, attention_mask=self.slots.long(), position_ids=positions)
 
     def keep(self, lengths: torch.Tensor) -> None:
         """Row b keeps its first ``lengths[b]`` tokens [B]; later ones become holes."""

@@ -65,14 +65,28 @@ def _scalar(raw: dict, name: str):
     value = raw.get(name)
     if value is None:
         return None
-    array = np.asarray(value).reshape(-1)
+    try:
+        array = np.asarray(value).reshape(-1)
+    except (TypeError, ValueError) as exc:  # ragged nesting, objects NumPy cannot hold
+        raise RequestError(name, f"not an array of values ({exc})") from None
     if array.size != 1:
         raise RequestError(name, f"expected one value, got {array.size}")
     return array[0]
 
 
+def _number(value, name: str) -> float:
+    """A finite or infinite float from a scalar of any type, or RequestError."""
+    if isinstance(value, (bytes, str, np.bytes_, np.str_)) or isinstance(value, (bool, np.bool_)):
+        raise RequestError(name, f"must be a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise RequestError(name, f"must be a number, got {value!r} ({exc})") from None
+
+
 def parse_request(raw: dict[str, np.ndarray | None], defaults: ServeDefaults) -> ServeRequest:
-    """Validate raw input arrays (missing optional inputs: absent or None) into a request."""
+    """Validate raw input arrays (missing optional inputs: absent or None) into a request.
+    Total: any input gives a request or a RequestError naming the field, in linear time."""
     prompt = _scalar(raw, "prompt")
     if prompt is None:
         raise RequestError("prompt", "missing")
@@ -91,9 +105,10 @@ def parse_request(raw: dict[str, np.ndarray | None], defaults: ServeDefaults) ->
         value = _scalar(raw, name)
         if value is None:
             return default
-        if not float(value).is_integer():
+        number = _number(value, name)
+        if not number.is_integer():  # nan and inf included
             raise RequestError(name, f"must be an integer, got {value}")
-        value = int(value)
+        value = int(number)
         if not low <= value <= high:
             raise RequestError(name, f"must be in {low}..{high}{why}, got {value}")
         return value
@@ -104,12 +119,16 @@ def parse_request(raw: dict[str, np.ndarray | None], defaults: ServeDefaults) ->
 
     threshold = _scalar(raw, "threshold")
     if threshold is not None:
-        threshold = float(threshold)
+        threshold = _number(threshold, "threshold")
         if math.isnan(threshold) or not 0.0 <= threshold <= 1.0:
             raise RequestError("threshold", f"must be in [0, 1], got {threshold}")
 
     stop_raw = raw.get("stop")
-    stop = tuple(_text(s, "stop") for s in np.asarray(stop_raw).reshape(-1)) if stop_raw is not None else ()
+    try:
+        stops = np.asarray(stop_raw).reshape(-1) if stop_raw is not None else ()
+    except (TypeError, ValueError) as exc:
+        raise RequestError("stop", f"not an array of strings ({exc})") from None
+    stop = tuple(_text(s, "stop") for s in stops)
     if any(not s for s in stop):
         raise RequestError("stop", "stop strings must not be empty")
     return ServeRequest(prompt, max_tokens, mode, window, threshold, stop)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
-from autojudge.tasks.base import Example, Task, TaskError
+from autojudge.tasks.base import Example, Guarded, Task, TaskError, TaskOutputError
 
 BUILTIN = {"gsm8k": "autojudge.tasks.gsm8k:GSM8K", "humaneval": "autojudge.tasks.humaneval:HumanEval"}
 ENTRY_POINT_GROUP = "autojudge.tasks"
 
-__all__ = ["BUILTIN", "Example", "Task", "TaskError", "get_task", "task_names"]
+__all__ = ["BUILTIN", "Example", "Guarded", "Task", "TaskError", "TaskOutputError", "get_task", "task_names"]
 
 
 def task_names() -> list[str]:

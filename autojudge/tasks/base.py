@@ -38,6 +38,44 @@ class TaskError(AutoJudgeError):
     """A task could not be found, or its data could not be read."""
 
 
+class TaskOutputError(AutoJudgeError):
+    """A task failed on one example's model output: recorded against that example, never fatal."""
+
+
+class Guarded:
+    """``task`` whose calls on model output (result, same, determined, is_correct) turn any failure
+    into :class:`TaskOutputError`, so that mining and evaluation record it against the example
+    and go on. A missing sandbox is not model output: it still stops the run."""
+
+    def __init__(self, task: Task):
+        self.task = task
+
+    def __getattr__(self, name: str):
+        return getattr(self.task, name)
+
+    def _call(self, name: str, *args):
+        from autojudge.tasks.sandbox import SandboxUnavailable
+
+        try:
+            return getattr(self.task, name)(*args)
+        except SandboxUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of the task's own code on this output
+            raise TaskOutputError(f"task {self.task.name!r}.{name} failed: {type(exc).__name__}: {exc}") from exc
+
+    def result(self, example: Example, completion: str) -> Hashable:
+        return self._call("result", example, completion)
+
+    def same(self, a: Hashable, b: Hashable) -> bool:
+        return bool(self._call("same", a, b))
+
+    def determined(self, example: Example, completion: str) -> bool:
+        return bool(self._call("determined", example, completion))
+
+    def is_correct(self, example: Example, completion: str) -> bool:
+        return bool(self._call("is_correct", example, completion))
+
+
 @dataclass(frozen=True)
 class Example:
     """One task input: ``id`` is unique within its dataset; ``gold`` is task-specific."""

@@ -13,7 +13,7 @@ fields works as a split too.
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, localcontext
 from pathlib import Path
 
 from autojudge.tasks.base import DATA_DIR, Example, Task, TaskError, read_jsonl, window
@@ -21,26 +21,30 @@ from autojudge.tasks.base import DATA_DIR, Example, Task, TaskError, read_jsonl,
 INSTRUCTION = ("Solve the following math problem step by step. "
                "End your answer with: The final answer is N.")
 
-_NUMBER = r"-?\$?\s*\d[\d,]*(?:\.\d+)?"
-_FINAL = re.compile(r"final answer is\s*:?\s*\**\s*(" + _NUMBER + r")", re.IGNORECASE)
+# Linear-time patterns: no two adjacent parts can match the same characters (a whitespace run
+# belongs to exactly one \s*), so a failed match never backtracks over a run more than once.
+_NUMBER = r"(?:-\s*)?(?:\$\s*)?\d[\d,]*(?:\.\d+)?"
+_LEAD = r"final answer is\s*(?::\s*)?(?:\*+\s*)?"  # "final answer is: **$1,234"
+_FINAL = re.compile(_LEAD + "(" + _NUMBER + ")", re.IGNORECASE)
 # A final answer is complete once a character follows that cannot extend the number
 # (a "." only counts when what follows it is not a digit).
-_FINAL_DONE = re.compile(r"final answer is\s*:?\s*\**\s*(" + _NUMBER + r")(?:[^\d,.]|[.,](?:\D))",
-                         re.IGNORECASE)
+_FINAL_DONE = re.compile(_LEAD + "(" + _NUMBER + r")(?:[^\d,.]|[.,](?:\D))", re.IGNORECASE)
 _ANY_NUMBER = re.compile(_NUMBER)
+_PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")  # \d: Unicode digits too (Decimal reads them)
 
 
 def normalize(number: str) -> str | None:
     """'$1,234.50' -> '1234.5'; '18.' -> '18'; None when it is not a number."""
     text = number.replace("$", "").replace(",", "").strip().rstrip(".")
     text = re.sub(r"\s+", "", text)
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
+    if not _PLAIN_NUMBER.fullmatch(text):  # no exponents, inf or nan spellings
         return None
-    if value == value.to_integral_value():
-        return str(value.quantize(Decimal(1)))
-    return format(value.normalize(), "f")
+    with localcontext() as context:
+        context.prec = len(text) + 2  # exact for any length
+        value = Decimal(text)
+        if value == value.to_integral_value():
+            return str(value.quantize(Decimal(1)))
+        return format(value.normalize(), "f")
 
 
 def extract_answer(completion: str) -> str | None:

