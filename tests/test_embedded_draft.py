@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from autojudge.errors import ModelLoadError
 from autojudge.models import DEFAULT_DRAFT, EMBEDDED_DRAFT_DIR, load_draft
@@ -88,6 +89,22 @@ def test_malformed_draft_metadata_is_refused_naming_the_field_before_anything_is
     (copy / DRAFT_METADATA).write_text(json.dumps(meta))
     with pytest.raises(ModelLoadError, match=message):
         load_draft_artifact(copy, embedded_target)
+
+
+@pytest.mark.parametrize("vocab", [torch.tensor([], dtype=torch.long), torch.tensor([1.0, 2.0]),
+                                   torch.tensor([1, 2], dtype=torch.int8), torch.tensor([5, 3])],
+                         ids=["empty", "float", "int8", "descending"])
+def test_a_malformed_greedy_vocabulary_is_refused(embedded_target, tmp_path, vocab):
+    from safetensors.torch import load_file
+
+    from autojudge.models.draft_artifact import GREEDY_VOCAB
+    from autojudge.storage import write_artifact
+
+    meta = json.loads((EMBEDDED_DRAFT_DIR / DRAFT_METADATA).read_text())
+    tensors = {**load_file(EMBEDDED_DRAFT_DIR / DRAFT_WEIGHTS), GREEDY_VOCAB: vocab}
+    write_artifact(tmp_path / "d", DRAFT_WEIGHTS, DRAFT_METADATA, tensors, meta)
+    with pytest.raises(ModelLoadError, match="greedy_vocab must be a non-empty int64 vector of ascending token ids"):
+        load_draft_artifact(tmp_path / "d", embedded_target)
 
 
 def test_embedded_draft_refuses_another_target(make_lm):

@@ -140,3 +140,26 @@ def test_judge_for_other_models_is_refused_unless_ignored(tiny_pair):
 def test_target_only_judge_ignores_draft(tiny_pair):
     target, draft = tiny_pair
     SpeculativeDecoder(target, draft, _judge("target", hd=999, target="tiny-target", draft="other"))
+
+
+def test_json_integers_too_long_to_parse_are_a_clear_error(tmp_path):
+    _judge().save(tmp_path)
+    text = (tmp_path / METADATA_FILE).read_text()
+    (tmp_path / METADATA_FILE).write_text(text[:-1] + ', "huge": ' + "9" * 5000 + "}")
+    with pytest.raises(JudgeArtifactError, match="not valid JSON"):
+        Judge.load(tmp_path)
+
+
+def test_complex_or_integer_weights_are_refused(tmp_path):
+    from autojudge.storage import write_artifact
+
+    judge = _judge()
+    judge.save(tmp_path / "ok")
+    meta = json.loads((tmp_path / "ok" / METADATA_FILE).read_text())
+    for name, tensors, message in (
+            ("complex", {"weight": judge.weight.to(torch.complex64), "bias": torch.tensor([0.0])}, "is complex"),
+            ("int", {"weight": judge.weight.to(torch.int64), "bias": torch.tensor([0])}, "must hold float tensors")):
+        write_artifact(tmp_path / name, WEIGHTS_FILE, METADATA_FILE, tensors, meta)
+        with pytest.raises(JudgeArtifactError, match=message):
+            Judge.load(tmp_path / name)
+

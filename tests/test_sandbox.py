@@ -238,3 +238,42 @@ def test_without_bubblewrap_code_tasks_refuse_to_run(monkeypatch):
             run_python("print(1)", LIMITS)
     finally:
         sandbox._bwrap.cache_clear()
+
+
+def test_dev_shared_memory_and_memfds_are_no_way_around_the_limits():
+    """/dev is read-only, /dev/shm is 1 MB, and memfds (not counted by RLIMIT_AS) are bounded by
+    the open-file limit times the file-size limit."""
+    code = ("import os\n"
+            "for path in ('/dev/x', '/dev/shm/big'):\n"
+            "    try:\n"
+            "        open(path, 'wb').write(b'x' * 2**21)\n"
+            "        print('wrote', path)\n"
+            "    except OSError as exc:\n"
+            "        print('refused', path, exc.errno)\n"
+            "held = []\n"
+            "for _ in range(2000):\n"
+            "    try:\n"
+            "        fd = os.memfd_create('m')\n"
+            "        os.write(fd, b'x' * 2**20)\n"
+            "        held.append(fd)\n"
+            "    except OSError:\n"
+            "        break\n"
+            "print('memfds', len(held))")
+    limits = SandboxLimits(timeout_s=5, memory_mb=256, output_bytes=2**20, files=32)
+    result = run_python(code, limits)
+    assert "wrote" not in result.stdout, result.stdout
+    assert int(result.stdout.split("memfds ")[1]) < limits.files  # at most 32 MB held this way
+
+
+def test_a_restrictive_umask_does_not_make_every_program_fail():
+    old = os.umask(0o077)
+    try:
+        result = run_python("print('readable')", LIMITS)
+    finally:
+        os.umask(old)
+    assert result.ok and result.stdout == "readable\n"
+
+
+def test_a_program_that_exits_0_is_ok_whatever_it_logged():
+    result = run_python("import sys\nprint('caught a MemoryError, recovered', file=sys.stderr)", LIMITS)
+    assert result.status == "ok"

@@ -15,6 +15,7 @@ from conftest import perturbed, tiny_model
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder, SpeculativeLoop
 from autojudge.judge import Judge, JudgeMetadata
 from autojudge.serving.trtllm.backend import JUDGE_MODEL, TensorRTLLMBackend
+from autojudge.serving.trtllm.contract import DRAFT_MODEL, HIDDEN_OUTPUT
 from autojudge.testing.trtllm_reference import ReferenceModels
 
 PROMPT = [1, 504, 3458, 314, 253, 1234, 17, 2800, 30]
@@ -187,3 +188,36 @@ def test_a_served_request_is_bounded_by_the_engines_max_draft_len():
     assert parse_request({"prompt": np.array([b"hi"]), "window": np.array([8])}, defaults).window == 8
     with pytest.raises(RequestError, match=r"'window': must be in 1\.\.8 \(the target engine's max_draft_len\)"):
         parse_request({"prompt": np.array([b"hi"]), "window": np.array([9])}, defaults)
+
+
+def test_a_draft_engine_that_stops_early_still_gives_the_targets_tokens(pair64):
+    """A draft request that ends before w tokens (the engine met its end id) leaves that row with
+    fewer draft tokens: the row is padded, never accepts the padding, and the judge gets the
+    states of the tokens that were drafted."""
+    target, draft = pair64
+    models = ReferenceModels(target, draft, random_judge(target, draft, "draft+target"))
+    short = {"calls": 0}
+
+    def call(model, inputs, outputs):
+        out = models(model, inputs, outputs)
+        if model == DRAFT_MODEL and len(inputs["input_ids"][0]) % 2:  # every other length: 2 tokens, 1 state after
+            short["calls"] += 1
+            out = {name: (t[..., :2] if name == "output_ids" else t[:, :2] if name == HIDDEN_OUTPUT else t)
+                   for name, t in out.items()}
+        return out
+
+    prompts = [PROMPT, PROMPT[:4], [1, 77, 3000, 25, 911, 5, 8]]
+    backend = TensorRTLLMBackend(call, target.tokenizer, frozenset(), models.judge)
+    proposal = backend.open(3, uses_draft=True).propose(prompts, 4, need_hidden=True)
+    assert proposal.lengths.tolist() == [1, 4, 1]  # lengths 9 and 7 are odd: one token has its state
+    for row, n in enumerate(proposal.lengths.tolist()):  # a real draft state behind every drafted token
+        assert bool((proposal.hidden[row, :n].abs().sum(dim=-1) > 0).all())
+    greedy = SpeculativeDecoder(target).generate_batch(prompts, DecodeConfig(mode="target", max_new_tokens=24),
+                                                       eos_token_ids=frozenset())
+    for mode in ("lossless", "judge"):
+        served = SpeculativeLoop(backend).generate_batch(prompts, DecodeConfig(mode=mode, window=4,
+                                                                                max_new_tokens=24))
+        if mode == "lossless":
+            assert [r.token_ids for r in served] == [r.token_ids for r in greedy]
+        assert all(len(r.token_ids) == 24 for r in served)
+    assert short["calls"] > 0

@@ -138,8 +138,9 @@ class Judge:
         weights_path = directory / WEIGHTS_FILE
         meta = JudgeMetadata(**fields.model_dump(exclude={"format"}))
         weight, bias = tensors.get("weight"), tensors.get("bias")
-        if weight is None or bias is None or bias.numel() != 1:
-            raise JudgeArtifactError(f"{weights_path} must hold tensors 'weight' [F] and 'bias' [1]")
+        if weight is None or bias is None or bias.numel() != 1 or not weight.is_floating_point() \
+                or not bias.is_floating_point():
+            raise JudgeArtifactError(f"{weights_path} must hold float tensors 'weight' [F] and 'bias' [1]")
         if tuple(weight.shape) != (meta.num_features,):
             raise JudgeArtifactError(
                 f"{weights_path}: weight has shape {tuple(weight.shape)}, but layout "

@@ -90,11 +90,13 @@ def load_draft_artifact(directory: Path, target: CausalLM) -> CausalLM:
     student = build_student(target, tuple(layers))
     greedy_vocab = tensors.pop(GREEDY_VOCAB, None)
     if greedy_vocab is not None:
-        if greedy_vocab.dim() != 1 or not bool((greedy_vocab[1:] > greedy_vocab[:-1]).all()) or \
+        if greedy_vocab.dtype not in (torch.int64, torch.int32) or greedy_vocab.dim() != 1 or \
+                greedy_vocab.numel() == 0 or not bool((greedy_vocab[1:] > greedy_vocab[:-1]).all()) or \
                 int(greedy_vocab.max()) >= target.vocab_size or int(greedy_vocab.min()) < 0:
-            raise ModelLoadError(f"{weights_path}: {GREEDY_VOCAB} must be ascending token ids "
-                                 f"below {target.vocab_size}")
-        student.greedy_vocab = greedy_vocab.to(target.device)
+            raise ModelLoadError(f"{weights_path}: {GREEDY_VOCAB} must be a non-empty int64 vector of ascending "
+                                 f"token ids below {target.vocab_size} (got {greedy_vocab.dtype}, "
+                                 f"shape {tuple(greedy_vocab.shape)})")
+        student.greedy_vocab = greedy_vocab.to(device=target.device, dtype=torch.long)
     params = trainable_state(student)
     if set(tensors) != set(params):
         raise ModelLoadError(f"{weights_path} holds tensors {sorted(set(tensors) ^ set(params))[:4]} "

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from autojudge.models.causal_lm import CausalLM, crop_cache
+from autojudge.models.causal_lm import CausalLM
 
 
 class RaggedCache:
@@ -44,7 +44,9 @@ class RaggedCache:
         used = self.slots.any(dim=0).nonzero()  # slots some row still holds
         width = int(used[-1]) + 1 if len(used) else 0
         if width < self.width:  # the tail is holes in every row: crop it
-            crop_cache(self.cache, width)
+            for layer in self.cache.layers:
+                if layer.is_initialized:
+                    layer.keys, layer.values = layer.keys[..., :width, :], layer.values[..., :width, :]
             self.slots = self.slots[:, :width]
 
     def add_rows(self, count: int) -> None:

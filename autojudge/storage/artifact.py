@@ -41,7 +41,7 @@ def read_artifact(directory: Path, weights_file: str, metadata_file: str, fmt: s
             raise error(f"{kind} artifact {directory} has no {required.name}: {missing_hint}")
     try:
         metadata = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, integers over 4300 digits
         raise error(f"{meta_path} is not valid JSON ({exc}): the {kind} artifact is corrupt") from exc
     if not isinstance(metadata, dict) or metadata.get("format") != fmt:
         found = metadata.get("format") if isinstance(metadata, dict) else None
@@ -61,6 +61,8 @@ def read_artifact(directory: Path, weights_file: str, metadata_file: str, fmt: s
     except (SafetensorError, ValueError, OverflowError) as exc:
         raise error(f"{weights_path} is not a valid safetensors file: {exc}") from exc
     for name, tensor in tensors.items():
+        if tensor.is_complex():
+            raise error(f"{weights_path}: tensor '{name}' is complex ({tensor.dtype}); expected real values")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise error(f"{weights_path}: tensor '{name}' holds NaN or infinite values")
     return fields, tensors

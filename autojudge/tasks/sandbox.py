@@ -12,13 +12,17 @@ of what this guarantees and why):
   the parent's ``/proc`` entries do not exist for it. Started by root, bwrap itself first
   drops to a fresh unprivileged uid of its own, so the sandbox is nobody outside too;
 - a read-only view of the system libraries and of this Python installation only (no home
-  directories, no project files), a fresh ``/proc`` and a minimal ``/dev``;
+  directories, no project files), a fresh ``/proc`` and a minimal read-only ``/dev`` (its
+  ``/dev/shm`` a 1 MB tmpfs);
 - its own code read-only in ``/code``, and a fresh ``/tmp`` (a size-bounded tmpfs) as its only
   writable place, the working directory among it;
-- limits: wall time (everything killed at ``timeout_s``; CPU time capped too), address space
-  per process (``RLIMIT_AS``) and processes (``RLIMIT_NPROC``, set inside the sandbox, so it
-  counts the run's own processes only), so memory across all its processes is at most
-  ``processes * memory_mb``; files (``RLIMIT_FSIZE``) and disk (the tmpfs size);
+- limits (``prlimit`` on bwrap, so nothing runs between fork and exec in this process): wall
+  time (everything killed at ``timeout_s``; CPU time capped too), address space per process
+  (``RLIMIT_AS``), open files (``RLIMIT_NOFILE``: bounds memfds, which ``RLIMIT_AS`` does not
+  count, to ``files * output_bytes``), processes (``RLIMIT_NPROC``, set inside the sandbox, so
+  it counts the run's own processes only); file size (``RLIMIT_FSIZE``) and disk (the tmpfs
+  size). Memory across all its processes: at most ``processes * (memory_mb + files *
+  output_bytes)`` plus ``disk_mb``;
 - when the run ends, every process it started dies with it (bwrap is the pid namespace's init);
 - stdout/stderr are pipes the parent holds, read while the code runs and capped while reading
   (the run is killed past ``output_bytes``): nothing is reopened by a name the code could
@@ -29,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import os
-import resource
 import secrets
 import selectors
 import shutil
@@ -51,6 +54,7 @@ SANDBOX_UID = 65534  # nobody, inside the sandbox
 HOST_UIDS = (1_500_000_000, 1_000_000)  # started by root: a random host uid in [first, first + count)
 WORK_DIR = "/tmp/autojudge-sandbox-run"  # the code's working directory inside the sandbox
 CODE_DIR = "/code"  # the code itself, read-only
+SHM_BYTES = 2**20  # /dev/shm (multiprocessing's semaphores need a little)
 _SYSTEM_DIRS = ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/libx32", "/sbin")
 _SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
 
@@ -89,6 +93,7 @@ class SandboxLimits:
     output_bytes: int = 1_000_000  # per output stream, and per file written
     processes: int = 16  # processes and threads at once
     disk_mb: int = 64  # the writable tmpfs
+    files: int = 128  # open file descriptors per process
 
 
 @dataclass(frozen=True)
@@ -141,16 +146,31 @@ def _command(bwrap: str, code_dir: Path, limits: SandboxLimits, argv: list[str])
     return [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
             "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--cap-drop", "ALL",
             "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", WORK_DIR,
-            "--setenv", "LANG", "C.UTF-8", *mounts, "--proc", "/proc", "--dev", "/dev",
+            "--setenv", "LANG", "C.UTF-8", *mounts, "--proc", "/proc",
+            "--dev", "/dev", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
             "--size", str(limits.disk_mb * 2**20), "--tmpfs", "/tmp", "--dir", WORK_DIR,
             "--ro-bind", str(code_dir), CODE_DIR, "--chdir", WORK_DIR, "--", *argv]
 
 
 def _start(bwrap: str, code_dir: Path, limits: SandboxLimits, code: str, **popen) -> subprocess.Popen:
-    """bwrap running ``python -c code`` with the code folder at /code."""
+    """bwrap running ``python -c code`` with the code folder at /code, under ``prlimit``; started by
+    root, as a fresh unprivileged uid (set by subprocess itself: no code runs between fork and exec)."""
     argv = [_interpreter()[0], "-I", "-B", "-c", code]
-    return subprocess.Popen(_command(bwrap, code_dir, limits, argv), env={"PATH": "/usr/bin:/bin"},
-                            preexec_fn=_limit(limits), start_new_session=True, **popen)
+    memory, cpu = limits.memory_mb * 2**20, int(limits.timeout_s) + 1
+    prlimit = [_tool("prlimit", "util-linux"), f"--as={memory}", f"--cpu={cpu}:{cpu + 1}",  # SIGXCPU, then SIGKILL
+               f"--fsize={limits.output_bytes}", "--core=0", f"--nofile={limits.files}", "--"]
+    if os.geteuid() == 0:  # nobody outside the sandbox too
+        uid = HOST_UIDS[0] + secrets.randbelow(HOST_UIDS[1])
+        popen.update(user=uid, group=uid, extra_groups=[])
+    return subprocess.Popen([*prlimit, *_command(bwrap, code_dir, limits, argv)], env={"PATH": "/usr/bin:/bin"},
+                            start_new_session=True, **popen)
+
+
+def _tool(name: str, package: str) -> str:
+    exe = shutil.which(name)
+    if exe is None:
+        raise SandboxUnavailable(f"the code sandbox needs {name} (from {package}), which is not installed")
+    return exe
 
 
 @functools.cache
@@ -161,30 +181,19 @@ def _bwrap() -> str:
         raise SandboxUnavailable(f"code tasks run model-written programs, and the sandbox needs bubblewrap "
                                  f"(bwrap), which is not installed: {INSTALL_HINT}")
     with tempfile.TemporaryDirectory(prefix="autojudge-sandbox-probe-") as tmp:
-        os.chmod(tmp, 0o755)
-        proc = _start(exe, Path(tmp), SandboxLimits(), "pass", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                      stderr=subprocess.PIPE)
-        _, err = proc.communicate(timeout=30)
+        _write_code(Path(tmp), "pass")
+        proc = _start(exe, Path(tmp), SandboxLimits(), f"exec(open('{CODE_DIR}/main.py').read())",
+                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            err = b"a trivial sandbox did not finish in 30 s"
     if proc.returncode != 0:
         raise SandboxUnavailable(f"bubblewrap cannot make a sandbox here ({exe}: "
                                  f"{err.decode(errors='replace').strip()}): {INSTALL_HINT}")
     return exe
-
-
-def _limit(limits: SandboxLimits):
-    def apply() -> None:  # runs in the child between fork and exec; bwrap and the code inherit it
-        memory = limits.memory_mb * 2**20
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        cpu = int(limits.timeout_s) + 1
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.output_bytes, limits.output_bytes))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        if os.geteuid() == 0:  # bwrap runs as a fresh unprivileged uid: nobody outside the sandbox too
-            uid = HOST_UIDS[0] + secrets.randbelow(HOST_UIDS[1])
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-    return apply
 
 
 def _read_capped(proc: subprocess.Popen, limits: SandboxLimits, deadline: float) -> tuple[bytes, bytes, str | None]:
@@ -219,8 +228,7 @@ def run_python(code: str, limits: SandboxLimits = SandboxLimits(), prove_complet
     nonce = secrets.token_hex(16) if prove_completion else None
     with tempfile.TemporaryDirectory(prefix="autojudge-sandbox-") as tmp:
         code_dir = Path(tmp)
-        (code_dir / "main.py").write_text(code, encoding="utf-8")
-        os.chmod(code_dir, 0o755)
+        _write_code(code_dir, code)
         # the runner counts too, and bwrap's pid-1 reaper
         runner = _RUNNER.format(processes=limits.processes + 1, path=f"{CODE_DIR}/main.py")
         proc = _start(bwrap, code_dir, limits, runner, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -236,10 +244,8 @@ def run_python(code: str, limits: SandboxLimits = SandboxLimits(), prove_complet
                 except subprocess.TimeoutExpired:
                     stopped = "timeout"
         finally:
-            try:
+            if proc.poll() is None:  # (once reaped, its pid may belong to someone else)
                 os.killpg(proc.pid, signal.SIGKILL)  # bwrap, and with it the sandbox's pid namespace
-            except ProcessLookupError:
-                pass
             returncode = proc.wait()
             proc.stdout.close()
             proc.stderr.close()
@@ -252,15 +258,25 @@ def run_python(code: str, limits: SandboxLimits = SandboxLimits(), prove_complet
                          stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"), completed)
 
 
+def _write_code(code_dir: Path, code: str) -> None:
+    """The program, readable by the sandbox's uid whatever this process's umask."""
+    (code_dir / "main.py").write_text(code, encoding="utf-8")
+    os.chmod(code_dir / "main.py", 0o644)
+    os.chmod(code_dir, 0o755)
+
+
 def _status(stopped: str | None, returncode: int, stderr: bytes) -> str:
-    """bwrap exits with the code's status, or 128 + the signal that killed it."""
+    """bwrap exits with the code's status, or 128 + the signal that killed it (a program's own
+    exit status above 128 reads as that signal: it is not "ok" either way)."""
     signalled = returncode - 128 if returncode > 128 else -returncode if returncode < 0 else 0
     if stopped:
         return stopped
+    if returncode == 0:
+        return "ok"
     if signalled == signal.SIGXCPU:
         return "timeout"
     if signalled == signal.SIGXFSZ or b"File too large" in stderr:
         return "output_limit"
     if b"MemoryError" in stderr or signalled == signal.SIGKILL:
         return "memory"
-    return "ok" if returncode == 0 else "error"
+    return "error"

@@ -102,11 +102,14 @@ class _TensorRTLLMBatch:
         for sequence in sequences:
             out = self._generate(DRAFT_MODEL, sequence, w + int(need_hidden), {},
                                  ["output_ids", HIDDEN_OUTPUT] if need_hidden else ["output_ids"])
-            rows.append(out["output_ids"].reshape(-1)[:w].to(torch.long))  # [w'] (w' < w after a draft EOS)
+            drafted = out["output_ids"].reshape(-1)[:w].to(torch.long)  # [w'] (w' < w after a draft EOS)
             if need_hidden:
                 hidden = out[HIDDEN_OUTPUT].reshape(-1, out[HIDDEN_OUTPUT].shape[-1])  # [L, Hd]
-                # generation step k reads d_{k-1}: the states after reading d_0 .. d_{w'-1} are steps 1 .. w'
-                states.append(hidden[1: len(rows[-1]) + 1])
+                # generation step k reads d_{k-1}: the states after reading d_0 .. d_{w'-1} are steps 1 .. w';
+                # a draft that stopped early has no state after its last token: propose one token fewer
+                drafted = drafted[: hidden.shape[0] - 1]
+                states.append(hidden[1: len(drafted) + 1])
+            rows.append(drafted)
         lengths = torch.tensor([len(r) for r in rows])  # [B]
         width = int(lengths.max())
         tokens = torch.stack([torch.cat([r, r.new_zeros(width - len(r))]) for r in rows])  # [B, w'] (padding: never accepted)
