@@ -52,7 +52,7 @@ def test_every_row_equals_the_batch1_decoder(pair, config, layout):
     decoder = SpeculativeDecoder(target, draft, _judge(target, draft, layout))
     batched = decoder.generate_batch(PROMPTS, config)
     assert len(batched) == len(PROMPTS)
-    mismatches = 0
+    mismatches = rejected = 0
     for prompt, got in zip(PROMPTS, batched):
         want = decoder.generate(prompt, config)
         assert got.token_ids == want.token_ids
@@ -61,8 +61,9 @@ def test_every_row_equals_the_batch1_decoder(pair, config, layout):
                     "num_accepted_mismatches", "num_accepted_tokens_per_pos"):
             assert getattr(got.metrics, key) == getattr(want.metrics, key), key
         mismatches += got.metrics.num_accepted_mismatches
+        rejected += got.metrics.num_draft_tokens - got.metrics.num_accepted_tokens
     if config.mode in ("topk", "judge"):
-        assert mismatches > 0  # the lossy path was exercised
+        assert mismatches > 0 and rejected > 0  # the rule accepted some mismatches and rejected others
 
 
 def test_rows_end_at_eos_and_stop_strings_and_leave_the_batch(pair):

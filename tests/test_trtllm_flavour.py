@@ -166,6 +166,9 @@ def test_a_batch_through_the_trtllm_contract_equals_the_in_process_batch(pair64,
                                                                    for r in in_process]
     if mode == "judge":  # one engine call per cycle, for all rows at once
         assert models.requests[JUDGE_MODEL] == max(r.metrics.num_target_calls for r in served)
+    if mode in ("topk", "judge"):  # the rule accepted some mismatches and rejected others
+        assert sum(r.metrics.num_accepted_mismatches for r in served) > 0
+        assert sum(r.metrics.num_draft_tokens - r.metrics.num_accepted_tokens for r in served) > 0
 
 
 def test_a_window_beyond_the_engines_max_draft_len_is_a_clear_error(pair):
