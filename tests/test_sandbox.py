@@ -232,12 +232,12 @@ def test_completion_is_proven_only_by_running_to_the_end(code, completed):
 
 def test_without_bubblewrap_code_tasks_refuse_to_run(monkeypatch):
     monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
-    sandbox._bwrap.cache_clear()
+    sandbox._tools.cache_clear()
     try:
         with pytest.raises(SandboxUnavailable, match="needs bubblewrap.*apt-get install bubblewrap"):
             run_python("print(1)", LIMITS)
     finally:
-        sandbox._bwrap.cache_clear()
+        sandbox._tools.cache_clear()
 
 
 def test_dev_shared_memory_and_memfds_are_no_way_around_the_limits():

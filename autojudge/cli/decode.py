@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from autojudge.cli.options import MODE_CHOICE, MODE_HELP, json_option, model_options, progress_option, status, window_option
+from autojudge.cli.options import (MODE_CHOICE, MODE_HELP, json_option, model_options, progress_option, status,
+                                    window_option)
 
 
 @click.command()

@@ -70,7 +70,7 @@ class Backend(Protocol):
     eos_token_ids: frozenset[int]
     device: torch.device  # where the loop keeps its small tensors (counts, tokens)
     max_window: int  # the largest w it can verify
-    window_bound: str  # what sets max_window, in words
+    window_bound: str | None  # what sets max_window, in words (None: the decoder's MAX_WINDOW)
     judge_accept: FusedJudgeAccept | None  # a fused judge + rule step, tested equal to the oracle; None = the oracle
 
     def open(self, batch: int, uses_draft: bool) -> BatchState: ...

@@ -22,7 +22,6 @@ if TYPE_CHECKING:  # no torch import here: the CLI and the serving protocol read
 
 MODES = ("target", "lossless", "topk", "judge")
 MAX_WINDOW = 64  # W: the decoder's, the serving protocol's and a deployment's bound (the kernel allows 1024)
-DECODER_BOUND = "the decoder's limit"  # what bounds W when no engine does
 
 
 @dataclass(frozen=True)
@@ -35,17 +34,17 @@ class DecodeConfig:
     stop: tuple[str, ...] = ()  # stop strings; the text is cut before the first one
 
     def validate(self, has_draft: bool, judge: Judge | None, max_window: int = MAX_WINDOW,
-                 bound: str = DECODER_BOUND) -> None:
+                 bound: str | None = None) -> None:
         """Raise AutoJudgeError naming what is wrong; ``max_window`` is what the backend can
-        verify (a TensorRT-LLM target engine: its ``max_draft_len``), ``bound`` says why."""
+        verify, ``bound`` what sets it when it is not MAX_WINDOW (a TensorRT-LLM target engine's
+        ``max_draft_len``)."""
         if self.mode not in MODES:
             raise AutoJudgeError(f"unknown mode {self.mode!r}: choose one of {', '.join(MODES)}")
         if self.mode != "target":
             if not has_draft:
                 raise AutoJudgeError(f"mode {self.mode!r} needs a draft model")
             if not 1 <= self.window <= max_window:
-                limit = "" if bound == DECODER_BOUND else f" ({bound})"
-                raise AutoJudgeError(f"window must be in 1..{max_window}{limit}, got {self.window}")
+                raise AutoJudgeError(f"window must be in {range_text(max_window, bound)}, got {self.window}")
         if self.max_new_tokens < 1:
             raise AutoJudgeError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.mode == "topk" and self.top_k < 1:
@@ -62,6 +61,11 @@ class DecodeConfig:
         if self.mode != "judge" or self.threshold is not None:
             return self.threshold
         return judge.meta.threshold
+
+
+def range_text(high: int, bound: str | None) -> str:
+    """'1..high', with what sets high when it is not the decoder's own limit."""
+    return f"1..{high}" + (f" ({bound})" if bound else "")
 
 
 @dataclass

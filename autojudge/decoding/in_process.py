@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 
 from autojudge.decoding.backend import Proposal, Verification
-from autojudge.decoding.config import DECODER_BOUND, MAX_WINDOW
+from autojudge.decoding.config import MAX_WINDOW
 from autojudge.decoding.loop import SpeculativeLoop
 from autojudge.judge import Judge
 from autojudge.models import CausalLM
@@ -33,7 +33,7 @@ class InProcessBackend:
     """Draft, target (and judge) as PyTorch models in this process."""
 
     max_window = MAX_WINDOW
-    window_bound = DECODER_BOUND
+    window_bound = None  # the decoder's own limit
     judge_accept = None  # the oracle (a GPU op may fuse it later)
 
     def __init__(self, target: CausalLM, draft: CausalLM | None = None, judge: Judge | None = None):

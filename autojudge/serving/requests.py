@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autojudge.decoding.config import DECODER_BOUND, MAX_WINDOW, MODES
+from autojudge.decoding.config import MAX_WINDOW, MODES, range_text
 from autojudge.errors import AutoJudgeError
 
 
@@ -30,11 +30,11 @@ class ServeDefaults:
     max_tokens_limit: int = 1024
     has_judge: bool = False
     max_window: int = MAX_WINDOW  # a TensorRT-LLM deployment: the target engine's max_draft_len
-    window_bound: str = DECODER_BOUND  # what sets max_window, in words
+    window_bound: str | None = None  # what sets max_window, in words (None: the decoder)
 
     @classmethod
     def from_parameters(cls, params: dict[str, str], has_judge: bool, mode: str, window: int,
-                        max_window: int = MAX_WINDOW, window_bound: str = DECODER_BOUND) -> ServeDefaults:
+                        max_window: int = MAX_WINDOW, window_bound: str | None = None) -> ServeDefaults:
         """The defaults a model's config.pbtxt ``parameters`` set (``mode`` and ``window`` when unset)."""
         return cls(mode=params.get("default_mode") or mode, window=int(params.get("default_window") or window),
                    max_tokens=int(params.get("default_max_tokens") or 128),
@@ -101,7 +101,7 @@ def parse_request(raw: dict[str, np.ndarray | None], defaults: ServeDefaults) ->
     if mode == "judge" and not defaults.has_judge:
         raise RequestError("mode", "'judge' needs a judge artifact, and this deployment has none")
 
-    def integer(name: str, default: int, low: int, high: int, why: str = "") -> int:
+    def integer(name: str, default: int, high: int, bound: str | None = None) -> int:
         value = _scalar(raw, name)
         if value is None:
             return default
@@ -109,13 +109,12 @@ def parse_request(raw: dict[str, np.ndarray | None], defaults: ServeDefaults) ->
         if not number.is_integer():  # nan and inf included
             raise RequestError(name, f"must be an integer, got {value}")
         value = int(number)
-        if not low <= value <= high:
-            raise RequestError(name, f"must be in {low}..{high}{why}, got {value}")
+        if not 1 <= value <= high:
+            raise RequestError(name, f"must be in {range_text(high, bound)}, got {value}")
         return value
 
-    max_tokens = integer("max_tokens", defaults.max_tokens, 1, defaults.max_tokens_limit)
-    bound = "" if defaults.window_bound == DECODER_BOUND else f" ({defaults.window_bound})"
-    window = integer("window", defaults.window, 1, defaults.max_window, bound)
+    max_tokens = integer("max_tokens", defaults.max_tokens, defaults.max_tokens_limit)
+    window = integer("window", defaults.window, defaults.max_window, defaults.window_bound)
 
     threshold = _scalar(raw, "threshold")
     if threshold is not None:

@@ -121,7 +121,8 @@ def _in_process_decoder(params: dict[str, str], judge) -> SpeculativeLoop:
     target = load_target(params.get("target", "embedded"), dtype=params.get("dtype", "float32"),
                          device=params.get("device", "cpu"))
     draft = load_draft(params.get("draft") or DEFAULT_DRAFT, target)
-    return SpeculativeDecoder(target, draft, judge, check_judge_names=params.get("check_judge_models", "true") == "true")
+    return SpeculativeDecoder(target, draft, judge,
+                              check_judge_names=params.get("check_judge_models", "true") == "true")
 
 
 def _tensorrt_llm_loop(params: dict[str, str], judge) -> SpeculativeLoop:

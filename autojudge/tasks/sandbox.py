@@ -103,7 +103,6 @@ class SandboxResult:
     stdout: str
     stderr: str
     completed: bool = False  # with run_python(..., prove_completion=True): the program ran to its end
-    isolation: str = "bubblewrap"
 
     @property
     def ok(self) -> bool:
@@ -152,48 +151,37 @@ def _command(bwrap: str, code_dir: Path, limits: SandboxLimits, argv: list[str])
             "--ro-bind", str(code_dir), CODE_DIR, "--chdir", WORK_DIR, "--", *argv]
 
 
-def _start(bwrap: str, code_dir: Path, limits: SandboxLimits, code: str, **popen) -> subprocess.Popen:
-    """bwrap running ``python -c code`` with the code folder at /code, under ``prlimit``; started by
-    root, as a fresh unprivileged uid (set by subprocess itself: no code runs between fork and exec)."""
+def _start(tools: tuple[str, str], code_dir: Path, limits: SandboxLimits, code: str) -> subprocess.Popen:
+    """(bwrap, prlimit) running ``python -c code`` with the code folder at /code; started by root,
+    as a fresh unprivileged uid (set by subprocess itself: no code runs between fork and exec)."""
+    bwrap, prlimit = tools
     argv = [_interpreter()[0], "-I", "-B", "-c", code]
     memory, cpu = limits.memory_mb * 2**20, int(limits.timeout_s) + 1
-    prlimit = [_tool("prlimit", "util-linux"), f"--as={memory}", f"--cpu={cpu}:{cpu + 1}",  # SIGXCPU, then SIGKILL
-               f"--fsize={limits.output_bytes}", "--core=0", f"--nofile={limits.files}", "--"]
+    limit = [prlimit, f"--as={memory}", f"--cpu={cpu}:{cpu + 1}",  # SIGXCPU, then SIGKILL
+             f"--fsize={limits.output_bytes}", "--core=0", f"--nofile={limits.files}", "--"]
+    user = {}
     if os.geteuid() == 0:  # nobody outside the sandbox too
         uid = HOST_UIDS[0] + secrets.randbelow(HOST_UIDS[1])
-        popen.update(user=uid, group=uid, extra_groups=[])
-    return subprocess.Popen([*prlimit, *_command(bwrap, code_dir, limits, argv)], env={"PATH": "/usr/bin:/bin"},
-                            start_new_session=True, **popen)
-
-
-def _tool(name: str, package: str) -> str:
-    exe = shutil.which(name)
-    if exe is None:
-        raise SandboxUnavailable(f"the code sandbox needs {name} (from {package}), which is not installed")
-    return exe
+        user = {"user": uid, "group": uid, "extra_groups": []}
+    return subprocess.Popen([*limit, *_command(bwrap, code_dir, limits, argv)], env={"PATH": "/usr/bin:/bin"},
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, **user)
 
 
 @functools.cache
-def _bwrap() -> str:
-    """The bwrap binary, checked once by running a trivial sandbox; SandboxUnavailable if none works."""
-    exe = shutil.which("bwrap")
-    if exe is None:
+def _tools() -> tuple[str, str]:
+    """(bwrap, prlimit), checked once by running a trivial sandbox; SandboxUnavailable if none works."""
+    bwrap, prlimit = shutil.which("bwrap"), shutil.which("prlimit")
+    if bwrap is None:
         raise SandboxUnavailable(f"code tasks run model-written programs, and the sandbox needs bubblewrap "
                                  f"(bwrap), which is not installed: {INSTALL_HINT}")
-    with tempfile.TemporaryDirectory(prefix="autojudge-sandbox-probe-") as tmp:
-        _write_code(Path(tmp), "pass")
-        proc = _start(exe, Path(tmp), SandboxLimits(), f"exec(open('{CODE_DIR}/main.py').read())",
-                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            _, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            err = b"a trivial sandbox did not finish in 30 s"
-    if proc.returncode != 0:
-        raise SandboxUnavailable(f"bubblewrap cannot make a sandbox here ({exe}: "
-                                 f"{err.decode(errors='replace').strip()}): {INSTALL_HINT}")
-    return exe
+    if prlimit is None:
+        raise SandboxUnavailable("the code sandbox needs prlimit (from util-linux), which is not installed")
+    stdout, stderr, stopped, returncode = _run((bwrap, prlimit), "pass", SandboxLimits(timeout_s=30), None)
+    if stopped or returncode != 0:
+        problem = stderr.decode(errors="replace").strip() or f"{stopped or 'exit status'} {returncode}"
+        raise SandboxUnavailable(f"bubblewrap cannot make a sandbox here ({bwrap}: {problem}): {INSTALL_HINT}")
+    return bwrap, prlimit
 
 
 def _read_capped(proc: subprocess.Popen, limits: SandboxLimits, deadline: float) -> tuple[bytes, bytes, str | None]:
@@ -224,15 +212,26 @@ def run_python(code: str, limits: SandboxLimits = SandboxLimits(), prove_complet
     """Run ``code`` as a script in the sandbox and report how it ended. With
     ``prove_completion``, ``result.completed`` is True only if the script ran to its end (it
     did not exit early, by ``sys.exit``, ``os._exit`` or a signal, nor print a forged proof)."""
-    bwrap = _bwrap()
     nonce = secrets.token_hex(16) if prove_completion else None
+    stdout, stderr, stopped, returncode = _run(_tools(), code, limits, nonce)
+    completed = False
+    if nonce:
+        proof = f"\n{nonce}\n".encode()
+        completed = stopped is None and returncode == 0 and stdout.endswith(proof)
+        stdout = stdout[: -len(proof)] if completed else stdout
+    return SandboxResult(_status(stopped, returncode, stderr), None if stopped == "timeout" else returncode,
+                         stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"), completed)
+
+
+def _run(tools: tuple[str, str], code: str, limits: SandboxLimits, nonce: str | None
+         ) -> tuple[bytes, bytes, str | None, int]:
+    """(stdout, stderr, 'timeout' | 'output_limit' | None, bwrap's exit status) of one sandboxed run."""
     with tempfile.TemporaryDirectory(prefix="autojudge-sandbox-") as tmp:
         code_dir = Path(tmp)
         _write_code(code_dir, code)
         # the runner counts too, and bwrap's pid-1 reaper
         runner = _RUNNER.format(processes=limits.processes + 1, path=f"{CODE_DIR}/main.py")
-        proc = _start(bwrap, code_dir, limits, runner, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                      stderr=subprocess.PIPE)
+        proc = _start(tools, code_dir, limits, runner)
         try:
             proc.stdin.write(f"{nonce or ''}\n".encode())
             proc.stdin.close()
@@ -249,13 +248,7 @@ def run_python(code: str, limits: SandboxLimits = SandboxLimits(), prove_complet
             returncode = proc.wait()
             proc.stdout.close()
             proc.stderr.close()
-    completed = False
-    if nonce:
-        proof = f"\n{nonce}\n".encode()
-        completed = stopped is None and returncode == 0 and stdout.endswith(proof)
-        stdout = stdout[: -len(proof)] if completed else stdout
-    return SandboxResult(_status(stopped, returncode, stderr), None if stopped == "timeout" else returncode,
-                         stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"), completed)
+    return stdout, stderr, stopped, returncode
 
 
 def _write_code(code_dir: Path, code: str) -> None:

@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from autojudge.acceptance import Acceptance
 from autojudge.decoding.backend import Proposal, Verification
@@ -72,6 +73,7 @@ class TensorRTLLMBackend:
         """The judge-accept engine (the plugin's kernel): [B, w] drafts, [B, w+1] targets, states at d_k."""
         batch, w = draft_tokens.shape
         inputs = {"draft_tokens": draft_tokens.to(torch.int32), "target_tokens": target_tokens.to(torch.int32),
+                  # threshold [B]: our engine's input (triton_repo/tensorrt_llm/judge_accept/config.pbtxt)
                   "target_hidden": target_hidden, "threshold": torch.full((batch,), threshold, dtype=torch.float32)}
         if self.judge.uses_draft_hidden:
             inputs["draft_hidden"] = draft_hidden
@@ -102,6 +104,8 @@ class _TensorRTLLMBatch:
         for sequence in sequences:
             out = self._generate(DRAFT_MODEL, sequence, w + int(need_hidden), {},
                                  ["output_ids", HIDDEN_OUTPUT] if need_hidden else ["output_ids"])
+            # Assumed, not read: an engine that meets its end id returns fewer than w tokens (the reference
+            # engines of the tests never stop early; a test with a shortened reference covers this path).
             drafted = out["output_ids"].reshape(-1)[:w].to(torch.long)  # [w'] (w' < w after a draft EOS)
             if need_hidden:
                 hidden = out[HIDDEN_OUTPUT].reshape(-1, out[HIDDEN_OUTPUT].shape[-1])  # [L, Hd]
@@ -111,11 +115,8 @@ class _TensorRTLLMBatch:
                 states.append(hidden[1: len(drafted) + 1])
             rows.append(drafted)
         lengths = torch.tensor([len(r) for r in rows])  # [B]
-        width = int(lengths.max())
-        tokens = torch.stack([torch.cat([r, r.new_zeros(width - len(r))]) for r in rows])  # [B, w'] (padding: never accepted)
-        hidden = None
-        if need_hidden:
-            hidden = torch.stack([torch.cat([h, h.new_zeros(width - len(h), h.shape[-1])]) for h in states])
+        tokens = pad_sequence(rows, batch_first=True)  # [B, w'] (zero padding: never accepted)
+        hidden = pad_sequence(states, batch_first=True) if need_hidden else None  # [B, w', Hd]
         return Proposal(tokens, hidden, lengths)
 
     def verify(self, sequences: Sequence[list[int]], draft_tokens: torch.Tensor, need_logits: bool) -> Verification:
