@@ -17,7 +17,7 @@ import time
 import click
 
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder
-from autojudge.models import DEFAULT_DRAFT, encode_prompt, load_draft, load_target, quiet_transformers
+from autojudge.models import encode_prompt, load_draft, load_target, quiet_transformers
 from autojudge.tasks import get_task
 
 
@@ -31,7 +31,7 @@ from autojudge.tasks import get_task
 def main(batch_sizes, mode, window, max_new_tokens, offset, out):
     quiet_transformers()
     target = load_target("embedded", device="cpu")
-    decoder = SpeculativeDecoder(target, load_draft(DEFAULT_DRAFT, target))
+    decoder = SpeculativeDecoder(target, load_draft("embedded", target))
     task = get_task("gsm8k")
     config = DecodeConfig(mode=mode, window=window, max_new_tokens=max_new_tokens)
     rows = []

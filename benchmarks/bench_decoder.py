@@ -26,13 +26,13 @@ import click
 import torch
 
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder
-from autojudge.models import DEFAULT_DRAFT, encode_prompt, load_draft, load_target, quiet_transformers
+from autojudge.models import encode_prompt, load_draft, load_target, quiet_transformers
 from autojudge.tasks.gsm8k import load_questions
 
 
 @click.command()
 @click.option("--target", default="embedded", show_default=True)
-@click.option("--draft", default=DEFAULT_DRAFT, show_default=True)
+@click.option("--draft", default="embedded", show_default=True)
 @click.option("--data", default="test", show_default=True,
               help="A GSM8K split shipped with the package (train, test) or a GSM8K-style JSONL file.")
 @click.option("--prompts", type=int, default=8, show_default=True)

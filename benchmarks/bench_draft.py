@@ -24,7 +24,7 @@ import torch
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder
 from autojudge.distill.teacher import generate_teacher_data
 from autojudge.distill.training import greedy_agreement
-from autojudge.models import DEFAULT_DRAFT, crop_cache, encode_prompt, load_draft, load_target, quiet_transformers
+from autojudge.models import crop_cache, encode_prompt, load_draft, load_target, quiet_transformers
 from autojudge.tasks.gsm8k import format_prompt, load_questions
 
 
@@ -46,7 +46,7 @@ def step_cost_ms(lm, prompt: list[int], repeats: int = 60) -> float:
 
 @click.command()
 @click.option("--target", default="embedded", show_default=True)
-@click.option("--draft", default=DEFAULT_DRAFT, show_default=True)
+@click.option("--draft", default="embedded", show_default=True)
 @click.option("--data", default="test", show_default=True, help="A GSM8K split shipped with the package (train, test) or a GSM8K-style JSONL file.")
 @click.option("--prompts", type=int, default=50, show_default=True, help="Questions for agreement.")
 @click.option("--teacher-file", type=click.Path(path_type=Path), default=Path("out/teacher-test.jsonl"),

@@ -240,9 +240,7 @@ def test_bad_config_is_a_clear_error(tiny_pairs, bad, message):
     "A robe takes 2 bolts of blue fiber and half that much white fiber. How many bolts in total does it take?",
 ])
 def test_lossless_on_embedded_target_with_default_draft(embedded_target, question):
-    from autojudge.models import DEFAULT_DRAFT
-
-    draft = load_draft(DEFAULT_DRAFT, embedded_target)
+    draft = load_draft("embedded", embedded_target)
     prompt = encode_prompt(embedded_target.tokenizer, question)
     decoder = SpeculativeDecoder(embedded_target, draft)
     reference = decoder.generate(prompt, DecodeConfig(mode="target", max_new_tokens=24))

@@ -10,12 +10,16 @@ import pytest
 import torch
 
 from autojudge.errors import ModelLoadError
-from autojudge.models import DEFAULT_DRAFT, EMBEDDED_DRAFT_DIR, load_draft
+from autojudge.models import EMBEDDED_DRAFT_DIR, default_draft, draft_spec_for, load_draft
 from autojudge.models.draft_artifact import DRAFT_METADATA, DRAFT_WEIGHTS, load_draft_artifact
 
 
 def test_default_draft_is_the_shipped_one():
-    assert DEFAULT_DRAFT == "embedded"
+    assert default_draft("embedded") == "embedded" and default_draft("testbed") == "testbed"
+    assert default_draft("some/checkpoint") is None
+    assert draft_spec_for("some/checkpoint", "layers:2") == "layers:2"
+    with pytest.raises(ModelLoadError, match="needs --draft"):
+        draft_spec_for("some/checkpoint", None)
 
 
 def test_shipped_draft_loads_with_checksum_shapes_and_tokenizer(embedded_target):

@@ -32,10 +32,10 @@ PROMPTS = ["What is 7 times 8?", "Name a prime number larger than 10.", "Write o
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
     """A deployment directory (embedded pair, a random judge that accepts some mismatches)."""
-    from autojudge.models import DEFAULT_DRAFT, load_draft, load_target
+    from autojudge.models import load_draft, load_target
 
     target = load_target("embedded", device="cpu")
-    draft = load_draft(DEFAULT_DRAFT, target)
+    draft = load_draft("embedded", target)
     g = torch.Generator().manual_seed(0)
     features = draft.hidden_size + target.hidden_size
     judge = Judge(weight=torch.randn(features, generator=g) / features ** 0.5, bias=0.0,

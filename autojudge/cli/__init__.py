@@ -5,17 +5,17 @@ Where things are: ``app`` (the root group ``main``: --version, -h/--help, AutoJu
 a one-line error), ``options`` (what commands share: model options, window/mode/progress/json
 options, model and judge loading), ``decode`` (generate), ``draft`` (draft distill, draft
 eval), ``judge`` (mine, merge, train, eval), ``quickstart``, ``serve`` (repo, serve, client),
-``build`` (build, build judge, export-onnx). The command tree is assembled here.
+``build`` (build, build judge, export-onnx), ``testbed`` (make-pair, report). The command tree is assembled here.
 """
 
 from __future__ import annotations
 
-from autojudge.cli import build, decode, draft, judge, quickstart, serve
+from autojudge.cli import build, decode, draft, judge, quickstart, serve, testbed
 from autojudge.cli.app import main
 
 for command in (decode.generate, draft.draft,
                 judge.mine, judge.merge, judge.train, judge.eval_command,
-                quickstart.quickstart,
+                quickstart.quickstart, testbed.testbed,
                 build.build, build.export_onnx_command,
                 serve.repo, serve.serve, serve.client):
     main.add_command(command)

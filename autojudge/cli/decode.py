@@ -56,25 +56,21 @@ def generate(prompt, prompt_file, target, draft, dtype, device, mode, window, to
         raise click.UsageError("the prompt is empty")
     if mode == "judge" and judge_path is None:
         raise click.UsageError("--mode judge needs --judge DIR (a judge artifact)")
-    if mode != "target" and draft is None and target != "embedded":
-        raise click.UsageError(f"--mode {mode} with --target {target} needs --draft (a model "
-                               "sharing its tokenizer, or layers:N); only the embedded target "
-                               "has a default draft")
-
     from tqdm import tqdm
 
     from autojudge.decoding import DecodeConfig, SpeculativeDecoder
     from autojudge.judge import Judge
-    from autojudge.models import DEFAULT_DRAFT, encode_prompt, load_draft, load_target, quiet_transformers
+    from autojudge.models import draft_spec_for, encode_prompt, load_draft, load_target, quiet_transformers
 
+    draft = draft_spec_for(target, draft) if mode != "target" else None  # fail before loading anything
     quiet_transformers()
     judge = Judge.load(judge_path) if judge_path else None  # cheap: fail before loading models
     status(f"Loading target {target} ...")
     target_lm = load_target(target, dtype=dtype, device=device)
     draft_lm = None
     if mode != "target":
-        status(f"Loading draft {draft or DEFAULT_DRAFT} ...")
-        draft_lm = load_draft(draft or DEFAULT_DRAFT, target_lm)
+        status(f"Loading draft {draft} ...")
+        draft_lm = load_draft(draft, target_lm)
     decoder = SpeculativeDecoder(target_lm, draft_lm, judge, check_judge_names=not ignore_judge_models)
     config = DecodeConfig(mode=mode, window=window, max_new_tokens=max_new_tokens, top_k=top_k,
                           threshold=threshold, stop=tuple(stop))

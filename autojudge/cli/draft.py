@@ -81,7 +81,7 @@ def distill(target, out, data, prompts, max_new_tokens, teacher_batch, init_laye
 
 @draft.command("eval")
 @click.option("--target", default="embedded", show_default=True)
-@click.option("--draft", "draft_spec", default=None, help="Draft spec [default: the embedded draft].")
+@click.option("--draft", "draft_spec", default=None, help="Draft spec [default: the packaged target's own draft].")
 @click.option("--data", default="test", show_default=True,
               help="A GSM8K split shipped with the package (train, test) or a JSONL file.")
 @click.option("--prompts", type=click.IntRange(1), default=50, show_default=True)
@@ -95,12 +95,12 @@ def draft_eval(target, draft_spec, data, prompts, teacher_file, max_new_tokens, 
 
     from autojudge.distill.teacher import generate_teacher_data
     from autojudge.distill.training import greedy_agreement
-    from autojudge.models import DEFAULT_DRAFT, encode_prompt, load_draft, load_target, quiet_transformers
+    from autojudge.models import draft_spec_for, encode_prompt, load_draft, load_target, quiet_transformers
     from autojudge.tasks.gsm8k import format_prompt, load_questions
 
     quiet_transformers()
     target_lm = load_target(target)
-    draft_lm = load_draft(draft_spec or DEFAULT_DRAFT, target_lm)
+    draft_lm = load_draft(draft_spec_for(target, draft_spec), target_lm)
     questions = load_questions(data, limit=prompts)
     prompt_ids = [encode_prompt(target_lm.tokenizer, format_prompt(q)) for q in questions]
     path = teacher_file or Path(tempfile.mkdtemp()) / "teacher.jsonl"

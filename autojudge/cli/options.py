@@ -26,12 +26,13 @@ def model_options(f):
     """--target, --draft, --dtype and --device, in that order."""
     options = [
         click.option("--target", default="embedded", show_default=True,
-                     help="Target model: 'embedded' (packaged SmolLM2-135M-Instruct), a local "
-                          "checkpoint directory, a .gguf file, or a Hugging Face hub id."),
+                     help="Target model: 'embedded' (packaged SmolLM2-135M-Instruct), 'testbed' (the packaged "
+                          "testbed pair, trained on synthetic problems), a local checkpoint directory, "
+                          "a .gguf file, or a Hugging Face hub id."),
         click.option("--draft", default=None,
                      help="Draft model: 'layers:N' (the target's first N layers, weights shared) "
                           "or any model spec sharing the target's tokenizer. "
-                          "[default: the embedded draft, for the embedded target only]"),
+                          "[default: the packaged target's own draft (embedded, testbed)]"),
         click.option("--dtype", type=click.Choice(DTYPES),
                      default="float32", show_default=True, help="Weights and activations dtype."),
         click.option("--device", default="auto", show_default=True,
@@ -70,14 +71,13 @@ def number_list(text: str, kind, option: str) -> list:
 
 
 def load_pair(target: str, draft: str | None, dtype: str = "float32", device: str = "auto"):
-    from autojudge.models import DEFAULT_DRAFT, load_draft, load_target, quiet_transformers
+    from autojudge.models import draft_spec_for, load_draft, load_target, quiet_transformers
 
-    if draft is None and target != "embedded":
-        raise click.UsageError(f"--target {target} needs --draft (only the embedded target has a default draft)")
+    draft = draft_spec_for(target, draft)
     quiet_transformers()
-    status(f"Loading target {target} and draft {draft or DEFAULT_DRAFT} ...")
+    status(f"Loading target {target} and draft {draft} ...")
     target_lm = load_target(target, dtype=dtype, device=device)
-    return target_lm, load_draft(draft or DEFAULT_DRAFT, target_lm)
+    return target_lm, load_draft(draft, target_lm)
 
 
 def load_judge(path: Path):

@@ -16,7 +16,8 @@ from autojudge.errors import AutoJudgeError
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Deployment directory to write (models/, artifacts/, deployment.json).")
 @click.option("--target", default="embedded", show_default=True, help="Target model spec (as in generate).")
-@click.option("--draft", default="", help="Draft model spec [default: the embedded draft, embedded target only].")
+@click.option("--draft", default="",
+              help="Draft model spec [default: the packaged target's own draft (embedded, testbed)].")
 @click.option("--judge", "judge_path", type=click.Path(exists=True, path_type=Path),
               help="Judge artifact; copied into the deployment. Enables mode 'judge'.")
 @click.option("--mode", "default_mode", type=MODE_CHOICE,

@@ -6,12 +6,12 @@ CPU speed kernels (``cpu/``)."""
 from autojudge.models.causal_lm import CausalLM, crop_cache
 from autojudge.models.layer_subset import (SELF_DRAFT_PREFIX, embedding_tensors, layer_subset_model,
                                            trainable_parameters, truncated_draft)
-from autojudge.models.loading import (DEFAULT_DRAFT, EMBEDDED, EMBEDDED_DRAFT_DIR, EMBEDDED_NAME, check_compatible,
-                                      embedded_target_dir, load_draft, load_target, parse_dtype, quiet_transformers,
-                                      resolve_device)
+from autojudge.models.loading import (EMBEDDED, EMBEDDED_DRAFT_DIR, EMBEDDED_NAME, PACKAGED_PAIRS, TESTBED,
+                                      check_compatible, default_draft, draft_spec_for, embedded_target_dir, load_draft,
+                                      load_target, parse_dtype, quiet_transformers, resolve_device)
 from autojudge.models.tokenizer import encode_prompt, eos_ids_of, first_vocabulary_difference
 
-__all__ = ["DEFAULT_DRAFT", "EMBEDDED", "EMBEDDED_DRAFT_DIR", "EMBEDDED_NAME", "SELF_DRAFT_PREFIX", "CausalLM",
-           "check_compatible", "crop_cache", "embedded_target_dir", "embedding_tensors", "encode_prompt",
+__all__ = ["EMBEDDED", "EMBEDDED_DRAFT_DIR", "EMBEDDED_NAME", "PACKAGED_PAIRS", "SELF_DRAFT_PREFIX", "TESTBED", "CausalLM",
+           "check_compatible", "crop_cache", "default_draft", "draft_spec_for", "embedded_target_dir", "embedding_tensors", "encode_prompt",
            "eos_ids_of", "first_vocabulary_difference", "layer_subset_model", "load_draft", "load_target",
            "parse_dtype", "quiet_transformers", "resolve_device", "trainable_parameters", "truncated_draft"]

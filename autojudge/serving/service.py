@@ -116,11 +116,12 @@ def _judge(params: dict[str, str], model_dir: str | Path):
 
 def _in_process_decoder(params: dict[str, str], judge) -> SpeculativeLoop:
     from autojudge.decoding import SpeculativeDecoder
-    from autojudge.models import DEFAULT_DRAFT, load_draft, load_target
+    from autojudge.models import draft_spec_for, load_draft, load_target
 
-    target = load_target(params.get("target", "embedded"), dtype=params.get("dtype", "float32"),
-                         device=params.get("device", "cpu"))
-    draft = load_draft(params.get("draft") or DEFAULT_DRAFT, target)
+    target_spec = params.get("target", "embedded")
+    draft_spec = draft_spec_for(target_spec, params.get("draft"))
+    target = load_target(target_spec, dtype=params.get("dtype", "float32"), device=params.get("device", "cpu"))
+    draft = load_draft(draft_spec, target)
     return SpeculativeDecoder(target, draft, judge,
                               check_judge_names=params.get("check_judge_models", "true") == "true")
 

@@ -21,6 +21,8 @@ ASSETS: dict[str, tuple[Path, Path, str]] = {
                     "python/autojudge/config.pbtxt"),  # the Triton model repository templates
     "build_steps": (CHECKOUT / "build", PACKAGE / "build_steps", "build_engine.py"),  # `build --config` steps
     "drafts": (PACKAGE / "drafts", PACKAGE / "drafts", "smollm2-135m-instruct/draft.json"),  # shipped drafts
+    "testbed_pair": (PACKAGE / "testbed" / "pair", PACKAGE / "testbed" / "pair",
+                     "target/model.safetensors"),  # the testbed's trained target and draft
     "task_data": (PACKAGE / "tasks" / "data", PACKAGE / "tasks" / "data", "gsm8k/test.jsonl.gz"),  # GSM8K files
 }
 

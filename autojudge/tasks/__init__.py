@@ -1,6 +1,7 @@
 """Tasks: how prompts are formatted and results scored (see :mod:`autojudge.tasks.base`).
 
-Built in: ``gsm8k`` (final-number equality) and ``humaneval`` (unit tests in a sandbox).
+Built in: ``gsm8k`` (final-number equality), ``humaneval`` (unit tests in a sandbox) and
+``testbed`` (synthetic problems whose right answers are known, :mod:`autojudge.testbed`).
 A task of your own is named by import path (``package.module:attribute``) or registered
 under the entry-point group ``autojudge.tasks``.
 """
@@ -12,7 +13,8 @@ from importlib.metadata import entry_points
 
 from autojudge.tasks.base import Example, Guarded, Task, TaskError, TaskOutputError
 
-BUILTIN = {"gsm8k": "autojudge.tasks.gsm8k:GSM8K", "humaneval": "autojudge.tasks.humaneval:HumanEval"}
+BUILTIN = {"gsm8k": "autojudge.tasks.gsm8k:GSM8K", "humaneval": "autojudge.tasks.humaneval:HumanEval",
+           "testbed": "autojudge.testbed.task:Testbed"}
 ENTRY_POINT_GROUP = "autojudge.tasks"
 
 __all__ = ["BUILTIN", "Example", "Guarded", "Task", "TaskError", "TaskOutputError", "get_task", "task_names"]
