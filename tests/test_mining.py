@@ -61,19 +61,20 @@ def brute_force(target, draft, task, example, prompt, max_new):
     def text(ids):
         return target.tokenizer.decode(ids[len(prompt):], skip_special_tokens=True)
 
-    def greedy(ids):
+    def greedy(ids):  # an answer that ends in EOS (a swapped-in one too) is finished
         ids = list(ids)
-        while len(ids) - len(prompt) < max_new:
+        while len(ids) - len(prompt) < max_new and not (len(ids) > len(prompt) and ids[-1] in target.eos_token_ids):
             ids.append(int(target.model(torch.tensor([ids])).logits[0, -1].argmax()))
-            if ids[-1] in target.eos_token_ids:
-                break
         return ids
 
     cur = greedy(prompt)
     ref = task.result(example, text(cur))
     labels, left = [], len(prompt)
     while True:
-        d = draft.model(torch.tensor([cur])).logits[0].argmax(-1).tolist()  # d[j] predicts j + 1
+        logits = draft.model(torch.tensor([cur])).logits[0]
+        if draft.greedy_vocab is not None:
+            logits = logits[:, draft.greedy_vocab]
+        d = logits.argmax(-1).tolist() if draft.greedy_vocab is None else draft.greedy_vocab[logits.argmax(-1)].tolist()
         mismatches = [i for i in range(left, len(cur)) if cur[i] != d[i - 1]]
         if not mismatches:
             return labels
@@ -101,6 +102,27 @@ def test_fast_loop_equals_brute_force_and_finds_the_planted_rule(pair, lookahead
         assert mined.draft_hidden.shape == (len(expected), draft.hidden_size)
         seen |= {label["important"] for label in expected}
     assert seen == {True, False}  # the tiny pair exercises both branches
+
+
+def test_a_swapped_in_eos_ends_the_answer_there(pair, make_lm):
+    """A draft that only ever proposes EOS: each swap ends the answer at the swap (decoding stops
+    at an accepted EOS), so the continuation is empty and the result is the prefix's; the answer
+    after an important EOS swap is searched on (garipovroma/autojudge stops the prompt there)."""
+    target, draft = pair
+    eos = min(target.eos_token_ids)
+    eos_only = make_lm(draft.model, "tiny-draft")
+    eos_only.greedy_vocab = torch.tensor([eos])
+    task = FirstEightCharacters()
+    example = task.load()[0]
+    prompt = encode_prompt(target.tokenizer, task.prompt(example))
+    mined = mine_example(target, eos_only, task, example, prompt, task.max_new_tokens)
+    labels = mined.record["labels"]
+    assert labels == brute_force(target, eos_only, task, example, prompt, task.max_new_tokens)
+    assert {label["draft_token"] for label in labels} == {eos} and len(labels) > 1
+    reference = target.tokenizer.decode(mined.record["final_ids"], skip_special_tokens=True)
+    for label in labels:  # important iff the answer cut at the swap has other first 8 characters
+        cut = target.tokenizer.decode(mined.record["final_ids"][: label["pos"]], skip_special_tokens=True)
+        assert label["important"] == (cut[:8] != reference[:8])
 
 
 def test_max_labels_keeps_the_first_labels_of_the_full_search(pair):

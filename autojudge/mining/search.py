@@ -56,7 +56,8 @@ def continue_greedily(pc: PrefixCache, prefix: list[int], prompt_len: int, task:
                       example: Example, max_new_tokens: int, stop_when_determined: bool = True,
                       previous: list[int] | None = None, lookahead: int = 0) -> Step[Continuation]:
     """The target's greedy continuation of ``prefix`` until EOS, ``max_new_tokens``
-    generated tokens in all, or (by default) the moment the task's result is determined.
+    generated tokens in all, or (by default) the moment the task's result is determined;
+    nothing when ``prefix`` already ends in EOS (a swapped-in EOS: the answer stops there).
 
     With ``previous`` (the sequence before a swap) and ``lookahead`` > 0, the continuation
     is verified ``lookahead`` tokens at a time against what followed the same n-gram in
@@ -69,8 +70,8 @@ def continue_greedily(pc: PrefixCache, prefix: list[int], prompt_len: int, task:
     answer = prefix[prompt_len:]
     out: list[int] = []
     determined_at = None
-    if len(answer) >= max_new_tokens:
-        return Continuation(out, 0, first_hidden)
+    if len(answer) >= max_new_tokens or (answer and answer[-1] in lm.eos_token_ids):
+        return Continuation(out, 0, first_hidden)  # a swapped-in EOS ends the answer, as it ends decoding
     emit = [int(lm.greedy(hidden[-1:][None])[0, -1])]  # tokens to append; the last is not fed yet
     while True:
         for token in emit:
