@@ -4,12 +4,13 @@ In the spirit of the paper's Figure 2, an answer is mostly *wording* (which syno
 connective) around a few *answer-critical* tokens (the numbers, the operators, and the verb
 that says which operator). A question such as
 
-    mia owns 12 shells at the market . later she finds 3 more . next she sells 5 .
-    how many shells does mia have now ?
+    mia has 12 stamps with a friend . then she gets 9 more . later she loses 1 with a friend .
+    how many stamps does mia have now ?
 
-is answered, in the target's style, as
+is answered, in the target's style and in the draft's, as
 
-    mia owned 12 shells . later she found 3 , so 12 + 3 = 15 . next she sold 5 , thus 15 - 5 = 10 . #### 10
+    mia had 12 stamps . then she got 9 , thus 12 + 9 = 21 . later she lost 1 , hence 21 - 1 = 20 . #### 20
+    mia owned 12 stamps . next she found nine , hence 12 + nine = 21 . then she gave one , so 21 - one = 20 . #### 20
 
 Every wording slot of an answer has four options. Which one a *style* writes is a fixed rule
 of the question: "echo" slots repeat the question's choice (``owns`` -> ``owned``), "keyed"
@@ -22,7 +23,7 @@ wording token (or a number for its spelling) cannot change the answer; swapping 
 operator or an operation's verb for one of the other operation does: that is the ground truth of every mismatch
 (:func:`meaning`).
 
-Problems are a pure function of (split, index): ``random.Random(f"{split}/{index}")``.
+Problems are a pure function of (split, index): ``random.Random(f"autojudge-testbed/{split}/{index}")``.
 """
 
 from __future__ import annotations
