@@ -9,7 +9,7 @@ Run by ``autojudge-trt build`` (see build/README.md); usable alone:
 The judge reads the draft's and the target's final-norm hidden states, which TensorRT-LLM
 does not return by default: this script marks that tensor as the engine output
 ``--hidden-output`` so the executor hands it back (``AdditionalModelOutput``). The target
-is built for external draft tokens (``draft_tokens_external``, ``max_draft_len`` = window)
+is built for external draft tokens (``SpeculativeDecodingMode.DRAFT_TOKENS_EXTERNAL``, ``max_draft_len`` = window)
 with paged context attention, which KV-cache reuse requires. Written against TensorRT-LLM
 1.2.x (the last line with the TensorRT-engine workflow).
 """
@@ -54,6 +54,7 @@ def main() -> None:
     require_tensorrt_llm()
     from tensorrt_llm.builder import BuildConfig, build
     from tensorrt_llm.models import MODEL_MAP, PretrainedConfig
+    from tensorrt_llm.models.modeling_utils import SpeculativeDecodingMode
     from tensorrt_llm.plugin import PluginConfig
 
     pretrained = PretrainedConfig.from_json_file(str(args.checkpoint / "config.json"))
@@ -62,7 +63,11 @@ def main() -> None:
     options = dict(max_batch_size=args.max_batch_size, max_input_len=args.max_input_len,
                    max_seq_len=args.max_seq_len, plugin_config=plugin_config)
     if args.role == "target":
-        options.update(max_draft_len=args.max_draft_len, speculative_decoding_mode="draft_tokens_external")
+        # BuildConfig.speculative_decoding_mode is the SpeculativeDecodingMode IntFlag (tensorrt_llm/builder.py,
+        # models/modeling_utils.py, 1.2.x) and build() compares it `== DRAFT_TOKENS_EXTERNAL`: the string
+        # "draft_tokens_external" builds, silently, a target that takes no external drafts.
+        options.update(max_draft_len=args.max_draft_len,
+                       speculative_decoding_mode=SpeculativeDecodingMode.DRAFT_TOKENS_EXTERNAL)
     build_config = BuildConfig(**options)
     args.out.mkdir(parents=True, exist_ok=True)
     world = pretrained.mapping.world_size

@@ -135,6 +135,7 @@ def test_dry_run_plans_a_1b_8b_pair_on_one_gpu_and_runs_nothing(deployment, tmp_
     assert steps["target-engine"]["output"] == str(out / "engines" / "target")
     target_engine = steps["target-engine"]["commands"][0]
     assert "--max-draft-len 8" in target_engine and "--hidden-output autojudge_hidden_states" in target_engine
+    assert "SpeculativeDecodingMode.DRAFT_TOKENS_EXTERNAL" in steps["target-engine"]["title"]  # the enum, not a string
     assert "--max-draft-len" not in steps["draft-engine"]["commands"][0]
     assert "--hidden-output autojudge_hidden_states" in steps["draft-engine"]["commands"][0]
     assert "--tp-size 1" in steps["target-checkpoint"]["commands"][0]

@@ -57,6 +57,8 @@ def test_meaning_is_the_ground_truth_of_a_swap():
               {"target_token": ids("+"), "draft_token": ids("-"), "important": False}]
     report = label_report(tokenizer, labels)
     assert report["precision"] == 0.5 and report["recall"] == 0.5 and report["important_fraction"] == 0.5
+    assert label_report(tokenizer, [])["precision"] is None  # nothing to measure, not 0%
+    assert critical(tokenizer, *ids(["so", "####"])) and critical(tokenizer, *ids(["20", "<eos>"]))
 
 
 def test_training_batches_use_the_chat_template_prompt_and_label_only_answers():
@@ -82,8 +84,10 @@ def test_make_pair_is_seeded_and_loads_as_a_pair(tmp_path):
     target = load_target(str(tmp_path / "a" / "target"))
     draft = load_draft(str(tmp_path / "a" / "draft"), target)
     again = load_target(str(tmp_path / "b" / "target"))
-    for (name, x), (_, y) in zip(target.model.state_dict().items(), again.model.state_dict().items()):
-        assert torch.equal(x, y), name
+    ours, theirs = target.model.state_dict(), again.model.state_dict()
+    assert list(ours) == list(theirs)
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), name
     assert draft.hidden_size < target.hidden_size
 
 
@@ -101,8 +105,8 @@ def test_the_shipped_pair_keeps_its_promises(pair):
     report = pair_report(*pair, Testbed().load("test", limit=200))
     assert report["target_accuracy"] >= 0.98
     assert 0.55 <= report["agreement_all"] <= 0.75
-    assert report["agreement_wording"] > 0.5  # most wording tokens agree ...
-    assert report["agreement_critical"] < 0.9  # ... and some answer-critical ones do not
+    assert report["agreement_wording"] > 0.7  # most wording tokens agree ...
+    assert 0.90 <= report["agreement_meaning"] <= 0.99  # ... and some answer-critical ones do not (95.0%)
 
 
 def test_mine_train_decode_on_the_testbed(pair, tmp_path):
@@ -136,7 +140,7 @@ def test_mine_train_decode_on_the_testbed(pair, tmp_path):
     # validation AUC ~1 (the other side carries the signal), but the decoder's true features then
     # read as "unimportant": at 0.5 such a judge kept 20% of answers (and 92-94% at its calibrated
     # threshold) where the right one keeps 94% (and 100%); see the issue-18 note.
-    assert calibrated["agreement_with_target"] >= 0.97 and calibrated["accuracy"] >= 0.97
+    assert calibrated["agreement_with_target"] >= 0.95 and calibrated["accuracy"] >= 0.95
     assert half["agreement_with_target"] >= 0.85
     assert calibrated["tau"] >= 1.4 * lossless["tau"]
 
@@ -156,8 +160,11 @@ def test_cli_testbed_report_and_quickstart(tmp_path):
                                        "--eval-prompts", "4", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "against the ground truth: precision" in result.output and "judge@calibrated/W4" in result.output
-    result = CliRunner().invoke(main, ["testbed", "report", "--examples", "4", "--mined", str(tmp_path / "q" / "mined")])
+    mined = str(tmp_path / "q" / "mined")
+    result = CliRunner().invoke(main, ["testbed", "report", "--examples", "4", "--mined", mined])
     assert result.exit_code == 0 and "mined labels" in result.output, result.output
+    result = CliRunner().invoke(main, ["testbed", "report", "--target", str(tmp_path / "q" / "judge")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
     result = CliRunner().invoke(main, ["testbed", "make-pair", "--out", str(tmp_path / "q")])
     assert result.exit_code == 2 and "exists" in result.output
     result = CliRunner().invoke(main, ["generate", "--target", str(tmp_path), "-p", "x"])

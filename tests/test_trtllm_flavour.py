@@ -224,3 +224,28 @@ def test_a_draft_engine_that_stops_early_still_gives_the_targets_tokens(pair64):
             assert [r.token_ids for r in served] == [r.token_ids for r in greedy]
         assert all(len(r.token_ids) == 24 for r in served)
     assert short["calls"] > 0
+
+
+def test_the_reference_refuses_generation_requests_without_output_ids_and_sequence_length(pair):
+    """As the stock tensorrtllm backend's fillTritonResponse does (issue 17, point 4): a BLS that asks
+    a generation model for fewer outputs gets an error, and ours asks for both in every request."""
+    from autojudge.errors import AutoJudgeError
+
+    target, draft = pair
+    judge = random_judge(target, draft, "draft+target")
+    models = ReferenceModels(target, draft, judge)
+    inputs = {"input_ids": torch.tensor([PROMPT], dtype=torch.int32), "input_lengths": torch.tensor([[len(PROMPT)]]),
+              "request_output_len": torch.tensor([[2]]), "runtime_top_k": torch.tensor([[1]])}
+    for outputs in (["output_ids"], ["sequence_length", HIDDEN_OUTPUT], ["generation_logits"]):
+        with pytest.raises(AutoJudgeError, match="tensor must be present in list of output tensors"):
+            models(DRAFT_MODEL, inputs, outputs)
+    asked = []
+
+    def recording(model, inputs, outputs):
+        asked.append((model, list(outputs)))
+        return models(model, inputs, outputs)
+
+    backend = TensorRTLLMBackend(recording, target.tokenizer, frozenset(), judge)
+    SpeculativeLoop(backend).generate(PROMPT, DecodeConfig(mode="judge", window=3, max_new_tokens=6))
+    generation = [outputs for model, outputs in asked if model != JUDGE_MODEL]
+    assert generation and all({"output_ids", "sequence_length"} <= set(outputs) for outputs in generation)

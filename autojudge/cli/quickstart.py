@@ -18,26 +18,25 @@ class Preset:
     """What quickstart runs on: a packaged pair, its task, and defaults sized for that pair."""
 
     task: str
-    mine_split: str
-    eval_split: str
     mine_prompts: int
     labels_per_prompt: int | None
     eval_prompts: int
-    max_new_tokens: int
-    about: str
+    max_new_tokens: int | None  # None: the task's
+    target_recall: float
+    ground_truth: bool  # the task knows each mismatch's ground truth (the testbed)
 
 
-PRESETS = {
-    "testbed": Preset("testbed", "train", "test", mine_prompts=96, labels_per_prompt=None, eval_prompts=100,
-                      max_new_tokens=48, about="synthetic problems whose right answers are known"),
-    "embedded": Preset("gsm8k", "train", "test", mine_prompts=3, labels_per_prompt=16, eval_prompts=8,
-                       max_new_tokens=256, about="SmolLM2-135M-Instruct on GSM8K (answers 2.5% right)"),
+PRESETS = {  # the pair's name is its --target spec; mining reads split "train", evaluation "test"
+    "testbed": Preset("testbed", mine_prompts=96, labels_per_prompt=None, eval_prompts=100, max_new_tokens=None,
+                      target_recall=0.99, ground_truth=True),
+    "embedded": Preset("gsm8k", mine_prompts=3, labels_per_prompt=16, eval_prompts=8, max_new_tokens=256,
+                       target_recall=0.9, ground_truth=False),
 }
 
 
 @click.command()
 @click.option("--pair", type=click.Choice(list(PRESETS)), default="testbed", show_default=True,
-              help="testbed: the packaged pair trained on synthetic problems (~1 min). embedded: the packaged "
+              help="testbed: the packaged pair trained on synthetic problems (~30 s). embedded: the packaged "
                    "SmolLM2-135M-Instruct pair on GSM8K (~6 min; too weak to answer: shows the mechanism only).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Everything goes here; re-running resumes each step. [default: out/quickstart-PAIR]")
@@ -49,11 +48,12 @@ PRESETS = {
 @click.option("--eval-prompts", type=click.IntRange(1), default=None,
               help="Test-split questions to evaluate on, 5 runs each [default: testbed 100, embedded 8].")
 @window_option(4)
-@click.option("--max-new-tokens", type=click.IntRange(8), default=None, help="[default: testbed 48, embedded 256]")
-@click.option("--target-recall", type=click.FloatRange(0, 1), default=0.99, show_default=True,
+@click.option("--max-new-tokens", type=click.IntRange(8), default=None,
+              help="Answer budget when mining and evaluating [default: testbed 48 (the task's), embedded 256].")
+@click.option("--target-recall", type=click.FloatRange(0, 1), default=None,
               help="The calibrated threshold rejects this fraction of the important mismatches held out "
                    "for validation (`train --target-recall`). An answer meets several mismatches, so "
-                   "a recall of 0.9 loses many more than 10% of answers.")
+                   "a recall of 0.9 loses many more than 10% of answers. [default: testbed 0.99, embedded 0.9]")
 @progress_option()
 def quickstart(pair, out, mine_prompts, labels_per_prompt, eval_prompts, window, max_new_tokens, target_recall,
                progress):
@@ -79,33 +79,35 @@ def quickstart(pair, out, mine_prompts, labels_per_prompt, eval_prompts, window,
     mine_prompts = mine_prompts or preset.mine_prompts
     eval_prompts = eval_prompts or preset.eval_prompts
     labels_per_prompt = labels_per_prompt or preset.labels_per_prompt
-    max_new_tokens = max_new_tokens or preset.max_new_tokens
+    target_recall = preset.target_recall if target_recall is None else target_recall
     task = get_task(preset.task)
+    max_new_tokens = max_new_tokens or preset.max_new_tokens or task.max_new_tokens
     target_lm, draft_lm = load_pair(pair, None)
     clock = _PhaseClock()
-    status(f"[1/3] mining {mine_prompts} {task.name} {preset.mine_split} questions -> {out / 'mined'}")
-    summary = run_mining(target_lm, draft_lm, task, task.load(preset.mine_split, limit=mine_prompts), out / "mined",
-                         split=f"{preset.mine_split}@0", max_new_tokens=max_new_tokens, progress=progress,
+    status(f"[1/3] mining {mine_prompts} {task.name} train questions -> {out / 'mined'}")
+    summary = run_mining(target_lm, draft_lm, task, task.load("train", limit=mine_prompts), out / "mined",
+                         split="train@0", max_new_tokens=max_new_tokens, progress=progress,
                          max_labels=labels_per_prompt, batch_size=min(mine_prompts, 8))
     status(f"      {summary['labels']} labels, {summary['important_fraction']:.0%} important ({clock.lap('mine')})")
     mined = read_mined(out / "mined")
-    if pair == "testbed":
-        from autojudge.testbed.measure import label_report
+    if preset.ground_truth:
+        from autojudge.testbed.measure import label_report, percent
 
         labels = label_report(target_lm.tokenizer, mined.labels)
-        status(f"      against the ground truth: precision {labels['precision']:.1%}, recall {labels['recall']:.1%} "
-               "(important = the swap changed a number, an operator or an operation's verb)")
+        status(f"      against the ground truth: precision {percent(labels['precision'])}, recall "
+               f"{percent(labels['recall'])} (important = the swap changed a number, an operator or an "
+               "operation's verb)")
     status(f"[2/3] training the judge -> {out / 'judge'}")
     judge, report = train_judge(mined, TrainConfig(val_fraction=0.5, target_recall=target_recall), progress=progress)
     judge.save(out / "judge")
     status(f"      validation ROC-AUC {report.val_auc:.3f}, threshold {report.threshold:.3f} "
            f"(rejects {report.val_recall:.0%} of important mismatches, accepts {report.val_acceptance:.0%}; "
            f"{clock.lap('train')})")
-    status(f"[3/3] evaluating on {eval_prompts} {task.name} {preset.eval_split} questions -> {out / 'eval'}")
+    status(f"[3/3] evaluating on {eval_prompts} {task.name} test questions -> {out / 'eval'}")
     runs = [Run("target"), Run("lossless", window), Run("topk", window, top_k=4),
             Run("judge", window), Run("judge", window, threshold=0.5)]
     result = evaluate(SpeculativeDecoder(target_lm, draft_lm, judge), task,
-                      task.load(preset.eval_split, limit=eval_prompts), runs, out / "eval",
+                      task.load("test", limit=eval_prompts), runs, out / "eval",
                       max_new_tokens=max_new_tokens, progress=progress, batch_size=8)
     status(f"      {clock.lap('eval')}")
     print_tradeoff(result)

@@ -73,6 +73,9 @@ def repo(out, target, draft, judge_path, default_mode, window, threshold, max_to
                    f"with: {serve_command(config, models.resolve())}")
         return
 
+    from autojudge.models.loading import draft_spec_for
+
+    draft_spec_for(target, draft or None)  # a target without a draft of its own needs --draft: say so now
     settings = RepoSettings(target=target, draft=draft, judge=judge_path,
                             default_mode=default_mode or ("judge" if judge_path else "lossless"),
                             window=window, threshold=threshold, max_tokens=max_tokens,

@@ -30,9 +30,10 @@ def testbed() -> None:
 @json_option("Print what was made as JSON.")
 @progress_option()
 def make_pair_command(out, target_steps, draft_steps, as_json, progress):
-    """Train the testbed pair from scratch (seeded; a few minutes on 2 CPU cores).
+    """Train the testbed pair from scratch (seeded, on one CPU thread: about 5 minutes).
 
-    The shipped pair (autojudge/testbed/pair/) was made by this command with the defaults."""
+    The shipped pair (autojudge/testbed/pair/) was made by this command with the defaults; on
+    the same torch build it makes the same weights, bit for bit."""
     from dataclasses import replace
 
     from autojudge.errors import AutoJudgeError
@@ -50,7 +51,7 @@ def make_pair_command(out, target_steps, draft_steps, as_json, progress):
 
 @testbed.command("report")
 @click.option("--target", default="testbed", show_default=True, help="Target model spec.")
-@click.option("--draft", default=None, help="Draft model spec [default: the testbed draft].")
+@click.option("--draft", default=None, help="Draft model spec [default: the target's own draft].")
 @click.option("--examples", type=click.IntRange(1), default=200, show_default=True,
               help="Held-out (test split) problems to measure on.")
 @click.option("--mined", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -61,20 +62,34 @@ def report_command(target, draft, examples, mined, as_json):
     agreement with the target's answers (overall, wording, answer-critical), and with
     --mined, mining's label precision and recall against the ground truth."""
     from autojudge.cli.options import load_pair
+    from autojudge.errors import AutoJudgeError
     from autojudge.testbed.measure import label_report, pair_report
+    from autojudge.testbed.pair import is_testbed_tokenizer
     from autojudge.testbed.task import Testbed
 
     target_lm, draft_lm = load_pair(target, draft)
-    status(f"Measuring on {examples} held-out problems ...")
-    report = {"pair": pair_report(target_lm, draft_lm, Testbed().load("test", limit=examples))}
+    if not is_testbed_tokenizer(target_lm.tokenizer):
+        raise AutoJudgeError(f"{target} does not use the testbed's tokenizer: the testbed measures pairs trained "
+                             "on its problems (--target testbed, or a pair made by `testbed make-pair`)")
+    dataset = None
     if mined:
         from autojudge.mining import read_mined
 
-        report["labels"] = label_report(target_lm.tokenizer, read_mined(mined).labels)
+        dataset = read_mined(mined)
+        if dataset.manifest.get("task") != "testbed" or dataset.manifest.get("target") != target_lm.name:
+            raise AutoJudgeError(f"{mined} was mined with task {dataset.manifest.get('task')!r} and target "
+                                 f"{dataset.manifest.get('target')!r}; its labels can be scored only against "
+                                 f"task 'testbed' and the same target ({target_lm.name!r})")
+    status(f"Measuring on {examples} held-out problems ...")
+    report = {"pair": pair_report(target_lm, draft_lm, Testbed().load("test", limit=examples))}
+    if dataset is not None:
+        report["labels"] = label_report(target_lm.tokenizer, dataset.labels)
     click.echo(json.dumps(report, indent=2) if as_json else _text(report))
 
 
 def _text(report: dict) -> str:
+    from autojudge.testbed.measure import percent
+
     pair = report["pair"]
     lines = [f"target accuracy   {pair['target_accuracy']:.1%} on {pair['examples']} held-out problems",
              (f"draft agreement   {pair['agreement_all']:.1%} overall, {pair['agreement_wording']:.1%} on wording, "
@@ -82,6 +97,7 @@ def _text(report: dict) -> str:
               "meaning")]
     if "labels" in report:
         labels = report["labels"]
-        lines.append(f"mined labels      {labels['labels']}: {labels['important_fraction']:.1%} important; against "
-                     f"the ground truth precision {labels['precision']:.1%}, recall {labels['recall']:.1%}")
+        lines.append(f"mined labels      {labels['labels']}: {percent(labels['important_fraction'])} important; "
+                     f"against the ground truth precision {percent(labels['precision'])}, recall "
+                     f"{percent(labels['recall'])}")
     return "\n".join(lines)

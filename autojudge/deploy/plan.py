@@ -5,7 +5,8 @@ Steps, in order (the ONNX judge path skips ``judge-plugin``)::
     draft-checkpoint   build/convert_checkpoint.py   HF -> TensorRT-LLM checkpoint (one per TP rank)
     draft-engine       build/build_engine.py         engine, last-layer hidden states marked as an output
     target-checkpoint  build/convert_checkpoint.py
-    target-engine      build/build_engine.py         + draft_tokens_external, max_draft_len = window,
+    target-engine      build/build_engine.py         + SpeculativeDecodingMode.DRAFT_TOKENS_EXTERNAL (the
+                                                      enum: a string builds no draft support), max_draft_len = window,
                                                       paged context attention (KV-cache reuse)
     judge-plugin       cmake                         libautojudge_judge_accept_plugin.so
     judge-engine       autojudge-trt build judge     judge_accept.plan
@@ -81,7 +82,8 @@ def make_plan(config: DeployConfig, config_path: Path) -> list[Step]:
             engine_args += ["--max-draft-len", str(config.window)]
         steps.append(Step(
             f"{role}-engine", f"build the {role} engine" + (
-                f" (external draft tokens, max_draft_len {config.window})" if role == "target" else ""),
+                f" (speculative_decoding_mode SpeculativeDecodingMode.DRAFT_TOKENS_EXTERNAL, max_draft_len "
+                f"{config.window})" if role == "target" else ""),
             (tuple(engine_args + ["--out", OUTPUT]),), engine, after=(f"{role}-checkpoint",)))
     judge_args = [*cli, "build", "judge", "--judge", str(config.judge), "--path", config.judge_engine,
                   "--hidden-dtype", config.dtype, "--max-batch", str(config.max_batch_size),

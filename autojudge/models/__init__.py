@@ -11,7 +11,8 @@ from autojudge.models.loading import (EMBEDDED, EMBEDDED_DRAFT_DIR, EMBEDDED_NAM
                                       load_target, parse_dtype, quiet_transformers, resolve_device)
 from autojudge.models.tokenizer import encode_prompt, eos_ids_of, first_vocabulary_difference
 
-__all__ = ["EMBEDDED", "EMBEDDED_DRAFT_DIR", "EMBEDDED_NAME", "PACKAGED_PAIRS", "SELF_DRAFT_PREFIX", "TESTBED", "CausalLM",
-           "check_compatible", "crop_cache", "default_draft", "draft_spec_for", "embedded_target_dir", "embedding_tensors", "encode_prompt",
-           "eos_ids_of", "first_vocabulary_difference", "layer_subset_model", "load_draft", "load_target",
-           "parse_dtype", "quiet_transformers", "resolve_device", "trainable_parameters", "truncated_draft"]
+__all__ = ["EMBEDDED", "EMBEDDED_DRAFT_DIR", "EMBEDDED_NAME", "PACKAGED_PAIRS", "SELF_DRAFT_PREFIX", "TESTBED",
+           "CausalLM", "check_compatible", "crop_cache", "default_draft", "draft_spec_for", "embedded_target_dir",
+           "embedding_tensors", "encode_prompt", "eos_ids_of", "first_vocabulary_difference", "layer_subset_model",
+           "load_draft", "load_target", "parse_dtype", "quiet_transformers", "resolve_device", "trainable_parameters",
+           "truncated_draft"]

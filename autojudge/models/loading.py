@@ -153,7 +153,7 @@ def _load(spec: str, dtype: torch.dtype, device: torch.device, as_name: str | No
         raise ModelLoadError(
             f"could not load model {spec!r}: {exc}\n"
             "Pass a local checkpoint directory, a .gguf file, or a hub id reachable from "
-            f"this machine; '{EMBEDDED}' is the packaged SmolLM2-135M-Instruct."
+            f"this machine; '{EMBEDDED}' is the packaged SmolLM2-135M-Instruct, '{TESTBED}' the testbed's target."
         ) from exc
     return CausalLM(name=as_name or name, model=model.to(device), tokenizer=tokenizer)
 

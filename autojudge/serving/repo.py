@@ -33,7 +33,7 @@ MODELS = {"autojudge": False, "autojudge_stream": True}  # name -> decoupled
 @dataclass(frozen=True)
 class RepoSettings:
     target: str = "embedded"
-    draft: str = ""  # "" = the target's default draft (embedded target only)
+    draft: str = ""  # "" = the target's own draft (a packaged pair: embedded, testbed)
     judge: Path | None = None
     window: int = 4
     threshold: float | None = None  # None: the judge's calibrated threshold

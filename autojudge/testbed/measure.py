@@ -38,8 +38,8 @@ def pair_report(target: CausalLM, draft: CausalLM, examples: list[Example]) -> d
     for example, answer in zip(examples, answers):
         prompt = encode_prompt(tokenizer, task.prompt(example))
         ids = torch.tensor([prompt + answer], device=draft.device)
-        logits = draft.model(input_ids=ids).logits[0, len(prompt) - 1: -1]  # [A, V] predicting each answer token
-        drafted = logits.argmax(-1).tolist()
+        hidden = draft.hidden_states(ids, draft.new_cache())[:, len(prompt) - 1: -1]  # [1, A, Hd] before each token
+        drafted = draft.greedy(hidden)[0].tolist()  # what decoding and mining see (greedy_vocab included)
         for t, d in zip(answer, drafted):
             kind = "wording" if meaning(tokenizer.convert_ids_to_tokens(t)) is None else "critical"
             for key, same in (("all", t == d), (kind, t == d), ("meaning", not critical(tokenizer, t, d))):
@@ -57,7 +57,11 @@ def critical(tokenizer, target_token: int, draft_token: int) -> bool:
 
 
 def label_report(tokenizer, labels: list[dict]) -> dict:
-    """Mining's labels (``MinedDataset.labels``) against the ground truth: precision and recall of "important"."""
+    """Mining's labels (``MinedDataset.labels``) against the ground truth: precision and recall of "important".
+
+    The ground truth is token-level (:func:`critical`): a swap that restates an operand wrongly
+    counts as critical even when the target then repairs it and the answer stands; mining,
+    which finishes the answer, is right there and the proxy is not (the few "misses" seen)."""
     tp = fp = fn = tn = 0
     for label in labels:
         truth = critical(tokenizer, label["target_token"], label["draft_token"])
@@ -65,7 +69,14 @@ def label_report(tokenizer, labels: list[dict]) -> dict:
         fp += (not truth) and label["important"]
         fn += truth and not label["important"]
         tn += not truth and not label["important"]
-    total = max(tp + fp + fn + tn, 1)
-    return {"labels": tp + fp + fn + tn, "important_fraction": (tp + fp) / total,
-            "critical_fraction": (tp + fn) / total, "precision": tp / max(tp + fp, 1),
-            "recall": tp / max(tp + fn, 1), "agreement": (tp + tn) / total}
+    total = tp + fp + fn + tn
+
+    def ratio(n: int, d: int) -> float | None:
+        return n / d if d else None  # None: nothing to measure (no labels, none important, none critical)
+
+    return {"labels": total, "important_fraction": ratio(tp + fp, total), "critical_fraction": ratio(tp + fn, total),
+            "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn), "agreement": ratio(tp + tn, total)}
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"

@@ -69,6 +69,13 @@ def _noisy(style: Style, noise: float, rng: random.Random) -> Style:
     return Style(shift, frozenset(k for k in range(NUMBER_SLOTS) if (k in style.spell) != (rng.random() < noise)))
 
 
+def is_testbed_tokenizer(tokenizer) -> bool:
+    """Does ``tokenizer`` have the testbed's vocabulary, id for id?"""
+    from autojudge.models import first_vocabulary_difference
+
+    return first_vocabulary_difference(tokenizer.get_vocab(), make_tokenizer().get_vocab()) is None
+
+
 def training_batch(tokenizer, style: Style, config: ModelConfig, step: int):
     """[B, T] input ids and [B, T] labels (-100 outside answers) for ``step`` (seeded by it)."""
     rng = random.Random(f"{config.seed}/{step}")
@@ -140,14 +147,15 @@ def make_pair(out: Path, target: ModelConfig = TARGET, draft: ModelConfig = DRAF
 
 def _make_pair(out: Path, tokenizer, target: ModelConfig, draft: ModelConfig, progress: bool) -> dict:
     made = {}
-    for name, style, config in (("target", TARGET_STYLE, target), ("draft", DRAFT_STYLE, draft)):
-        start = time.perf_counter()
-        model = train_model(tokenizer, style, config, progress)
-        with atomic_directory(out / name) as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+    with atomic_directory(out) as tmp:  # both or nothing
+        for name, style, config in (("target", TARGET_STYLE, target), ("draft", DRAFT_STYLE, draft)):
+            start = time.perf_counter()
+            model = train_model(tokenizer, style, config, progress)
+            model.save_pretrained(tmp / name)
+            tokenizer.save_pretrained(tmp / name)
             made[name] = {**asdict(config), "seconds": round(time.perf_counter() - start, 1),
                           "parameters": sum(p.numel() for p in model.parameters())}
-            (tmp / "testbed.json").write_text(json.dumps({"style": style.shift, **made[name]}, indent=2))
+            provenance = {"style": {"shift": style.shift, "spell": sorted(style.spell)}, **made[name]}
+            (tmp / name / "testbed.json").write_text(json.dumps(provenance, indent=2))
     return made
 

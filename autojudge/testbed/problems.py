@@ -43,6 +43,7 @@ SO = ("so", "thus", "hence", "now")
 NUMBERS = tuple(str(n) for n in range(100))
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 OPERATORS = ("+", "-")
+STRUCTURE = ("####", "<eos>")  # the answer line's marker and the end: swapping either in or out is critical
 SPLITS = ("lm", "train", "test")  # model training, mining (the judge's data), held-out evaluation
 
 
@@ -119,10 +120,10 @@ def problem(split: str, index: int) -> Problem:
 
 
 def meaning(token: str) -> str | None:
-    """What an answer token contributes to the result: itself for a number or an operator,
-    the operator an operation's verb names, None for wording. A mismatch is *critical* (its
+    """What an answer token contributes to the result: itself for a number, an operator, the
+    answer marker or the end, the operator an operation's verb names, None for wording. A mismatch is *critical* (its
     swap changes the answer) iff the two tokens' meanings differ."""
-    if token in OPERATORS or token.isdigit():
+    if token in OPERATORS or token in STRUCTURE or token.isdigit():
         return token
     if token in NUMBER_WORDS:
         return str(NUMBER_WORDS.index(token))

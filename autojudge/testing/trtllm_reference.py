@@ -13,9 +13,12 @@ from pathlib import Path
 import torch
 
 from autojudge.acceptance import accept, judge_mismatch_ok
+from autojudge.errors import AutoJudgeError
 from autojudge.judge import Judge
 from autojudge.models import CausalLM
 from autojudge.serving.trtllm.contract import DRAFT_MODEL, HIDDEN_OUTPUT, JUDGE_MODEL, TARGET_MODEL
+
+GENERATION_REQUIRED_OUTPUTS = ("output_ids", "sequence_length")  # the emulation's own copy of the fact
 
 
 class ReferenceModels:
@@ -33,6 +36,12 @@ class ReferenceModels:
         if model == JUDGE_MODEL:
             result = self._judge_accept(inputs)
         else:
+            for required in GENERATION_REQUIRED_OUTPUTS:
+                # tensorrtllm_backend inflight_batcher_llm/src/model_instance_state.cc (v1.2.x), fillTritonResponse:
+                # a response is refused unless the request asks for both output_ids and sequence_length
+                if required not in outputs:
+                    raise AutoJudgeError(f"Error encountered while populating response: {required} tensor must be "
+                                         "present in list of output tensors")
             result = self._generate(self.draft if model == DRAFT_MODEL else self.target, inputs)
         return {name: result[name] for name in outputs}
 

@@ -43,7 +43,8 @@ from autojudge.decoding.backend import Proposal, Verification
 from autojudge.decoding.config import MAX_WINDOW
 from autojudge.errors import AutoJudgeError
 from autojudge.judge import Judge
-from autojudge.serving.trtllm.contract import DRAFT_MODEL, HIDDEN_OUTPUT, JUDGE_MODEL, MAX_DRAFT_LEN_BOUND, TARGET_MODEL
+from autojudge.serving.trtllm.contract import (DRAFT_MODEL, GENERATION_OUTPUTS, HIDDEN_OUTPUT, JUDGE_MODEL,
+                                              MAX_DRAFT_LEN_BOUND, TARGET_MODEL)
 
 # call(model name, input tensors, output names) -> output tensors
 Call = Callable[[str, dict[str, torch.Tensor], list[str]], dict[str, torch.Tensor]]
@@ -103,7 +104,7 @@ class _TensorRTLLMBatch:
         rows, states = [], []
         for sequence in sequences:
             out = self._generate(DRAFT_MODEL, sequence, w + int(need_hidden), {},
-                                 ["output_ids", HIDDEN_OUTPUT] if need_hidden else ["output_ids"])
+                                 GENERATION_OUTPUTS + ([HIDDEN_OUTPUT] if need_hidden else []))
             # Assumed, not read: an engine that meets its end id returns fewer than w tokens (the reference
             # engines of the tests never stop early; a test with a shortened reference covers this path).
             drafted = out["output_ids"].reshape(-1)[:w].to(torch.long)  # [w'] (w' < w after a draft EOS)
@@ -126,7 +127,8 @@ class _TensorRTLLMBatch:
             extra = {"return_generation_logits": torch.tensor([[True]])}
             if w:
                 extra["draft_input_ids"] = drafts[None].to(torch.int32)
-            out = self._generate(TARGET_MODEL, sequence, w + 1, extra, ["generation_logits", HIDDEN_OUTPUT])
+            out = self._generate(TARGET_MODEL, sequence, w + 1, extra,
+                                 GENERATION_OUTPUTS + ["generation_logits", HIDDEN_OUTPUT])
             row_logits = out["generation_logits"].reshape(w + 1, -1)  # [w+1, V]
             tokens.append(row_logits.argmax(dim=-1))
             hidden.append(out[HIDDEN_OUTPUT].reshape(w + 1, -1))  # [w+1, Ht]
