@@ -132,6 +132,30 @@ def test_the_tensorrt_llm_repository_is_generated_and_every_config_parses(tmp_pa
     assert "--backend-config=tensorrt,plugins=" in manifest["serve"]
 
 
+def test_the_engine_models_carry_the_parameters_the_tensorrtllm_backend_reads_without_a_default(tmp_path):
+    """Issue 17, point 3: the real backend fails to load a model whose config lacks tokenizer_dir,
+    xgrammar_tokenizer_info_path or guided_decoding_backend; the emulation refuses the same."""
+    from click.testing import CliRunner
+
+    from autojudge.cli import main
+    from autojudge.errors import AutoJudgeError
+    from autojudge.testing.trtllm_reference import use_reference_engines
+
+    result = CliRunner().invoke(main, ["repo", "--flavour", "tensorrt-llm", "--config", str(deployment(tmp_path)),
+                                       "--out", str(tmp_path / "deploy"), "--no-engine-check"])
+    assert result.exit_code == 0, result.output
+    models = tmp_path / "deploy" / "models"
+    for role in ("draft", "target"):
+        text = (models / role / "config.pbtxt").read_text()
+        for key in ("tokenizer_dir", "xgrammar_tokenizer_info_path", "guided_decoding_backend"):
+            assert f'parameters {{ key: "{key}" value: {{ string_value: "" }} }}' in text
+    config = models / "target" / "config.pbtxt"
+    kept = [line for line in config.read_text().splitlines() if "xgrammar_tokenizer_info_path" not in line]
+    config.write_text("\n".join(kept))
+    with pytest.raises(AutoJudgeError, match="Cannot find parameter with name: xgrammar_tokenizer_info_path"):
+        use_reference_engines(models, "embedded", "embedded")
+
+
 def test_a_target_only_judge_gets_a_judge_accept_model_without_draft_hidden(tmp_path):
     from autojudge.deploy.config import load_config
     from autojudge.deploy.triton_repo import write_trtllm_repo

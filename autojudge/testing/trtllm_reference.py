@@ -19,6 +19,7 @@ from autojudge.models import CausalLM
 from autojudge.serving.trtllm.contract import DRAFT_MODEL, HIDDEN_OUTPUT, JUDGE_MODEL, TARGET_MODEL
 
 GENERATION_REQUIRED_OUTPUTS = ("output_ids", "sequence_length")  # the emulation's own copy of the fact
+BACKEND_REQUIRED_PARAMETERS = ("tokenizer_dir", "xgrammar_tokenizer_info_path", "guided_decoding_backend")
 
 
 class ReferenceModels:
@@ -128,6 +129,14 @@ def use_reference_engines(models_dir: Path, target: str, draft: str, judge: str 
     for name in (DRAFT_MODEL, TARGET_MODEL, JUDGE_MODEL):
         folder = models_dir / name
         text = (folder / "config.pbtxt").read_text()
+        if name != JUDGE_MODEL:
+            present = set(re.findall(r'^parameters \{ key: "([^"]+)"', text, flags=re.M))
+            for required in BACKEND_REQUIRED_PARAMETERS:
+                # tensorrtllm_backend v1.2.x model_instance_state.cc (getGuidedDecodingConfigFromParams) reads
+                # these through model_state.cc GetParameter, which throws for an absent one: the load fails
+                if required not in present:
+                    raise AutoJudgeError(f"{folder / 'config.pbtxt'}: the tensorrtllm backend would fail to load "
+                                         f"{name!r}: Cannot find parameter with name: {required}")
         text = re.sub(r'(backend: "tensorrtllm"|platform: "tensorrt_plan")', 'backend: "python"', text)
         text = re.sub(r"^parameters .*$\n?", "", text, flags=re.M).replace("KIND_GPU", "KIND_CPU")
         text += "".join(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
