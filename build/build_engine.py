@@ -3,21 +3,27 @@
 
 Run by ``autojudge-trt build`` (see build/README.md); usable alone:
 
-    python build/build_engine.py --checkpoint ckpt/target --role target --max-draft-len 8 \
+    python build/build_engine.py --checkpoint ckpt/target \
         --max-batch-size 8 --max-input-len 2048 --max-seq-len 4096 --out engines/target
 
 The judge reads the draft's and the target's final-norm hidden states, which TensorRT-LLM
 does not return by default: this script marks that tensor as the engine output
-``--hidden-output`` so the executor hands it back (``AdditionalModelOutput``). The target
-is built for external draft tokens (``SpeculativeDecodingMode.DRAFT_TOKENS_EXTERNAL``, ``max_draft_len`` = window)
-with paged context attention, which KV-cache reuse requires. Written against TensorRT-LLM
-1.2.x (the last line with the TensorRT-engine workflow).
+``--hidden-output`` so the executor hands it back (``AdditionalModelOutput``): the draft's at
+each generation step, the target's at every context token.
+
+Both engines are plain decoders with paged context attention, which KV-cache block reuse
+needs. The target verifies a window as a *context pass* over prefix + drafts, so it is built
+neither for external draft tokens (with them the executor accepts greedily itself and drops
+the logits of rejected drafts) nor with ``gather_context_logits`` (an engine built with it
+gets block reuse turned off at load, trtGptModelInflightBatching.cpp 1.2.x, so every cycle
+would recompute the whole prefix): the serving backend applies the target's LM head to the
+returned states at the w+1 verified positions. Written against TensorRT-LLM 1.2.1 (the last
+line with the TensorRT-engine workflow).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from convert_checkpoint import require_tensorrt_llm
@@ -40,35 +46,25 @@ def mark_hidden_output(model, name: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--role", choices=["draft", "target"], required=True)
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--max-input-len", type=int, default=2048)
     parser.add_argument("--max-seq-len", type=int, default=4096)
-    parser.add_argument("--max-draft-len", type=int, default=0, help="window (target only)")
     parser.add_argument("--hidden-output", default="autojudge_hidden_states")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    if args.role == "target" and args.max_draft_len < 1:
-        sys.exit("the target engine needs --max-draft-len (the window) >= 1")
-
     require_tensorrt_llm()
     from tensorrt_llm.builder import BuildConfig, build
     from tensorrt_llm.models import MODEL_MAP, PretrainedConfig
-    from tensorrt_llm.models.modeling_utils import SpeculativeDecodingMode
     from tensorrt_llm.plugin import PluginConfig
 
     pretrained = PretrainedConfig.from_json_file(str(args.checkpoint / "config.json"))
     plugin_config = PluginConfig()
     plugin_config.use_paged_context_fmha = True  # KV-cache reuse needs paged context attention
-    options = dict(max_batch_size=args.max_batch_size, max_input_len=args.max_input_len,
-                   max_seq_len=args.max_seq_len, plugin_config=plugin_config)
-    if args.role == "target":
-        # BuildConfig.speculative_decoding_mode is the SpeculativeDecodingMode IntFlag (tensorrt_llm/builder.py,
-        # models/modeling_utils.py, 1.2.x) and build() compares it `== DRAFT_TOKENS_EXTERNAL`: the string
-        # "draft_tokens_external" builds, silently, a target that takes no external drafts.
-        options.update(max_draft_len=args.max_draft_len,
-                       speculative_decoding_mode=SpeculativeDecodingMode.DRAFT_TOKENS_EXTERNAL)
-    build_config = BuildConfig(**options)
+    # No speculative_decoding_mode (its default NONE) and no gather_context_logits / gather_generation_logits:
+    # see the module doc. (Were a mode wanted, BuildConfig types it as the SpeculativeDecodingMode IntFlag and
+    # build() compares with ==, so a string would build, silently, without it: tensorrt_llm/builder.py 1.2.x.)
+    build_config = BuildConfig(max_batch_size=args.max_batch_size, max_input_len=args.max_input_len,
+                               max_seq_len=args.max_seq_len, plugin_config=plugin_config)
     args.out.mkdir(parents=True, exist_ok=True)
     world = pretrained.mapping.world_size
     for rank in range(world):

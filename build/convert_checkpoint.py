@@ -36,7 +36,7 @@ def require_tensorrt_llm():
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="Hugging Face hub id or local checkpoint directory")
-    parser.add_argument("--dtype", choices=["float16", "bfloat16"], default="bfloat16")
+    parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="bfloat16")
     parser.add_argument("--quantization", choices=sorted(QUANT_ALGOS), default="none")
     parser.add_argument("--tp-size", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)

@@ -1,102 +1,56 @@
-"""build/build_engine.py against an emulation of the TensorRT-LLM 1.2.x builder that behaves like
-the real one where the script depends on it (issue 17, point 1).
+"""build/build_engine.py against the emulation of the TensorRT-LLM 1.2.x builder
+(autojudge.testing.trtllm_builder), which behaves like the real one where the script depends on
+it, and the engines it writes against the executor emulation that serves them.
 
-Facts the emulation encodes, each read in NVIDIA/TensorRT-LLM at the 1.2.x line:
-- ``SpeculativeDecodingMode`` is an ``IntFlag`` (tensorrt_llm/models/modeling_utils.py).
-- ``BuildConfig`` is a dataclass whose ``speculative_decoding_mode`` field is typed by that flag,
-  default ``NONE``, with no conversion of other values (tensorrt_llm/builder.py).
-- ``build()`` writes ``speculative_decoding_draft_tokens_external`` into the engine's build
-  settings as ``build_config.speculative_decoding_mode == SpeculativeDecodingMode.DRAFT_TOKENS_EXTERNAL``
-  (tensorrt_llm/builder.py): any other value, the string "draft_tokens_external" included,
-  gives an engine that takes no external draft tokens, without an error.
+Issue 17, points 1 and 2: a speculative mode given as a string builds, silently, an engine
+without it (BuildConfig types the field as an IntFlag and build() compares with ==,
+tensorrt_llm/builder.py); an engine built with gather_context_logits gets KV-cache block reuse
+turned off at load (trtGptModelInflightBatching.cpp fixExecutorConfig). The target is verified by
+a context pass, so neither is wanted: these tests fail if either comes back.
 """
 
 from __future__ import annotations
 
-import runpy
-import sys
-import types
-from dataclasses import dataclass, field
-from enum import IntFlag, auto
-from pathlib import Path
+import json
 
 import pytest
+from conftest import tiny_model
 
-from autojudge.storage import asset
-
-
-class SpeculativeDecodingMode(IntFlag):  # tensorrt_llm/models/modeling_utils.py (1.2.x): an IntFlag of auto()s
-    NONE = auto()
-    DRAFT_TOKENS_EXTERNAL = auto()
-    MEDUSA = auto()
+from autojudge.testing import trtllm_executor
+from autojudge.testing.trtllm_builder import (BuildConfig, SpeculativeDecodingMode, _build, _Model, build_engine,
+                                              write_checkpoint)
 
 
-@dataclass
-class BuildConfig:  # tensorrt_llm/builder.py (1.2.x): a dataclass; the mode field is typed, not converted
-    max_batch_size: int = 2048
-    max_input_len: int = 1024
-    max_seq_len: int | None = None
-    max_draft_len: int = 0
-    speculative_decoding_mode: SpeculativeDecodingMode = SpeculativeDecodingMode.NONE
-    plugin_config: object = field(default_factory=lambda: types.SimpleNamespace())
+@pytest.fixture(scope="module")
+def target(make_lm):
+    return make_lm(tiny_model(0), "tiny-target")
 
 
-@pytest.fixture
-def fake_tensorrt_llm(monkeypatch):
-    built: list[dict] = []
-
-    def build(model, config):
-        model.transformer.forward()  # building traces the network once
-        settings = {  # tensorrt_llm/builder.py (1.2.x): the flag is an equality test against the enum
-            "speculative_decoding_draft_tokens_external":
-                config.speculative_decoding_mode == SpeculativeDecodingMode.DRAFT_TOKENS_EXTERNAL,
-            "max_draft_len": config.max_draft_len, "hidden_output": model.marked,
-        }
-        built.append(settings)
-        return types.SimpleNamespace(save=lambda path: None)
-
-    class Stack:
-        def forward(self, *args, **kwargs):
-            return (types.SimpleNamespace(mark_output=lambda name, dtype: model.marked.append(name)),)
-
-    model = types.SimpleNamespace(transformer=Stack(), config=types.SimpleNamespace(dtype="bfloat16"), marked=[])
-    pretrained = types.SimpleNamespace(mapping=types.SimpleNamespace(world_size=1), architecture="LlamaForCausalLM")
-
-    def from_checkpoint(path, rank):
-        return model
-
-    modules = {
-        "tensorrt_llm": types.SimpleNamespace(__version__="1.2.1"),
-        "tensorrt_llm.builder": types.SimpleNamespace(BuildConfig=BuildConfig, build=build),
-        "tensorrt_llm.models": types.SimpleNamespace(
-            MODEL_MAP={"LlamaForCausalLM": types.SimpleNamespace(from_checkpoint=from_checkpoint)},
-            PretrainedConfig=types.SimpleNamespace(from_json_file=lambda path: pretrained)),
-        "tensorrt_llm.models.modeling_utils": types.SimpleNamespace(SpeculativeDecodingMode=SpeculativeDecodingMode),
-        "tensorrt_llm.plugin": types.SimpleNamespace(PluginConfig=lambda: types.SimpleNamespace()),
-    }
-    for name, module in modules.items():
-        monkeypatch.setitem(sys.modules, name, module)
-    return built
+def built(tmp_path, target, *args: str) -> dict:
+    checkpoint = write_checkpoint(tmp_path / "ckpt", trtllm_executor.register_model("build-contract", target),
+                                  "float32")
+    build_engine("--checkpoint", checkpoint, "--out", tmp_path / "engine", *args)
+    return json.loads((tmp_path / "engine" / "config.json").read_text())["build_config"]
 
 
-def run_build_engine(monkeypatch, *args: str) -> None:
-    steps = asset("build_steps")
-    monkeypatch.syspath_prepend(str(steps))
-    monkeypatch.setattr(sys, "argv", ["build_engine.py", *args])
-    runpy.run_path(str(Path(steps) / "build_engine.py"), run_name="__main__")
+def test_the_engines_keep_block_reuse_and_return_their_hidden_states(tmp_path, target):
+    build = built(tmp_path, target, "--hidden-output", "autojudge_hidden_states")
+    assert build["speculative_decoding_mode"] == "NONE"
+    assert not build["gather_context_logits"] and not build["gather_generation_logits"]
+    assert build["plugin_config"]["use_paged_context_fmha"]
+    emulation = json.loads((tmp_path / "engine" / "emulation.json").read_text())
+    assert emulation["marked_outputs"] == ["autojudge_hidden_states"]
+    api = trtllm_executor
+    executor = api.Executor(tmp_path / "engine", api.ModelType.DECODER_ONLY, api.ExecutorConfig(
+        additional_model_outputs=[api.AdditionalModelOutput("autojudge_hidden_states", gather_context=True)]))
+    assert executor.reuse  # each row's prefix survives between cycles
 
 
-def test_the_target_engine_takes_external_draft_tokens(fake_tensorrt_llm, monkeypatch, tmp_path):
-    """Fails if the mode goes back to a string: the real builder then makes an engine without it."""
-    run_build_engine(monkeypatch, "--checkpoint", str(tmp_path), "--role", "target", "--max-draft-len", "8",
-                     "--out", str(tmp_path / "engine"))
-    (settings,) = fake_tensorrt_llm
-    assert settings["speculative_decoding_draft_tokens_external"] is True
-    assert settings["max_draft_len"] == 8
-    assert settings["hidden_output"] == ["autojudge_hidden_states"]
-
-
-def test_the_draft_engine_is_built_without_speculation(fake_tensorrt_llm, monkeypatch, tmp_path):
-    run_build_engine(monkeypatch, "--checkpoint", str(tmp_path), "--role", "draft", "--out", str(tmp_path / "e"))
-    (settings,) = fake_tensorrt_llm
-    assert settings["speculative_decoding_draft_tokens_external"] is False and settings["max_draft_len"] == 0
+def test_the_emulated_builder_behaves_like_the_real_one_on_the_mode_field(tmp_path):
+    """The fact behind point 1, encoded: the string builds without external drafts, the enum with them."""
+    model = _Model(tmp_path, {"dtype": "float32", "autojudge_emulation": {"checkpoint": "x"}})
+    for mode, expected in (("draft_tokens_external", "NONE"),
+                           (SpeculativeDecodingMode.DRAFT_TOKENS_EXTERNAL, "DRAFT_TOKENS_EXTERNAL")):
+        _build(model, BuildConfig(speculative_decoding_mode=mode)).save(str(tmp_path / "e"))
+        assert json.loads((tmp_path / "e" / "config.json").read_text())["build_config"][
+            "speculative_decoding_mode"] == expected

@@ -99,7 +99,7 @@ def test_a_valid_description_loads_with_paths_relative_to_the_file(deployment, t
      "tensor_parallel: Input should be greater than or equal to 1 (got 0)"),
     ("draft: a\ntarget: {model: b, tensor_parallel: two}\njudge: j\noutput_dir: o\n", "target.tensor_parallel:"),
     ("draft: a\ntarget: b\njudge: j\noutput_dir: o\nwindow: 100\n", "window: Input should be less than or equal to 64"),
-    ("draft: a\ntarget: b\njudge: j\noutput_dir: o\ndtype: float8\n", "dtype: Input should be 'float16' or 'bfloat16'"),
+    ("draft: a\ntarget: b\njudge: j\noutput_dir: o\ndtype: float8\n", "dtype: Input should be 'float16', 'bfloat16' or 'float32'"),
     ("draft: a\ntarget: b\njudge: j\noutput_dir: o\nwindw: 4\n", "windw: unknown field (known: draft, target"),
     ("draft: a\ntarget: b\njudge: j\noutput_dir: o\nmax_input_len: 4096\nmax_seq_len: 4096\n",
      "max_input_len (4096) must be below max_seq_len (4096)"),
@@ -134,9 +134,15 @@ def test_dry_run_plans_a_1b_8b_pair_on_one_gpu_and_runs_nothing(deployment, tmp_
     out = tmp_path / "out"
     assert steps["target-engine"]["output"] == str(out / "engines" / "target")
     target_engine = steps["target-engine"]["commands"][0]
-    assert "--max-draft-len 8" in target_engine and "--hidden-output autojudge_hidden_states" in target_engine
-    assert "SpeculativeDecodingMode.DRAFT_TOKENS_EXTERNAL" in steps["target-engine"]["title"]  # the enum, not a string
-    assert "--max-draft-len" not in steps["draft-engine"]["commands"][0]
+    assert "--hidden-output autojudge_hidden_states" in target_engine
+    # the design's outputs: the target's states at every context token (a context pass verifies), the draft's at
+    # every generation step; no external-draft mode (the executor would accept greedily itself), no gathered
+    # logits (block reuse would be turned off)
+    assert "at every context token" in steps["target-engine"]["title"]
+    assert "no external-draft mode, no gathered logits" in steps["target-engine"]["title"]
+    assert "at every generation step" in steps["draft-engine"]["title"]
+    assert "load_library (getCreators)" in steps["judge-engine"]["title"]
+    assert "one tritonserver process" in steps["triton-repo"]["title"]
     assert "--hidden-output autojudge_hidden_states" in steps["draft-engine"]["commands"][0]
     assert "--tp-size 1" in steps["target-checkpoint"]["commands"][0]
     assert f"--plugin-library {out / 'plugin' / 'libautojudge_judge_accept_plugin.so'}" in \
@@ -159,7 +165,10 @@ def test_dry_run_plans_an_8b_70b_pair_with_tensor_parallel_4(tmp_path):
     assert result.exit_code == 0, result.output
     commands = {step["step"]: step["commands"][0] for step in report["plan"]}
     assert "--tp-size 4" in commands["draft-checkpoint"] and "--tp-size 4" in commands["target-checkpoint"]
-    assert "--quantization fp8" in commands["target-checkpoint"] and "--max-draft-len 16" in commands["target-engine"]
+    assert "--quantization fp8" in commands["target-checkpoint"]
+    titles = {step["step"]: step["title"] for step in report["plan"]}
+    assert "TP 4" in titles["target-engine"]  # one launch: each TP 4 executor spawns its 4 ranks
+    assert "the target executor (TP 4) orchestrates 4 spawned ranks on GPUs 0,1,2,3" in titles["triton-repo"]
     checks = {check["name"]: check for check in report["preflight"]}
     assert checks["tensor parallel"]["status"] == "ok" and "target x4" in checks["tensor parallel"]["detail"]
     assert "70.55B parameters" in checks["target model"]["detail"]

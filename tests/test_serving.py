@@ -219,28 +219,40 @@ def test_serve_command_starts_answers_and_stops_cleanly_on_ctrl_c(deployment):
 
 @pytest.fixture(scope="module")
 def trtllm_deployment(tmp_path_factory):
-    """A TensorRT-LLM repository whose engine slots are answered by the reference models: the
-    BLS, its requests to draft/target/judge_accept, and the BF16 hidden states all run for real.
-    The judge accepts every mismatch (p = sigmoid(-20)), so its decisions do not depend on
-    BF16 rounding."""
+    """A TensorRT-LLM repository whose engines are the emulations of autojudge.testing: built by the
+    plan's own build_engine.py commands against the emulated builder; served by the decoding model,
+    which drives the executor emulation and runs the judge-accept plan with the host-built kernel.
+    float32 engines, so decisions do not hinge on rounding; the judge (seed chosen here) accepts some
+    mismatches and rejects others on the test prompt."""
+    from autojudge.decoding import DecodeConfig, SpeculativeDecoder
     from autojudge.deploy.config import load_config
     from autojudge.deploy.triton_repo import write_trtllm_repo
-    from autojudge.models import embedded_target_dir, load_draft, load_target
-    from autojudge.testing.trtllm_reference import use_reference_engines
+    from autojudge.models import embedded_target_dir, encode_prompt, load_draft, load_target
+    from autojudge.testing.trtllm_deployment import RUNTIME, build_emulated_engines
 
     target = load_target("embedded", device="cpu")
     draft = load_draft("embedded", target)
     meta = JudgeMetadata(target.name, target.hidden_size, draft.name, draft.hidden_size, threshold=0.5)
+    ids = encode_prompt(target.tokenizer, PROMPTS[0], chat=True)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        judge = Judge(torch.randn(meta.num_features) * 0.05, 0.0, meta)
+        metrics = SpeculativeDecoder(target, draft, judge).generate(
+            ids, DecodeConfig(mode="judge", window=4, max_new_tokens=16)).metrics
+        if metrics.num_accepted_mismatches and metrics.num_draft_tokens > metrics.num_accepted_tokens:
+            break
     root = tmp_path_factory.mktemp("trtllm")
-    judge = Judge(torch.zeros(meta.num_features), -20.0, meta).save(root / "judge")
-    (root / "deploy.yaml").write_text(f"draft: embedded\ntarget: {embedded_target_dir()}\njudge: judge\n"
-                                      "output_dir: build\nwindow: 4\nmax_seq_len: 512\nmax_input_len: 256\n")
-    models = write_trtllm_repo(root / "deploy", load_config(root / "deploy.yaml"), check_engines=False, max_tokens=16)
-    use_reference_engines(models, "embedded", "embedded")
-    return models, target, draft, Judge.load(judge)
+    judge.save(root / "judge")
+    path = root / "deploy.yaml"
+    path.write_text(f"draft: embedded\ntarget: {embedded_target_dir()}\njudge: judge\noutput_dir: build\n"
+                    "window: 4\nmax_seq_len: 512\nmax_input_len: 256\ndtype: float32\n")
+    config = load_config(path)
+    build_emulated_engines(config, path, target="embedded", draft="embedded")
+    models = write_trtllm_repo(root / "deploy", config, max_tokens=16, device="cpu", runtime=RUNTIME)
+    return models, target, draft, Judge.load(root / "judge")
 
 
-def test_the_tensorrt_llm_bls_serves_the_in_process_decoders_tokens(trtllm_deployment):
+def test_the_tensorrt_llm_flavour_serves_the_in_process_decoders_tokens(trtllm_deployment):
     from autojudge.decoding import DecodeConfig, SpeculativeDecoder
     from autojudge.models import encode_prompt
     from autojudge.serving.server import TritonServer
@@ -250,13 +262,14 @@ def test_the_tensorrt_llm_bls_serves_the_in_process_decoders_tokens(trtllm_deplo
     prompt = PROMPTS[0]
     ids = encode_prompt(target.tokenizer, prompt, chat=True)
     with TritonServer(models, log_file=models.parent / "server.log") as running:
-        for mode in ("lossless", "judge"):
+        for mode in ("lossless", "topk", "judge"):
             want = decoder.generate(ids, DecodeConfig(mode=mode, window=4, max_new_tokens=16))
             got = infer_http(running.http_url, request_arrays(prompt, max_tokens=16, mode=mode, window=4))
             assert got["token_ids"] == want.token_ids and got["text"] == want.text, mode
             metrics = got["metrics"]
             assert metrics["mode"] == mode and metrics["tau"] == pytest.approx(want.metrics.mean_acceptance_length)
-        assert metrics["judge_accepted_mismatches"] > 0  # the judge_accept model accepted mismatches
+            assert metrics["judge_accepted_mismatches"] == want.metrics.num_accepted_mismatches
+        assert 0 < metrics["judge_accepted_mismatches"] and metrics["acceptance_rate"] < 1  # accepted, rejected
         streamed = stream_grpc(running.grpc_url, request_arrays(prompt, max_tokens=16, mode="judge", window=4),
                                model="autojudge_stream")
         assert streamed["token_ids"] == want.token_ids

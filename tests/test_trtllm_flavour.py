@@ -1,22 +1,27 @@
-"""The TensorRT-LLM flavour's orchestration, run on CPU through the same loop as flavour 1.
+"""The TensorRT-LLM flavour's backend, run on CPU through the same loop as flavour 1.
 
-The BLS session (autojudge.serving.trtllm.backend) talks to the draft, target and
-judge-accept models only through their tensor contract; ReferenceModels answers that
-contract with tiny in-process models. Every mode must give exactly what the in-process
-decoder gives.
+The backend (autojudge.serving.trtllm.backend) drives two executors through the TensorRT-LLM
+executor API and runs the judge-accept engine through TensorRT's runtime. Here both are the
+emulations of autojudge.testing, which behave like the real components where the backend
+depends on them (each behaviour names its source) and answer from tiny in-process models; the
+judge-accept step runs the host build of the plugin's kernel or the ONNX graph, not
+autojudge.acceptance. Every mode must give exactly what the in-process decoder gives.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
 from conftest import perturbed, tiny_model
 
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder, SpeculativeLoop
+from autojudge.errors import AutoJudgeError
 from autojudge.judge import Judge, JudgeMetadata
-from autojudge.serving.trtllm.backend import JUDGE_MODEL, TensorRTLLMBackend
-from autojudge.serving.trtllm.contract import DRAFT_MODEL, HIDDEN_OUTPUT
-from autojudge.testing.trtllm_reference import ReferenceModels
+from autojudge.serving.trtllm import backend as trtllm_backend
+from autojudge.testing import tensorrt_runtime, trtllm_executor
+from autojudge.testing.trtllm_deployment import emulated_backend
 
 PROMPT = [1, 504, 3458, 314, 253, 1234, 17, 2800, 30]
 
@@ -27,47 +32,262 @@ def pair(make_lm):
     return make_lm(target, "tiny-target"), make_lm(perturbed(target, 0.2, seed=4), "tiny-draft")
 
 
-def random_judge(target, draft, layout: str, seed: int = 0) -> Judge:
+@pytest.fixture(scope="module")
+def pair64(make_lm):
+    target = tiny_model(0).double()  # float64: a batch and a row alone sum alike
+    return make_lm(target, "tiny-target"), make_lm(perturbed(target, 0.2, seed=4), "tiny-draft")
+
+
+def random_judge(target, draft, layout: str, seed: int = 1) -> Judge:
     torch.manual_seed(seed)
     meta = JudgeMetadata(target.name, target.hidden_size, draft.name, draft.hidden_size, layout, threshold=0.5)
     return Judge(torch.randn(meta.num_features) * 0.3, 0.0, meta)
 
 
-def both_ways(pair, judge, config):
+def both_ways(tmp_path, pair, judge, config, judge_path="plugin"):
     target, draft = pair
-    in_process = SpeculativeDecoder(target, draft, judge).generate(PROMPT, config)
-    models = ReferenceModels(target, draft, judge)
-    backend = TensorRTLLMBackend(models, target.tokenizer, frozenset(), judge)
+    in_process = SpeculativeDecoder(target, draft, judge).generate(PROMPT, config, eos_token_ids=frozenset())
+    backend = emulated_backend(tmp_path, target, draft, judge, judge_path=judge_path)
     served = SpeculativeLoop(backend).generate(PROMPT, config, eos_token_ids=frozenset())
-    return in_process, served, models
+    return in_process, served, backend
 
 
-def test_lossless_through_the_trtllm_contract_is_the_targets_greedy_output(pair):
+def same_run(served, in_process) -> None:
+    """Tokens and the cycle statistics: a backend that drafts fewer tokens than asked passes the
+    first, not the second."""
+    assert served.token_ids == in_process.token_ids
+    for name in ("mean_acceptance_length", "num_accepted_mismatches", "num_target_calls", "num_draft_tokens"):
+        assert getattr(served.metrics, name) == pytest.approx(getattr(in_process.metrics, name)), name
+
+
+def test_lossless_through_the_executors_is_the_targets_greedy_output(pair, tmp_path):
     config = DecodeConfig(mode="lossless", window=4, max_new_tokens=40)
-    in_process, served, models = both_ways(pair, None, config)
+    in_process, served, _ = both_ways(tmp_path, pair, None, config)
     greedy = SpeculativeDecoder(pair[0]).generate(PROMPT, DecodeConfig(mode="target", max_new_tokens=40),
                                                   eos_token_ids=frozenset())
     assert served.token_ids == greedy.token_ids
-    assert served.metrics.mean_acceptance_length == in_process.metrics.mean_acceptance_length > 1.0
-    assert models.requests[JUDGE_MODEL] == 0  # lossless needs no judge engine
+    same_run(served, in_process)
+    assert served.metrics.mean_acceptance_length > 1.0
 
 
-@pytest.mark.parametrize("layout", ["draft+target", "target"])
-def test_judge_mode_through_the_judge_accept_engine_matches_the_in_process_decoder(pair, layout):
+@pytest.mark.parametrize("layout, judge_path", [("draft+target", "plugin"), ("target", "plugin"),
+                                                ("draft+target", "onnx")])
+def test_judge_mode_through_the_judge_accept_engine_matches_the_in_process_decoder(pair, tmp_path, layout,
+                                                                                   judge_path, monkeypatch):
     judge = random_judge(*pair, layout)
+    calls = []
+    run = tensorrt_runtime._Context.execute_async_v3
+    monkeypatch.setattr(tensorrt_runtime._Context, "execute_async_v3",
+                        lambda self, stream: calls.append(self.shapes["draft_tokens"]) or run(self, stream))
     config = DecodeConfig(mode="judge", window=5, max_new_tokens=48)
-    in_process, served, models = both_ways(pair, judge, config)
-    assert served.token_ids == in_process.token_ids
-    assert served.metrics.num_accepted_mismatches == in_process.metrics.num_accepted_mismatches > 0
-    assert served.metrics.num_target_calls == in_process.metrics.num_target_calls
-    assert models.requests[JUDGE_MODEL] == served.metrics.num_target_calls
+    in_process, served, _ = both_ways(tmp_path, pair, judge, config, judge_path)
+    same_run(served, in_process)
+    assert served.metrics.num_accepted_mismatches > 0  # the judge accepted some mismatches ...
+    assert served.metrics.num_draft_tokens - served.metrics.num_accepted_tokens > 0  # ... and rejected others
+    assert served.metrics.num_target_calls - 1 <= len(calls) <= served.metrics.num_target_calls  # the engine decided
 
 
-def test_topk_through_the_trtllm_contract_matches_the_in_process_decoder(pair):
+def test_topk_through_the_executors_matches_the_in_process_decoder(pair, tmp_path):
     config = DecodeConfig(mode="topk", window=3, top_k=3, max_new_tokens=30)
-    in_process, served, _ = both_ways(pair, None, config)
-    assert served.token_ids == in_process.token_ids
-    assert served.metrics.num_accepted_mismatches == in_process.metrics.num_accepted_mismatches
+    in_process, served, _ = both_ways(tmp_path, pair, None, config)
+    same_run(served, in_process)
+    assert served.metrics.num_accepted_mismatches > 0
+
+
+@pytest.mark.parametrize("mode", ["lossless", "topk", "judge"])
+def test_a_batch_through_the_executors_equals_the_in_process_batch(pair64, tmp_path, mode):
+    """Three rows of different lengths: one request per row and step to each executor, and one
+    judge-accept engine call for the whole batch, give what the in-process batch gives."""
+    target, draft = pair64
+    judge = random_judge(target, draft, "draft+target")
+    prompts = [PROMPT, PROMPT[:4], [1, 77, 3000, 25, 911, 5, 8]]
+    config = DecodeConfig(mode=mode, window=4, top_k=3, max_new_tokens=24)
+    in_process = SpeculativeDecoder(target, draft, judge).generate_batch(prompts, config, eos_token_ids=frozenset())
+    backend = emulated_backend(tmp_path, target, draft, judge, dtype="float64")
+    served = SpeculativeLoop(backend).generate_batch(prompts, config)
+    for got, want in zip(served, in_process):
+        same_run(got, want)
+    if mode in ("topk", "judge"):  # the rule accepted some mismatches and rejected others
+        assert sum(r.metrics.num_accepted_mismatches for r in served) > 0
+        assert sum(r.metrics.num_draft_tokens - r.metrics.num_accepted_tokens for r in served) > 0
+
+
+def test_every_request_asks_for_what_the_backend_reads(pair, tmp_path):
+    """The fields the real executor acts on: greedy sampling, the draft's w (+1) new tokens and its
+    generation states, the target's one-token context pass over sequence + drafts with its context
+    states, and one cache salt per row, the same for all its cycles."""
+    target, draft = pair
+    judge = random_judge(target, draft, "draft+target")
+    backend = emulated_backend(tmp_path, target, draft, judge)
+    prompts = [PROMPT, PROMPT[:5]]
+    SpeculativeLoop(backend).generate_batch(prompts, DecodeConfig(mode="judge", window=3, max_new_tokens=12))
+    drafts, targets = backend.executors.draft.requests, backend.executors.target.requests
+    assert drafts and targets
+    for request in drafts + targets:
+        assert (request.sampling_config.beam_width, request.sampling_config.top_k) == (1, 1)
+        assert request.output_config.exclude_input_from_output
+    for request in drafts:
+        assert request.max_tokens == 3 + 1  # the judge reads the state after d_{w-1}
+        assert [(o.name, o.gather_context) for o in request.output_config.additional_model_outputs] == [
+            ("autojudge_hidden_states", False)]
+    for request in targets:
+        assert request.max_tokens == 1
+        assert [(o.name, o.gather_context) for o in request.output_config.additional_model_outputs] == [
+            ("autojudge_hidden_states", True)]
+    proposed = [r.input_token_ids for r in drafts]  # each context pass = a draft request's input + its 3 drafts
+    assert sum(r.input_token_ids[:-3] in proposed for r in targets) == len(drafts)
+    rows = {}
+    for request in targets:
+        rows.setdefault(request.cache_salt_id, []).append(request.input_token_ids)
+    assert len(rows) == 2  # one salt per row, kept through its cycles: each pass extends the row's last one
+    assert all(a[:-3] == b[: len(a) - 3] for seqs in rows.values() for a, b in itertools.pairwise(seqs))
+    assert max(backend.executors.target.prepopulated) > len(PROMPT)  # later cycles reused the row's prefix
+
+
+def test_reading_the_target_states_one_position_off_is_caught(pair, tmp_path, monkeypatch):
+    """The rows the backend reads are exactly the ones the executor computed and the in-process
+    decoder uses: one position off, the comparison of the tests above fails."""
+    config = DecodeConfig(mode="lossless", window=4, max_new_tokens=24)
+    in_process, served, _ = both_ways(tmp_path / "right", pair, None, config)
+    same_run(served, in_process)
+    monkeypatch.setattr(trtllm_backend, "verified_rows", lambda context, length, w: context[length: length + w + 1]
+                        if length + w + 1 <= context.shape[0] else context[length - 2: length + w - 1])
+    _, off, _ = both_ways(tmp_path / "off", pair, None, config)
+    with pytest.raises(AssertionError):
+        same_run(off, in_process)
+
+
+def test_identical_rows_stay_exact_because_each_row_salts_its_cache(pair, tmp_path, monkeypatch):
+    """Two rows with the same prompt send identical context passes: without a salt of its own the
+    second finds the first's blocks, and the executor leaves the states of reused tokens unwritten."""
+    target, draft = pair
+    config = DecodeConfig(mode="lossless", window=4, max_new_tokens=16)
+    greedy = SpeculativeDecoder(target).generate(PROMPT, DecodeConfig(mode="target", max_new_tokens=16),
+                                                 eos_token_ids=frozenset())
+    served = SpeculativeLoop(emulated_backend(tmp_path / "salted", target, draft)).generate_batch([PROMPT, PROMPT],
+                                                                                                  config)
+    assert [r.token_ids for r in served] == [greedy.token_ids] * 2
+    monkeypatch.setattr(trtllm_backend.random, "getrandbits", lambda bits: 7)  # one salt for every row
+    unsalted = SpeculativeLoop(emulated_backend(tmp_path / "shared", target, draft)).generate_batch(
+        [PROMPT, PROMPT], config)
+    assert unsalted[0].token_ids == greedy.token_ids and unsalted[1].token_ids != greedy.token_ids
+
+
+def test_a_draft_that_stops_early_still_gives_the_targets_tokens(pair64, tmp_path, monkeypatch):
+    """A draft request that ends before w tokens (the engine met its end id) leaves that row with
+    fewer draft tokens, and rows of its generation states past the end unwritten: the row is
+    padded, never accepts the padding, and the judge gets the states of the drafted tokens."""
+    target, draft = pair64
+    backend = emulated_backend(tmp_path, target, draft, random_judge(target, draft, "draft+target"),
+                               dtype="float64")
+    run, short = backend.executors.run, []
+
+    def stopping(executor, requests):
+        results = run(executor, requests)
+        if executor is backend.executors.draft:
+            for request, result in zip(requests, results):
+                if len(request.input_token_ids) % 2:  # odd lengths: the engine met its end id after 2 tokens
+                    short.append(1)
+                    result.output_token_ids = [result.output_token_ids[0][:2]]
+                    for output in result.additional_outputs:
+                        output.output = output.output.clone()
+                        output.output[:, 2:] = float("nan")  # never written
+        return results
+
+    monkeypatch.setattr(backend.executors, "run", stopping)
+    prompts = [PROMPT, PROMPT[:4], [1, 77, 3000, 25, 911, 5, 8]]
+    proposal = backend.open(3, uses_draft=True).propose(prompts, 4, need_hidden=True)
+    assert proposal.lengths.tolist() == [1, 4, 1]  # lengths 9 and 7 are odd: one token has its state
+    for row, n in enumerate(proposal.lengths.tolist()):  # a real draft state behind every drafted token
+        assert bool(torch.isfinite(proposal.hidden[row, :n]).all())
+    greedy = SpeculativeDecoder(target).generate_batch(prompts, DecodeConfig(mode="target", max_new_tokens=24),
+                                                       eos_token_ids=frozenset())
+    for mode in ("lossless", "judge"):
+        served = SpeculativeLoop(backend).generate_batch(prompts, DecodeConfig(mode=mode, window=4,
+                                                                                max_new_tokens=24))
+        if mode == "lossless":
+            assert [r.token_ids for r in served] == [r.token_ids for r in greedy]
+        assert all(len(r.token_ids) == 24 for r in served)
+    assert short
+
+
+def test_a_window_beyond_the_deployments_is_a_clear_error(pair, tmp_path):
+    backend = emulated_backend(tmp_path, *pair, max_window=4)
+    with pytest.raises(AutoJudgeError, match=r"window must be in 1\.\.4 \(the deployment's window \(max_window\)\), "
+                                             r"got 8"):
+        SpeculativeLoop(backend).generate(PROMPT, DecodeConfig(mode="lossless", window=8))
+
+
+# ----------------------------------------------------------------------------- the emulations' own contract
+
+
+def engine(tmp_path, lm, *build_args, dtype="float32", tp=1):
+    from autojudge.testing.trtllm_builder import build_engine, write_checkpoint
+
+    checkpoint = write_checkpoint(tmp_path / "ckpt", trtllm_executor.register_model(f"m{id(lm)}", lm), dtype, tp)
+    build_engine("--checkpoint", checkpoint, "--out", tmp_path / "engine", *build_args)
+    return tmp_path / "engine"
+
+
+def executor(path, outputs=(("autojudge_hidden_states", True),), **config):
+    api = trtllm_executor
+    return api.Executor(path, api.ModelType.DECODER_ONLY, api.ExecutorConfig(
+        additional_model_outputs=[api.AdditionalModelOutput(n, gather_context=g) for n, g in outputs], **config))
+
+
+def greedy_request(tokens, max_tokens=1, **output):
+    api = trtllm_executor
+    return api.Request(tokens, max_tokens, sampling_config=api.SamplingConfig(1, top_k=1),
+                       output_config=api.OutputConfig(exclude_input_from_output=True, **output))
+
+
+def test_the_executor_emulation_refuses_what_the_real_executor_refuses(pair, tmp_path):
+    import json
+
+    api = trtllm_executor
+    path = engine(tmp_path, pair[0])
+    build = json.loads((path / "config.json").read_text())["build_config"]
+    assert build["speculative_decoding_mode"] == "NONE" and not build["gather_context_logits"]
+    assert build["plugin_config"]["use_paged_context_fmha"]
+    run = executor(path)
+    # context logits from an engine built without gather_context_logits: that request fails, alone
+    ids = run.enqueue_requests([greedy_request(PROMPT, return_context_logits=True), greedy_request(PROMPT)])
+    (refused,), (served,) = run.await_responses(ids[0]), run.await_responses(ids[1])
+    assert "Return context logit need to build engine with gather_context_logits" in refused.error_msg
+    assert not served.has_error() and len(served.result.output_token_ids[0]) == 1
+    # an additional output the ExecutorConfig does not list (or lists without gather_context) fails every
+    # active request, not only the one that asked
+    outputs = [api.AdditionalModelOutput("autojudge_hidden_states", gather_context=True)]
+    for configured, message in (((), "Additional context output tensor not found"),
+                                ((("autojudge_hidden_states", False),), "Additional context output tensor not gathered")):
+        other = executor(path, outputs=configured)
+        ids = other.enqueue_requests([greedy_request(PROMPT), greedy_request(PROMPT, additional_model_outputs=outputs)])
+        for request_id in ids:
+            assert message in other.await_responses(request_id)[0].error_msg
+    with pytest.raises(RuntimeError, match="not an output of the engine"):
+        executor(path, outputs=(("logits_of_everything", True),))
+    with pytest.raises(RuntimeError, match="MPI world size is 1"):
+        executor(engine(tmp_path / "tp2", pair[0], tp=2))
+    assert run.reuse
+    config = json.loads((path / "config.json").read_text())
+    config["build_config"]["gather_context_logits"] = True  # an engine that gathers context logits ...
+    (path / "config.json").write_text(json.dumps(config))
+    assert not executor(path).reuse  # ... gets block reuse turned off at load
+
+
+def test_a_plugin_library_that_is_only_dlopened_registers_nothing(pair, tmp_path, monkeypatch):
+    """tensorrt_backend's --backend-config=tensorrt,plugins=LIB only dlopens LIB: our library registers
+    through getCreators, so the plan cannot deserialize there; IPluginRegistry.load_library can."""
+    from autojudge.serving.trtllm.judge_engine import TensorRTJudgeAccept
+
+    judge = random_judge(*pair, "draft+target")
+    plan = tensorrt_runtime.write_plan(judge, tmp_path, "plugin", "float32")
+    library = tensorrt_runtime.write_plugin_library(tmp_path / "lib.json")
+    monkeypatch.setattr(tensorrt_runtime, "_REGISTRY", tensorrt_runtime._Registry())
+    tensorrt_runtime.dlopen(str(library))
+    with pytest.raises(AutoJudgeError, match="could not deserialize"):
+        TensorRTJudgeAccept(tensorrt_runtime, plan, None, torch.device("cpu"))
+    assert TensorRTJudgeAccept(tensorrt_runtime, plan, library, torch.device("cpu")).uses_draft_hidden
 
 
 # ----------------------------------------------------------------------------- the repository
@@ -89,6 +309,8 @@ def deployment(tmp_path, layout="draft+target", extra=""):
 
 
 def test_the_tensorrt_llm_repository_is_generated_and_every_config_parses(tmp_path):
+    """Two Python models: autojudge_stream opens the engines (one server process, whatever the
+    tensor parallelism), autojudge forwards to it; no tensorrtllm or tensorrt backend model."""
     import json
 
     from click.testing import CliRunner
@@ -96,7 +318,7 @@ def test_the_tensorrt_llm_repository_is_generated_and_every_config_parses(tmp_pa
     from autojudge.cli import main
     from autojudge.serving.repo import validate_config
 
-    path = deployment(tmp_path, extra="tensor_parallel: 2\n")
+    path = deployment(tmp_path, extra="tensor_parallel: 2\ndraft: {model: llama-3.2-1b, tensor_parallel: 1}\n")
     refused = CliRunner().invoke(main, ["repo", "--flavour", "tensorrt-llm", "--config", str(path),
                                         "--out", str(tmp_path / "deploy")])
     assert refused.exit_code == 2 and "engines missing" in refused.output and "engines/target" in refused.output
@@ -106,170 +328,36 @@ def test_the_tensorrt_llm_repository_is_generated_and_every_config_parses(tmp_pa
     assert result.exit_code == 0, result.output
     models = tmp_path / "deploy" / "models"
     configs = {m.name: validate_config((m / "config.pbtxt").read_text(), m.name) for m in models.iterdir()}
-    assert sorted(configs) == ["autojudge", "autojudge_stream", "draft", "judge_accept", "target"]
-    for role, hidden in (("draft", 2048), ("target", 4096)):
-        config = configs[role]
-        assert config.backend == "tensorrtllm"
-        assert config.parameters["gpt_model_path"].string_value == str(tmp_path / "out" / "engines" / role)
-        assert config.parameters["enable_kv_cache_reuse"].string_value == "true"
-        hidden_output = next(o for o in config.output if o.name == "autojudge_hidden_states")
-        assert list(hidden_output.dims) == [-1, hidden]
-    judge = configs["judge_accept"]
-    assert judge.platform == "tensorrt_plan"
-    assert [i.name for i in judge.input] == ["draft_tokens", "target_tokens", "draft_hidden", "target_hidden",
-                                             "threshold"]
-    assert list(judge.input[3].dims) == [-1, -1, 4096]
-    plan = models / "judge_accept" / "1" / "model.plan"
-    assert plan.is_symlink() and plan.readlink() == tmp_path / "out" / "engines" / "judge_accept" / "judge_accept.plan"
-    bls = configs["autojudge"].parameters
-    assert (bls["backend"].string_value, bls["default_window"].string_value) == ("tensorrt-llm", "6")
-    assert bls["max_window"].string_value == "6"  # requests are bounded by the target engine's max_draft_len
-    assert bls["default_mode"].string_value == "judge"
-    assert configs["autojudge_stream"].model_transaction_policy.decoupled
+    assert sorted(configs) == ["autojudge", "autojudge_stream"]
+    assert all(c.backend == "python" and c.instance_group[0].kind == c.instance_group[0].KIND_CPU
+               for c in configs.values())
+    stream = {k: v.string_value for k, v in configs["autojudge_stream"].parameters.items()}
+    out = tmp_path / "out"
+    assert stream["target_engine"] == str(out / "engines" / "target")
+    assert stream["draft_engine"] == str(out / "engines" / "draft")
+    assert (stream["target_tp"], stream["target_device_ids"], stream["draft_tp"]) == ("2", "0,1", "1")
+    assert stream["judge_plan"] == str(out / "engines" / "judge_accept" / "judge_accept.plan")
+    assert stream["plugin_library"] == str(out / "plugin" / "libautojudge_judge_accept_plugin.so")
+    assert (stream["backend"], stream["default_window"], stream["max_window"]) == ("tensorrt-llm", "6", "6")
+    assert stream["default_mode"] == "judge" and configs["autojudge_stream"].model_transaction_policy.decoupled
+    assert configs["autojudge"].parameters["forward_to"].string_value == "autojudge_stream"
     manifest = json.loads((tmp_path / "deploy" / "deployment.json").read_text())
     assert manifest["flavour"] == "tensorrt-llm"
-    assert manifest["serve"].startswith("mpirun --allow-run-as-root -n 2 tritonserver --model-repository ")
-    assert "--backend-config=tensorrt,plugins=" in manifest["serve"]
+    assert manifest["serve"] == f"tritonserver --model-repository {models.resolve()}"  # no mpirun, no plugins=
 
 
-def test_the_engine_models_carry_the_parameters_the_tensorrtllm_backend_reads_without_a_default(tmp_path):
-    """Issue 17, point 3: the real backend fails to load a model whose config lacks tokenizer_dir,
-    xgrammar_tokenizer_info_path or guided_decoding_backend; the emulation refuses the same."""
-    from click.testing import CliRunner
+def test_a_tensor_parallel_engine_is_orchestrated_from_the_one_server_process(pair, tmp_path):
+    """Point 8: a TP 2 engine cannot be led from a one-process MPI world (the Python model); the
+    loader opens it in orchestrator mode, which spawns its ranks from the executor worker."""
+    from autojudge.serving.trtllm.loader import open_executor
 
-    from autojudge.cli import main
-    from autojudge.errors import AutoJudgeError
-    from autojudge.testing.trtllm_reference import use_reference_engines
-
-    result = CliRunner().invoke(main, ["repo", "--flavour", "tensorrt-llm", "--config", str(deployment(tmp_path)),
-                                       "--out", str(tmp_path / "deploy"), "--no-engine-check"])
-    assert result.exit_code == 0, result.output
-    models = tmp_path / "deploy" / "models"
-    for role in ("draft", "target"):
-        text = (models / role / "config.pbtxt").read_text()
-        for key in ("tokenizer_dir", "xgrammar_tokenizer_info_path", "guided_decoding_backend"):
-            assert f'parameters {{ key: "{key}" value: {{ string_value: "" }} }}' in text
-    config = models / "target" / "config.pbtxt"
-    kept = [line for line in config.read_text().splitlines() if "xgrammar_tokenizer_info_path" not in line]
-    config.write_text("\n".join(kept))
-    with pytest.raises(AutoJudgeError, match="Cannot find parameter with name: xgrammar_tokenizer_info_path"):
-        use_reference_engines(models, "embedded", "embedded")
-
-
-def test_a_target_only_judge_gets_a_judge_accept_model_without_draft_hidden(tmp_path):
-    from autojudge.deploy.config import load_config
-    from autojudge.deploy.triton_repo import write_trtllm_repo
-    from autojudge.serving.repo import validate_config
-
-    models = write_trtllm_repo(tmp_path / "deploy", load_config(deployment(tmp_path, layout="target")),
-                               check_engines=False)
-    judge = validate_config((models / "judge_accept" / "config.pbtxt").read_text(), "judge_accept")
-    assert [i.name for i in judge.input] == ["draft_tokens", "target_tokens", "target_hidden", "threshold"]
-
-
-@pytest.fixture(scope="module")
-def pair64(make_lm):
-    target = tiny_model(0).double()  # float64: a batch and a row alone sum alike
-    return make_lm(target, "tiny-target"), make_lm(perturbed(target, 0.2, seed=4), "tiny-draft")
-
-
-@pytest.mark.parametrize("mode", ["lossless", "topk", "judge"])
-def test_a_batch_through_the_trtllm_contract_equals_the_in_process_batch(pair64, mode):
-    """Three rows of different lengths: one request per row and step to the engines, and one
-    judge-accept request for the whole batch, give what the in-process batch gives."""
-    target, draft = pair64
-    judge = random_judge(target, draft, "draft+target")
-    prompts = [PROMPT, PROMPT[:4], [1, 77, 3000, 25, 911, 5, 8]]
-    config = DecodeConfig(mode=mode, window=4, top_k=3, max_new_tokens=24)
-    in_process = SpeculativeDecoder(target, draft, judge).generate_batch(prompts, config, eos_token_ids=frozenset())
-    models = ReferenceModels(target, draft, judge)
-    backend = TensorRTLLMBackend(models, target.tokenizer, frozenset(), judge)
-    served = SpeculativeLoop(backend).generate_batch(prompts, config)
-    assert [r.token_ids for r in served] == [r.token_ids for r in in_process]
-    assert [r.metrics.num_accepted_mismatches for r in served] == [r.metrics.num_accepted_mismatches
-                                                                   for r in in_process]
-    if mode == "judge":  # one engine call per cycle, for all rows at once
-        assert models.requests[JUDGE_MODEL] == max(r.metrics.num_target_calls for r in served)
-    if mode in ("topk", "judge"):  # the rule accepted some mismatches and rejected others
-        assert sum(r.metrics.num_accepted_mismatches for r in served) > 0
-        assert sum(r.metrics.num_draft_tokens - r.metrics.num_accepted_tokens for r in served) > 0
-
-
-def test_a_window_beyond_the_engines_max_draft_len_is_a_clear_error(pair):
-    from autojudge.errors import AutoJudgeError
-
-    target, draft = pair
-    backend = TensorRTLLMBackend(ReferenceModels(target, draft, None), target.tokenizer, frozenset(), None,
-                                 max_window=4)
-    with pytest.raises(AutoJudgeError, match=r"window must be in 1\.\.4 \(the target engine's max_draft_len\), got 8"):
-        SpeculativeLoop(backend).generate(PROMPT, DecodeConfig(mode="lossless", window=8))
-
-
-def test_a_served_request_is_bounded_by_the_engines_max_draft_len():
-    import numpy as np
-
-    from autojudge.serving.requests import RequestError, ServeDefaults, parse_request
-    from autojudge.serving.trtllm.contract import MAX_DRAFT_LEN_BOUND
-
-    defaults = ServeDefaults(mode="lossless", window=4, max_window=8, window_bound=MAX_DRAFT_LEN_BOUND)
-    assert parse_request({"prompt": np.array([b"hi"]), "window": np.array([8])}, defaults).window == 8
-    with pytest.raises(RequestError, match=r"'window': must be in 1\.\.8 \(the target engine's max_draft_len\)"):
-        parse_request({"prompt": np.array([b"hi"]), "window": np.array([9])}, defaults)
-
-
-def test_a_draft_engine_that_stops_early_still_gives_the_targets_tokens(pair64):
-    """A draft request that ends before w tokens (the engine met its end id) leaves that row with
-    fewer draft tokens: the row is padded, never accepts the padding, and the judge gets the
-    states of the tokens that were drafted."""
-    target, draft = pair64
-    models = ReferenceModels(target, draft, random_judge(target, draft, "draft+target"))
-    short = {"calls": 0}
-
-    def call(model, inputs, outputs):
-        out = models(model, inputs, outputs)
-        if model == DRAFT_MODEL and len(inputs["input_ids"][0]) % 2:  # every other length: 2 tokens, 1 state after
-            short["calls"] += 1
-            out = {name: (t[..., :2] if name == "output_ids" else t[:, :2] if name == HIDDEN_OUTPUT else t)
-                   for name, t in out.items()}
-        return out
-
-    prompts = [PROMPT, PROMPT[:4], [1, 77, 3000, 25, 911, 5, 8]]
-    backend = TensorRTLLMBackend(call, target.tokenizer, frozenset(), models.judge)
-    proposal = backend.open(3, uses_draft=True).propose(prompts, 4, need_hidden=True)
-    assert proposal.lengths.tolist() == [1, 4, 1]  # lengths 9 and 7 are odd: one token has its state
-    for row, n in enumerate(proposal.lengths.tolist()):  # a real draft state behind every drafted token
-        assert bool((proposal.hidden[row, :n].abs().sum(dim=-1) > 0).all())
-    greedy = SpeculativeDecoder(target).generate_batch(prompts, DecodeConfig(mode="target", max_new_tokens=24),
-                                                       eos_token_ids=frozenset())
-    for mode in ("lossless", "judge"):
-        served = SpeculativeLoop(backend).generate_batch(prompts, DecodeConfig(mode=mode, window=4,
-                                                                                max_new_tokens=24))
-        if mode == "lossless":
-            assert [r.token_ids for r in served] == [r.token_ids for r in greedy]
-        assert all(len(r.token_ids) == 24 for r in served)
-    assert short["calls"] > 0
-
-
-def test_the_reference_refuses_generation_requests_without_output_ids_and_sequence_length(pair):
-    """As the stock tensorrtllm backend's fillTritonResponse does (issue 17, point 4): a BLS that asks
-    a generation model for fewer outputs gets an error, and ours asks for both in every request."""
-    from autojudge.errors import AutoJudgeError
-
-    target, draft = pair
-    judge = random_judge(target, draft, "draft+target")
-    models = ReferenceModels(target, draft, judge)
-    inputs = {"input_ids": torch.tensor([PROMPT], dtype=torch.int32), "input_lengths": torch.tensor([[len(PROMPT)]]),
-              "request_output_len": torch.tensor([[2]]), "runtime_top_k": torch.tensor([[1]])}
-    for outputs in (["output_ids"], ["sequence_length", HIDDEN_OUTPUT], ["generation_logits"]):
-        with pytest.raises(AutoJudgeError, match="tensor must be present in list of output tensors"):
-            models(DRAFT_MODEL, inputs, outputs)
-    asked = []
-
-    def recording(model, inputs, outputs):
-        asked.append((model, list(outputs)))
-        return models(model, inputs, outputs)
-
-    backend = TensorRTLLMBackend(recording, target.tokenizer, frozenset(), judge)
-    SpeculativeLoop(backend).generate(PROMPT, DecodeConfig(mode="judge", window=3, max_new_tokens=6))
-    generation = [outputs for model, outputs in asked if model != JUDGE_MODEL]
-    assert generation and all({"output_ids", "sequence_length"} <= set(outputs) for outputs in generation)
+    path = engine(tmp_path, pair[0], "--hidden-output", "autojudge_hidden_states", tp=2)
+    with pytest.raises(RuntimeError, match="MPI world size is 1"):
+        executor(path)
+    with pytest.raises(RuntimeError, match="does not exist"):
+        open_executor(trtllm_executor, str(path), True, 2, [0, 1], 0.5, str(tmp_path / "no-worker"))
+    worker = tmp_path / "executorWorker"
+    worker.write_text("")
+    opened = open_executor(trtllm_executor, str(path), True, 2, [0, 1], 0.5, str(worker))
+    assert opened.config.parallel_config.communication_mode == trtllm_executor.CommunicationMode.ORCHESTRATOR
+    assert opened.config.parallel_config.device_ids == [0, 1]

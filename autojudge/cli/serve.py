@@ -70,7 +70,7 @@ def repo(out, target, draft, judge_path, default_mode, window, threshold, max_to
         models = write_trtllm_repo(out, config, force=force, check_engines=not no_engine_check,
                                    default_mode=default_mode or "judge", max_tokens=max_tokens)
         click.echo(f"wrote {models} (models: draft, target, judge_accept, autojudge, autojudge_stream); serve it "
-                   f"with: {serve_command(config, models.resolve())}")
+                   f"with: {serve_command(models.resolve())}")
         return
 
     from autojudge.models.loading import draft_spec_for

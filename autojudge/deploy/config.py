@@ -59,7 +59,7 @@ class DeployConfig(BaseModel):
     target: ModelSpec
     judge: Path
     output_dir: Path
-    dtype: Literal["float16", "bfloat16"] = "bfloat16"
+    dtype: Literal["float16", "bfloat16", "float32"] = "bfloat16"
     quantization: Literal["none", "fp8", "int8_wo", "int4_wo", "int4_awq"] = "none"
     tensor_parallel: int = Field(default=1, ge=1, le=64)
     max_batch_size: int = Field(default=8, ge=1, le=4096)

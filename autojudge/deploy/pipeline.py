@@ -41,7 +41,7 @@ def run_build(config_path: Path, dry_run: bool = False, as_json: bool = False) -
     rows = run_plan(steps, config.output_dir, echo)
     from autojudge.deploy.triton_repo import serve_command
 
-    serve = serve_command(config, config.output_dir / "triton_repo" / "models")
+    serve = serve_command(config.output_dir / "triton_repo" / "models")
     if as_json:
         click.echo(json.dumps({**report, "ok": True, "summary": rows, "serve": serve}, indent=2))
     else:

@@ -3,11 +3,11 @@
 Steps, in order (the ONNX judge path skips ``judge-plugin``)::
 
     draft-checkpoint   build/convert_checkpoint.py   HF -> TensorRT-LLM checkpoint (one per TP rank)
-    draft-engine       build/build_engine.py         engine, last-layer hidden states marked as an output
+    draft-engine       build/build_engine.py         engine, final-norm hidden states marked as an output,
+                                                      paged context attention (KV-cache block reuse)
     target-checkpoint  build/convert_checkpoint.py
-    target-engine      build/build_engine.py         + SpeculativeDecodingMode.DRAFT_TOKENS_EXTERNAL (the
-                                                      enum: a string builds no draft support), max_draft_len = window,
-                                                      paged context attention (KV-cache reuse)
+    target-engine      build/build_engine.py         the same: verified by a context pass over prefix + drafts
+                                                      (no external-draft mode, no gathered logits: build_engine.py)
     judge-plugin       cmake                         libautojudge_judge_accept_plugin.so
     judge-engine       autojudge-trt build judge     judge_accept.plan
     triton-repo        autojudge-trt repo            the TensorRT-LLM flavour of the Triton repository
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autojudge.deploy.config import DeployConfig
-from autojudge.serving.trtllm.contract import DRAFT_MODEL, HIDDEN_OUTPUT, JUDGE_MODEL, TARGET_MODEL
+from autojudge.serving.trtllm.contract import HIDDEN_OUTPUT
 from autojudge.storage import asset
 
 OUTPUT = "{OUTPUT}"  # placeholder for the step's output directory in its commands
@@ -56,8 +56,8 @@ class Step:
 def engine_paths(config: DeployConfig) -> dict[str, Path]:
     """Where the build puts what the Triton repository points at (one definition for both)."""
     engines = config.output_dir / "engines"
-    return {DRAFT_MODEL: engines / DRAFT_MODEL, TARGET_MODEL: engines / TARGET_MODEL,
-            JUDGE_MODEL: engines / JUDGE_MODEL / f"{JUDGE_MODEL}.plan",
+    return {"draft": engines / "draft", "target": engines / "target",
+            "judge_accept": engines / "judge_accept" / "judge_accept.plan",
             "plugin": config.output_dir / "plugin" / PLUGIN_LIBRARY}
 
 
@@ -75,15 +75,14 @@ def make_plan(config: DeployConfig, config_path: Path) -> list[Step]:
             ((py, str(scripts / "convert_checkpoint.py"), "--model", spec.model, "--dtype", config.dtype,
               "--quantization", config.quantization, "--tp-size", str(config.tp(role)), "--out", OUTPUT),),
             checkpoint, inputs=local))
-        engine_args = [py, str(scripts / "build_engine.py"), "--checkpoint", str(checkpoint), "--role", role,
+        engine_args = [py, str(scripts / "build_engine.py"), "--checkpoint", str(checkpoint),
                        "--max-batch-size", str(config.max_batch_size), "--max-input-len", str(config.max_input_len),
                        "--max-seq-len", str(config.max_seq_len), "--hidden-output", HIDDEN_OUTPUT]
-        if role == "target":
-            engine_args += ["--max-draft-len", str(config.window)]
+        returns = (f"{HIDDEN_OUTPUT} at every context token (a context pass over prefix + drafts verifies; no "
+                   "external-draft mode, no gathered logits)" if role == "target"
+                   else f"{HIDDEN_OUTPUT} at every generation step")
         steps.append(Step(
-            f"{role}-engine", f"build the {role} engine" + (
-                f" (speculative_decoding_mode SpeculativeDecodingMode.DRAFT_TOKENS_EXTERNAL, max_draft_len "
-                f"{config.window})" if role == "target" else ""),
+            f"{role}-engine", f"build the {role} engine (TP {config.tp(role)}; returns {returns})",
             (tuple(engine_args + ["--out", OUTPUT]),), engine, after=(f"{role}-checkpoint",)))
     judge_args = [*cli, "build", "judge", "--judge", str(config.judge), "--path", config.judge_engine,
                   "--hidden-dtype", config.dtype, "--max-batch", str(config.max_batch_size),
@@ -97,11 +96,17 @@ def make_plan(config: DeployConfig, config_path: Path) -> list[Step]:
              ("cmake", "--build", OUTPUT, "-j")), plugin, inputs=(str(asset("plugin")),)))
         judge_args += ["--plugin-library", str(paths["plugin"])]
         judge_after = ("judge-plugin",)
-    steps.append(Step("judge-engine", f"build the judge-accept engine ({config.judge_engine} path)",
+    loading = ("served in the decoding model, which registers the plugin with IPluginRegistry.load_library "
+               "(getCreators) before it deserializes the plan" if config.judge_engine == "plugin"
+               else "served in the decoding model; no plugin to load")
+    steps.append(Step("judge-engine", f"build the judge-accept engine ({config.judge_engine} path; {loading})",
                       (tuple(judge_args + ["--out", OUTPUT]),), paths["judge_accept"].parent,
                       inputs=(str(config.judge),), after=judge_after))
     steps.append(Step(
-        "triton-repo", "write the Triton model repository (TensorRT-LLM flavour)",
+        "triton-repo", "write the Triton model repository (TensorRT-LLM flavour; served by one tritonserver process: "
+        + ("; ".join(f"the {role} executor (TP {config.tp(role)}) orchestrates {config.tp(role)} spawned ranks on "
+                     f"GPUs {','.join(map(str, range(config.tp(role))))}" if config.tp(role) > 1
+                     else f"the {role} executor runs in it on GPU 0" for role in ("draft", "target")) + ")"),
         ((*cli, "repo", "--flavour", "tensorrt-llm", "--config", str(config_path.resolve()), "--out", OUTPUT,
           "--force"),),
         out / "triton_repo", inputs=(str(config_path.resolve()),),

@@ -2,13 +2,17 @@
 
 Output layout (``--out DEPLOY``; engine paths from the deployment description)::
 
-    DEPLOY/models/draft/config.pbtxt          tensorrtllm backend -> output_dir/engines/draft
-    DEPLOY/models/target/config.pbtxt         tensorrtllm backend -> output_dir/engines/target
-    DEPLOY/models/judge_accept/config.pbtxt   TensorRT plan; 1/model.plan links to the engine
-    DEPLOY/models/autojudge[_stream]/         the BLS: SpeculativeLoop over TensorRTLLMBackend
-    DEPLOY/artifacts/judge/                   the judge's metadata (threshold, layout)
-    DEPLOY/deployment.json                    settings and the command that serves it
+    DEPLOY/models/autojudge_stream/   decoupled Python model: SpeculativeLoop over TensorRTLLMBackend, which
+                                      opens the draft and target executors and the judge-accept engine
+    DEPLOY/models/autojudge/          Python model answering one response per request (HTTP, gRPC) by
+                                      forwarding to autojudge_stream: the engines are loaded once
+    DEPLOY/artifacts/judge/           the judge's metadata (threshold, layout)
+    DEPLOY/deployment.json            settings and the command that serves it
 
+No model of the repository uses the tensorrtllm or tensorrt backends: the stock tensorrtllm
+backend returns neither marked engine outputs nor the target's numbers at rejected draft
+positions, and the tensorrt backend only dlopens plugin libraries (see
+:mod:`autojudge.serving.trtllm.backend` and :mod:`autojudge.serving.trtllm.judge_engine`).
 Every config.pbtxt is parsed against Triton's ModelConfig before anything is written.
 """
 
@@ -17,29 +21,37 @@ from __future__ import annotations
 from pathlib import Path
 
 from autojudge.deploy.config import DeployConfig
-from autojudge.deploy.model_info import read_model_info
 from autojudge.deploy.plan import engine_paths
 from autojudge.errors import AutoJudgeError
-from autojudge.judge import Judge
-from autojudge.serving.repo import ExtraModel, RepoSettings, render, write_repo
-from autojudge.serving.trtllm.contract import HIDDEN_OUTPUT
-from autojudge.storage import asset
+from autojudge.serving.repo import RepoSettings, write_repo
 
-HIDDEN_TYPES = {"bfloat16": "TYPE_BF16", "float16": "TYPE_FP16"}
-KV_CACHE_FRACTION = {"draft": "0.2", "target": "0.6"}  # of free GPU memory when each loads
+KV_CACHE_FRACTION = {"draft": "0.2", "target": "0.6"}  # of free GPU memory when each executor opens
+STREAM_MODEL = "autojudge_stream"
 
 
-def serve_command(config: DeployConfig, models: Path) -> str:
-    world = max(config.tp("draft"), config.tp("target"))
-    launch = f"mpirun --allow-run-as-root -n {world} " if world > 1 else ""
-    plugins = (f" --backend-config=tensorrt,plugins={engine_paths(config)['plugin']}"
-               if config.judge_engine == "plugin" else "")
-    return f"{launch}tritonserver --model-repository {models}{plugins}"
+def serve_command(models: Path) -> str:
+    """One server process for any tensor parallelism: a TP > 1 executor orchestrates its own workers."""
+    return f"tritonserver --model-repository {models}"
+
+
+def engine_parameters(config: DeployConfig) -> dict[str, str]:
+    """What the decoding model opens (:mod:`autojudge.serving.trtllm.loader`)."""
+    paths = engine_paths(config)
+    params = {"judge_plan": str(paths["judge_accept"]),
+              "plugin_library": str(paths["plugin"]) if config.judge_engine == "plugin" else ""}
+    for role in ("draft", "target"):
+        tp = config.tp(role)
+        params.update({f"{role}_engine": str(paths[role]), f"{role}_tp": str(tp),
+                       f"{role}_device_ids": ",".join(str(i) for i in range(tp)),
+                       f"{role}_kv_fraction": KV_CACHE_FRACTION[role]})
+    return params
 
 
 def write_trtllm_repo(out: str | Path, config: DeployConfig, force: bool = False, check_engines: bool = True,
-                      default_mode: str = "judge", max_tokens: int = 128) -> Path:
-    """Write the repository; with ``check_engines`` every engine must exist already."""
+                      default_mode: str = "judge", max_tokens: int = 128, device: str = "cuda",
+                      runtime: dict[str, str] | None = None) -> Path:
+    """Write the repository; with ``check_engines`` every engine must exist already. ``runtime``
+    names other executor / TensorRT modules (``executor_api``, ``tensorrt_api``: CI's emulations)."""
     paths = engine_paths(config)
     if check_engines:
         missing = [str(p) for key, p in paths.items() if not p.exists() and (key != "plugin" or
@@ -47,34 +59,14 @@ def write_trtllm_repo(out: str | Path, config: DeployConfig, force: bool = False
         if missing:
             raise AutoJudgeError(f"engines missing: {', '.join(missing)}. Build them first (autojudge-trt build "
                                  "--config ...), or pass --no-engine-check to write the repository anyway.")
-    judge = Judge.load(config.judge)
-    hidden_type = HIDDEN_TYPES[config.dtype]
-    sizes = {"draft": judge.meta.draft_hidden_size, "target": judge.meta.target_hidden_size}
-    for role in ("draft", "target"):  # the judge's sizes are the models' (preflight checks it)
-        info = read_model_info(getattr(config, role).model)
-        if info is not None:
-            sizes[role] = info.hidden_size
-    root = asset("triton_repo") / "tensorrt_llm"
-    llm_template = (root / "llm" / "config.pbtxt").read_text()
-    extra = {role: ExtraModel(render(llm_template, {
-        "model_name": role, "max_batch_size": str(config.max_batch_size), "hidden_output": HIDDEN_OUTPUT,
-        "hidden_type": hidden_type, "hidden_size": str(sizes[role]), "engine_dir": str(paths[role]),
-        "kv_cache_fraction": KV_CACHE_FRACTION[role]}, f"{root / 'llm' / 'config.pbtxt'} (as {role})"))
-        for role in ("draft", "target")}
-    draft_hidden = (f'\n  {{ name: "draft_hidden" data_type: {hidden_type} dims: [ -1, -1, {sizes["draft"]} ] }},'
-                    if judge.uses_draft_hidden else "")
-    judge_template = (root / "judge_accept" / "config.pbtxt").read_text()
-    # draft_hidden_input is pbtxt, not a string value: substitute it before render() escapes values
-    judge_text = render(judge_template.replace("${draft_hidden_input}", draft_hidden),
-                        {"hidden_type": hidden_type, "target_hidden_size": str(sizes["target"])},
-                        str(root / "judge_accept" / "config.pbtxt"))
-    extra["judge_accept"] = ExtraModel(judge_text, {"model.plan": paths["judge_accept"]})
     settings = RepoSettings(target=config.target.model, draft=config.draft.model, judge=config.judge,
                             window=config.window, default_mode=default_mode, max_tokens=max_tokens,
-                            max_tokens_limit=config.max_seq_len - 1, instances=1, device="cpu",
+                            max_tokens_limit=config.max_seq_len - 1, instances=1, device=device,
                             dtype=config.dtype, torch_threads=1, backend="tensorrt-llm",
-                            max_window=config.window)  # the target engine's max_draft_len
+                            max_window=config.window)
     out = Path(out)
     details = {"engines": {key: str(p) for key, p in paths.items()},
-               "serve": serve_command(config, out.resolve() / "models")}
-    return write_repo(out, settings, force=force, extra_models=extra, details=details)
+               "serve": serve_command(out.resolve() / "models")}
+    return write_repo(out, settings, force=force, details=details,
+                      parameters={STREAM_MODEL: {**engine_parameters(config), **(runtime or {})},
+                                  "autojudge": {"forward_to": STREAM_MODEL}})

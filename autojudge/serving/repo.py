@@ -106,8 +106,10 @@ class ExtraModel:
 
 
 def write_repo(out: str | Path, settings: RepoSettings, force: bool = False,
-               extra_models: dict[str, ExtraModel] | None = None, details: dict | None = None) -> Path:
-    """Write the deployment directory ``out`` (see the module doc); return its models/ path."""
+               extra_models: dict[str, ExtraModel] | None = None, details: dict | None = None,
+               parameters: dict[str, dict[str, str]] | None = None) -> Path:
+    """Write the deployment directory ``out`` (see the module doc); return its models/ path.
+    ``parameters``: more config.pbtxt parameters, by model name."""
     settings.check()
     out = Path(out)
     if out.exists() and not force:
@@ -127,12 +129,16 @@ def write_repo(out: str | Path, settings: RepoSettings, force: bool = False,
         "threshold": "" if settings.threshold is None else repr(settings.threshold),
         "max_tokens": str(settings.max_tokens), "max_tokens_limit": str(settings.max_tokens_limit),
         "instances": str(settings.instances), "torch_threads": str(settings.threads()),
-        "instance_kind": "KIND_CPU" if settings.device == "cpu" else "KIND_GPU", "backend": settings.backend,
+        # KIND_GPU makes one instance per GPU; a TensorRT-LLM executor places itself (device_ids): KIND_CPU
+        "instance_kind": "KIND_CPU" if settings.device == "cpu" or settings.backend == "tensorrt-llm" else "KIND_GPU",
+        "backend": settings.backend,
     }
     rendered = {}
     for name, decoupled in MODELS.items():
         text = render(template, {**values, "model_name": name, "decoupled": str(decoupled).lower()},
                       f"{source / 'config.pbtxt'} (as {name})")
+        text += "".join(f'parameters {{ key: "{key}" value: {{ string_value: "{_pbtxt_string(value)}" }} }}\n'
+                        for key, value in (parameters or {}).get(name, {}).items())
         validate_config(text, f"{name}/config.pbtxt")
         rendered[name] = text
     extra_models = extra_models or {}

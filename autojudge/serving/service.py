@@ -51,7 +51,7 @@ class DecodeService:
             torch.set_num_threads(int(params["torch_threads"]))
         judge = _judge(params, model_dir)
         if params.get("backend", "in-process") == "tensorrt-llm":
-            loop = _tensorrt_llm_loop(params, judge)
+            loop = _tensorrt_llm_loop(params, judge, model_dir)
             defaults = ServeDefaults.from_parameters(params, judge is not None, "judge", 8, loop.backend.max_window,
                                                      loop.backend.window_bound)
         else:
@@ -126,13 +126,9 @@ def _in_process_decoder(params: dict[str, str], judge) -> SpeculativeLoop:
                               check_judge_names=params.get("check_judge_models", "true") == "true")
 
 
-def _tensorrt_llm_loop(params: dict[str, str], judge) -> SpeculativeLoop:
-    """The BLS of the TensorRT-LLM flavour: the same loop over the draft, target and
-    judge_accept models of this Triton server (only importable inside Triton)."""
-    import triton_python_backend_utils as pb_utils
+def _tensorrt_llm_loop(params: dict[str, str], judge, model_dir: str | Path) -> SpeculativeLoop:
+    """The TensorRT-LLM flavour: the same loop over the draft and target executors and the
+    judge-accept engine (:mod:`autojudge.serving.trtllm.loader`)."""
+    from autojudge.serving.trtllm.loader import open_backend
 
-    from autojudge.serving.trtllm.backend import TensorRTLLMBackend, bls_call, load_tokenizer
-
-    tokenizer, eos = load_tokenizer(params["target"])
-    return SpeculativeLoop(TensorRTLLMBackend(bls_call(pb_utils), tokenizer, eos, judge,
-                                              max_window=int(params["max_window"])))
+    return SpeculativeLoop(open_backend(params, judge, Path(model_dir)))

@@ -28,8 +28,9 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
+        self.forward_to = params.get("forward_to") or None
         model_dir = Path(args["model_repository"])  # this model's folder
-        self.service = DecodeService.from_parameters(params, model_dir)
+        self.service = None if self.forward_to else DecodeService.from_parameters(params, model_dir)
 
     def _response(self, arrays: dict[str, np.ndarray] | None = None, error: str | None = None):
         if error is not None:
@@ -42,6 +43,24 @@ class TritonPythonModel:
             tensor = self.pb.get_input_tensor_by_name(request, name)
             raw[name] = None if tensor is None else tensor.as_numpy()
         return raw
+
+    def _forward(self, request):
+        """One response: the pieces that ``forward_to`` streams for this request, joined."""
+        inputs = [t for name in INPUTS if (t := self.pb.get_input_tensor_by_name(request, name)) is not None]
+        call = self.pb.InferenceRequest(model_name=self.forward_to, inputs=inputs,
+                                        requested_output_names=["text", "token_ids", "metrics"])
+        text, ids, metrics = [], [], "{}"
+        for response in call.exec(decoupled=True):
+            if response.has_error():
+                return self._response(error=response.error().message())
+            if not response.output_tensors():  # the empty final flag of a decoupled stream
+                continue
+            out = {name: self.pb.get_output_tensor_by_name(response, name).as_numpy()
+                   for name in ("text", "token_ids", "metrics")}
+            text.append(out["text"].reshape(-1)[0].decode())
+            ids.extend(int(i) for i in out["token_ids"].reshape(-1))
+            metrics = out["metrics"].reshape(-1)[0].decode()
+        return self._response(response_arrays("".join(text), ids, json.loads(metrics)))
 
     def _handle(self, request, send) -> None:
         """Decode one request, calling ``send(response, final)`` once (unary) or per piece."""
@@ -60,6 +79,8 @@ class TritonPythonModel:
             send(self._response(error=f"internal error: {type(exc).__name__}: {exc}"), True)
 
     def execute(self, requests):
+        if self.forward_to:
+            return [self._forward(request) for request in requests]
         if not self.decoupled:
             responses = []
             for request in requests:
