@@ -218,20 +218,47 @@ def test_without_a_gpu_or_tensorrt_llm_the_build_stops_saying_what_to_install(de
 
 
 def test_preflight_names_a_wrong_tensorrt_llm_line_and_a_gpu_that_is_too_small(deployment, monkeypatch):
-    path, _ = deployment
+    path, write = deployment
     monkeypatch.setattr(preflight_module, "installed_version",
                         lambda module: {"tensorrt": "10.14.1", "tensorrt_llm": "1.3.0"}[module])
     monkeypatch.setattr(preflight_module, "detect_gpus",
                         lambda: [preflight_module.GpuInfo("Tesla T4", (7, 5), 15360)])
-    checks = {check.name: check for check in Preflight(load_config(path)).host_checks()}
+    engine_line = write(path.read_text() + "trtllm_line: engine\n", "engine.yaml")
+    checks = {check.name: check for check in Preflight(load_config(engine_line)).host_checks()}
+    assert checks["TensorRT-LLM line"].detail.startswith("engine: trtllm_line: engine (set in the description)")
+    assert "tensorrt_llm 1.2.1, tensorrt 10.14, tensorrtllm_backend 1.2.1" in checks["TensorRT-LLM line"].detail
     assert checks["tensorrt"].status == "ok"
     assert checks["tensorrt_llm"].status == "fail" and "1.3.0 is installed; this build needs 1.2.x" in \
         checks["tensorrt_llm"].detail
     assert checks["GPU"].status == "fail" and "compute capability 7.5" in checks["GPU"].detail
     monkeypatch.setattr(preflight_module, "detect_gpus",
                         lambda: [preflight_module.GpuInfo("NVIDIA H100 80GB HBM3", (9, 0), 81559)])
-    checks = {check.name: check for check in Preflight(load_config(path)).host_checks()}
+    checks = {check.name: check for check in Preflight(load_config(engine_line)).host_checks()}
     assert checks["GPU"].status == "ok" and checks["tensorrt_llm"].status == "fail"
+
+
+def test_an_installed_line_without_engines_plans_checkpoints_the_op_and_the_repository(deployment, monkeypatch,
+                                                                                      tmp_path):
+    """trtllm_line: auto follows the installed TensorRT-LLM: after 1.2 there are no engines to build, and the
+    preflight says exactly what today's line lacks for the judge, and where."""
+    path, _ = deployment
+    monkeypatch.setattr(preflight_module, "installed_version", lambda module: {"tensorrt_llm": "1.4.0"}.get(module))
+    result, report = dry_run(path)
+    assert result.exit_code == 0, result.output
+    steps = {step["step"]: step for step in report["plan"]}
+    assert list(steps) == ["judge-op", "triton-repo"]  # local checkpoints: nothing to download, no engines
+    assert "torch.ops.autojudge.judge_accept" in steps["judge-op"]["title"]
+    assert "the target LLM runs in it on GPU 0" in steps["triton-repo"]["title"]
+    checks = {check["name"]: check for check in report["preflight"]}
+    assert checks["TensorRT-LLM line"]["detail"].startswith("pytorch: TensorRT-LLM 1.4.0 is installed")
+    hidden = checks["hidden states"]
+    assert hidden["status"] == "unknown" and "tensorrt_llm/_torch/models/modeling_utils.py" in hidden["detail"]
+    assert "handle_additional_outputs.py" in hidden["detail"] and "register_hidden_state_model" in hidden["detail"]
+    monkeypatch.setattr(preflight_module, "installed_version", lambda module: None)
+    result, report = dry_run(path)  # without TensorRT-LLM: the engine line, said so
+    assert [step["step"] for step in report["plan"]][:2] == ["draft-checkpoint", "draft-engine"]
+    line = next(c for c in report["preflight"] if c["name"] == "TensorRT-LLM line")
+    assert "TensorRT-LLM is not installed here: planning the engine line (1.2.1)" in line["detail"]
 
 
 def test_preflight_catches_tokenizers_and_tensor_parallel_that_cannot_work(tmp_path):

@@ -274,3 +274,40 @@ def test_the_tensorrt_llm_flavour_serves_the_in_process_decoders_tokens(trtllm_d
                                model="autojudge_stream")
         assert streamed["token_ids"] == want.token_ids
     assert running.process.poll() is not None
+
+
+def test_todays_tensorrt_llm_line_serves_the_in_process_decoders_tokens(tmp_path):
+    """trtllm_line: pytorch: the same two served models over tensorrt_llm.LLM (its emulation, loading the
+    testbed pair's Hugging Face checkpoints) and the judge-accept op, in a real tritonserver."""
+    from autojudge.decoding import DecodeConfig, SpeculativeDecoder
+    from autojudge.deploy.config import load_config
+    from autojudge.deploy.triton_repo import write_trtllm_repo
+    from autojudge.models import encode_prompt, load_target
+    from autojudge.serving.repo import validate_config
+    from autojudge.serving.server import TritonServer
+    from autojudge.storage import asset
+    from autojudge.testbed.problems import problem
+
+    pair = asset("testbed_pair")
+    target, draft = load_target(str(pair / "target")), load_target(str(pair / "draft"))
+    meta = JudgeMetadata(target.name, target.hidden_size, draft.name, draft.hidden_size, threshold=0.5)
+    torch.manual_seed(0)
+    Judge(torch.randn(meta.num_features) * 0.2, 0.0, meta).save(tmp_path / "judge")
+    (tmp_path / "deploy.yaml").write_text(f"draft: {pair / 'draft'}\ntarget: {pair / 'target'}\njudge: judge\n"
+                                          "output_dir: build\nwindow: 4\nmax_seq_len: 512\nmax_input_len: 256\n"
+                                          "dtype: float32\ntrtllm_line: pytorch\n")
+    models = write_trtllm_repo(tmp_path / "deploy", load_config(tmp_path / "deploy.yaml"), max_tokens=24,
+                               device="cpu", runtime={"llm_api": "autojudge.testing.trtllm_torch"})
+    stream = validate_config((models / "autojudge_stream" / "config.pbtxt").read_text(), "autojudge_stream")
+    assert stream.parameters["trtllm_line"].string_value == "pytorch"
+    assert stream.parameters["target_model"].string_value == str(pair / "target")
+    decoder = SpeculativeDecoder(target, draft, Judge.load(tmp_path / "judge"), check_judge_names=False)
+    prompt = problem("test", 0).question
+    ids = encode_prompt(target.tokenizer, prompt, chat=True)
+    with TritonServer(models, log_file=tmp_path / "server.log") as running:
+        for mode in ("lossless", "judge"):
+            want = decoder.generate(ids, DecodeConfig(mode=mode, window=4, max_new_tokens=24))
+            got = infer_http(running.http_url, request_arrays(prompt, max_tokens=24, mode=mode, window=4))
+            assert got["token_ids"] == want.token_ids, mode
+            assert got["metrics"]["judge_accepted_mismatches"] == want.metrics.num_accepted_mismatches
+        assert got["metrics"]["judge_accepted_mismatches"] > 0 and got["metrics"]["acceptance_rate"] < 1

@@ -121,7 +121,7 @@ def test_every_request_asks_for_what_the_backend_reads(pair, tmp_path):
     backend = emulated_backend(tmp_path, target, draft, judge)
     prompts = [PROMPT, PROMPT[:5]]
     SpeculativeLoop(backend).generate_batch(prompts, DecodeConfig(mode="judge", window=3, max_new_tokens=12))
-    drafts, targets = backend.executors.draft.requests, backend.executors.target.requests
+    drafts, targets = backend.draft.executor.requests, backend.target.executor.requests
     assert drafts and targets
     for request in drafts + targets:
         assert (request.sampling_config.beam_width, request.sampling_config.top_k) == (1, 1)
@@ -141,7 +141,7 @@ def test_every_request_asks_for_what_the_backend_reads(pair, tmp_path):
         rows.setdefault(request.cache_salt_id, []).append(request.input_token_ids)
     assert len(rows) == 2  # one salt per row, kept through its cycles: each pass extends the row's last one
     assert all(a[:-3] == b[: len(a) - 3] for seqs in rows.values() for a, b in itertools.pairwise(seqs))
-    assert max(backend.executors.target.prepopulated) > len(PROMPT)  # later cycles reused the row's prefix
+    assert max(backend.target.executor.prepopulated) > len(PROMPT)  # later cycles reused the row's prefix
 
 
 def test_reading_the_target_states_one_position_off_is_caught(pair, tmp_path, monkeypatch):
@@ -150,8 +150,7 @@ def test_reading_the_target_states_one_position_off_is_caught(pair, tmp_path, mo
     config = DecodeConfig(mode="lossless", window=4, max_new_tokens=24)
     in_process, served, _ = both_ways(tmp_path / "right", pair, None, config)
     same_run(served, in_process)
-    monkeypatch.setattr(trtllm_backend, "verified_rows", lambda context, length, w: context[length: length + w + 1]
-                        if length + w + 1 <= context.shape[0] else context[length - 2: length + w - 1])
+    monkeypatch.setattr(trtllm_backend, "verified_rows", lambda context, w: context[-(w + 2):-1])
     _, off, _ = both_ways(tmp_path / "off", pair, None, config)
     with pytest.raises(AssertionError):
         same_run(off, in_process)
@@ -180,21 +179,20 @@ def test_a_draft_that_stops_early_still_gives_the_targets_tokens(pair64, tmp_pat
     target, draft = pair64
     backend = emulated_backend(tmp_path, target, draft, random_judge(target, draft, "draft+target"),
                                dtype="float64")
-    run, short = backend.executors.run, []
+    generate, short = backend.draft.generate, []
 
-    def stopping(executor, requests):
-        results = run(executor, requests)
-        if executor is backend.executors.draft:
-            for request, result in zip(requests, results):
-                if len(request.input_token_ids) % 2:  # odd lengths: the engine met its end id after 2 tokens
-                    short.append(1)
-                    result.output_token_ids = [result.output_token_ids[0][:2]]
-                    for output in result.additional_outputs:
-                        output.output = output.output.clone()
-                        output.output[:, 2:] = float("nan")  # never written
+    def stopping(sequences, max_tokens, states):
+        results = generate(sequences, max_tokens, states)
+        for i, (sequence, (tokens, hidden)) in enumerate(zip(sequences, results)):
+            if len(sequence) % 2:  # odd lengths: the engine met its end id after 2 tokens
+                short.append(1)
+                if hidden is not None:
+                    hidden = hidden.clone()
+                    hidden[2:] = float("nan")  # never written
+                results[i] = (tokens[:2], hidden)
         return results
 
-    monkeypatch.setattr(backend.executors, "run", stopping)
+    monkeypatch.setattr(backend.draft, "generate", stopping)
     prompts = [PROMPT, PROMPT[:4], [1, 77, 3000, 25, 911, 5, 8]]
     proposal = backend.open(3, uses_draft=True).propose(prompts, 4, need_hidden=True)
     assert proposal.lengths.tolist() == [1, 4, 1]  # lengths 9 and 7 are odd: one token has its state
@@ -361,3 +359,56 @@ def test_a_tensor_parallel_engine_is_orchestrated_from_the_one_server_process(pa
     opened = open_executor(trtllm_executor, str(path), True, 2, [0, 1], 0.5, str(worker))
     assert opened.config.parallel_config.communication_mode == trtllm_executor.CommunicationMode.ORCHESTRATOR
     assert opened.config.parallel_config.device_ids == [0, 1]
+
+
+# ----------------------------------------------------------------------------- today's line (PyTorch backend)
+
+
+def llm_backend(pair, judge=None, registered=True):
+    """The backend over two emulated tensorrt_llm.LLM (PyTorch backend) with the judge-accept op."""
+    from autojudge.acceptance.torch_op import TorchJudgeAccept
+    from autojudge.serving.trtllm.backend import TensorRTLLMBackend
+    from autojudge.serving.trtllm.llm_api import LLMClient, register_hidden_state_model
+    from autojudge.testing import trtllm_torch
+    from autojudge.testing.trtllm_torch._torch.models import modeling_llama, modeling_utils
+
+    target, draft = pair
+    if registered:
+        register_hidden_state_model(modeling_llama, modeling_utils)
+    clients = [LLMClient(trtllm_torch, trtllm_torch.LLM(model=trtllm_torch.register_model(f"llm-{id(lm)}", lm)),
+                         None) for lm in (draft, target)]
+    return TensorRTLLMBackend(*clients, target.logits, target.vocab_size, target.tokenizer, frozenset(), judge,
+                              TorchJudgeAccept(judge, "cpu") if judge else None)
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch):
+    from autojudge.testing.trtllm_torch._torch.models import modeling_utils
+
+    monkeypatch.setattr(modeling_utils, "_EXTERNAL", {})
+
+
+@pytest.mark.parametrize("mode", ["lossless", "topk", "judge"])
+def test_todays_line_through_the_llm_api_matches_the_in_process_decoder(pair, mode, fresh_registry):
+    target, draft = pair
+    judge = random_judge(target, draft, "draft+target")
+    config = DecodeConfig(mode=mode, window=4, top_k=3, max_new_tokens=32)
+    prompts = [PROMPT, PROMPT[:5]]
+    in_process = SpeculativeDecoder(target, draft, judge).generate_batch(prompts, config, eos_token_ids=frozenset())
+    backend = llm_backend(pair, judge)
+    served = SpeculativeLoop(backend).generate_batch(prompts, config)
+    for got, want in zip(served, in_process):
+        same_run(got, want)
+    if mode != "lossless":
+        assert sum(r.metrics.num_accepted_mismatches for r in served) > 0
+    salts = {salt for _, _, salt in backend.target.llm.requests}
+    assert len(salts) == 2  # a salt per row; later passes found the row's prefix in the cache
+    assert max(len(p) for p, _, _ in backend.target.llm.requests) > len(PROMPT)
+
+
+def test_todays_line_needs_a_model_that_returns_its_hidden_states(pair, fresh_registry):
+    """No built-in PyTorch-backend model returns its final-norm states: without the registered model the
+    request for them fails, as it would on a GPU host (modeling_utils.py / handle_additional_outputs.py)."""
+    backend = llm_backend(pair, random_judge(*pair, "draft+target"), registered=False)
+    with pytest.raises(RuntimeError, match="not returned by the model"):
+        SpeculativeLoop(backend).generate(PROMPT, DecodeConfig(mode="judge", window=4, max_new_tokens=8))

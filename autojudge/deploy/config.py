@@ -15,7 +15,9 @@ Example (1B draft / 8B target on one GPU)::
     max_batch_size: 8                            #   target: {model: ..., tensor_parallel: 4}
     max_input_len: 2048
     max_seq_len: 4096
-    window: 8                                    # = max draft length of the target engine
+    window: 8                                    # the largest window a request may ask for
+    judge_engine: plugin                         # engine line: the plugin's engine, or onnx
+    trtllm_line: auto                            # engine (1.2.x), pytorch (today's), auto: the installed
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class DeployConfig(BaseModel):
     max_seq_len: int = Field(default=4096, ge=2)
     window: int = Field(default=8, ge=1, le=MAX_WINDOW)
     judge_engine: Literal["plugin", "onnx"] = "plugin"
+    trtllm_line: Literal["auto", "engine", "pytorch"] = "auto"  # autojudge.deploy.lines
 
     @field_validator("draft", "target", mode="before")
     @classmethod

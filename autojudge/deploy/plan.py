@@ -61,7 +61,17 @@ def engine_paths(config: DeployConfig) -> dict[str, Path]:
             "plugin": config.output_dir / "plugin" / PLUGIN_LIBRARY}
 
 
+def plan_line(config: DeployConfig) -> tuple[str, str]:
+    """(line, why): the TensorRT-LLM line this build is for (:mod:`autojudge.deploy.lines`)."""
+    from autojudge.deploy.lines import resolve_line
+    from autojudge.deploy.preflight import installed_version
+
+    return resolve_line(config.trtllm_line, installed_version("tensorrt_llm"))
+
+
 def make_plan(config: DeployConfig, config_path: Path) -> list[Step]:
+    if plan_line(config)[0] == "pytorch":
+        return _pytorch_plan(config, config_path)
     out, scripts, py = config.output_dir, asset("build_steps"), sys.executable
     paths = engine_paths(config)
     cli = (py, "-m", "autojudge.cli")
@@ -102,15 +112,47 @@ def make_plan(config: DeployConfig, config_path: Path) -> list[Step]:
     steps.append(Step("judge-engine", f"build the judge-accept engine ({config.judge_engine} path; {loading})",
                       (tuple(judge_args + ["--out", OUTPUT]),), paths["judge_accept"].parent,
                       inputs=(str(config.judge),), after=judge_after))
+    steps.append(_repo_step(config, config_path, "executor", steps))
+    return steps
+
+
+def _repo_step(config: DeployConfig, config_path: Path, runner: str, steps: list[Step]) -> Step:
+    launch = "; ".join(f"the {role} {runner} (TP {config.tp(role)}) orchestrates {config.tp(role)} spawned ranks on "
+                       f"GPUs {','.join(map(str, range(config.tp(role))))}" if config.tp(role) > 1
+                       else f"the {role} {runner} runs in it on GPU 0" for role in ("draft", "target"))
+    return Step(
+        "triton-repo", f"write the Triton model repository (TensorRT-LLM flavour; served by one tritonserver "
+        f"process: {launch})",
+        ((sys.executable, "-m", "autojudge.cli", "repo", "--flavour", "tensorrt-llm", "--config",
+          str(config_path.resolve()), "--out", OUTPUT, "--force"),),
+        config.output_dir / "triton_repo", inputs=(str(config_path.resolve()),),
+        after=tuple(step.name for step in steps))
+
+
+def checkpoint_paths(config: DeployConfig) -> dict[str, Path]:
+    """Today's line: where each model's Hugging Face checkpoint is (a local one is used in place)."""
+    return {role: Path(getattr(config, role).model) if Path(getattr(config, role).model).is_dir()
+            else config.output_dir / "checkpoints" / role for role in ("draft", "target")}
+
+
+def _pytorch_plan(config: DeployConfig, config_path: Path) -> list[Step]:
+    """Today's line: no engines. Hub checkpoints are downloaded, the judge-accept op's CUDA kernel is
+    compiled (nvcc; the op's CPU side is the g++ host build), the repository is written."""
+    py, steps = sys.executable, []
+    for role, path in checkpoint_paths(config).items():
+        model = getattr(config, role).model
+        if not Path(model).is_dir():
+            steps.append(Step(
+                f"{role}-checkpoint", f"download the {role} checkpoint ({model}); served by tensorrt_llm.LLM "
+                "(PyTorch backend, no engine)",
+                ((py, "-c", "import sys; from huggingface_hub import snapshot_download; "
+                  "snapshot_download(sys.argv[1], local_dir=sys.argv[2])", model, OUTPUT),), path))
     steps.append(Step(
-        "triton-repo", "write the Triton model repository (TensorRT-LLM flavour; served by one tritonserver process: "
-        + ("; ".join(f"the {role} executor (TP {config.tp(role)}) orchestrates {config.tp(role)} spawned ranks on "
-                     f"GPUs {','.join(map(str, range(config.tp(role))))}" if config.tp(role) > 1
-                     else f"the {role} executor runs in it on GPU 0" for role in ("draft", "target")) + ")"),
-        ((*cli, "repo", "--flavour", "tensorrt-llm", "--config", str(config_path.resolve()), "--out", OUTPUT,
-          "--force"),),
-        out / "triton_repo", inputs=(str(config_path.resolve()),),
-        after=tuple(step.name for step in steps)))
+        "judge-op", "compile the judge-accept op (torch.ops.autojudge.judge_accept: the plugin's CUDA kernel, nvcc)",
+        ((py, "-c", "import shutil, sys; from autojudge.acceptance.plugin import build_cuda_library; "
+          "shutil.copy(build_cuda_library(), sys.argv[1])", f"{OUTPUT}/libjudgeAcceptKernel.so"),),
+        config.output_dir / "judge_op", inputs=(str(asset("plugin")),)))
+    steps.append(_repo_step(config, config_path, "LLM", steps))
     return steps
 
 

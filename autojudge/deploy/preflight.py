@@ -24,6 +24,7 @@ from autojudge.deploy.model_info import SUPPORTED_ARCHITECTURES, ModelInfo, read
 
 TENSORRT_LLM_LINE = (1, 2)  # the last line with the TensorRT-engine (trtllm-build) workflow
 MIN_TENSORRT = (10, 14)
+PYTORCH_LINE = (1, 3)  # TensorRT-LLM lines without TensorRT engines start after 1.2
 MIN_COMPUTE_CAPABILITY = (8, 0)
 FP8_COMPUTE_CAPABILITY = (8, 9)
 TRT_INSTALL = ("pip install 'autojudge[trt]' (tensorrt-llm 1.2.x pulls TensorRT 10.14; Python 3.12, from "
@@ -151,13 +152,41 @@ class Preflight:
 
     # ------------------------------------------------------------------ host
     def host_checks(self) -> list[Check]:
+        from autojudge.deploy.plan import plan_line
+        from autojudge.serving.trtllm.contract import ENGINE_LINE
+
+        line, why = plan_line(self.config)
         gpus = detect_gpus()
-        return [self._gpu(gpus), self._package("tensorrt", MIN_TENSORRT, None),
+        if line == "pytorch":
+            return [Check("TensorRT-LLM line", "host", "ok", f"pytorch: {why}"), self._gpu(gpus),
+                    self._package("tensorrt_llm", PYTORCH_LINE, None), self._hidden_states(),
+                    self._tool("nvcc", "the CUDA toolkit (nvcc) builds the judge-accept op",
+                               "install the CUDA toolkit or use an NGC container; put nvcc on PATH"),
+                    self._disk()]
+        pinned = ", ".join(f"{name} {version}" for name, version in ENGINE_LINE.items())
+        return [Check("TensorRT-LLM line", "host", "ok", f"engine: {why}; sources read at {pinned}"), self._gpu(gpus),
+                self._package("tensorrt", MIN_TENSORRT, None),
                 self._package("tensorrt_llm", TENSORRT_LLM_LINE, TENSORRT_LLM_LINE),
                 self._tool("nvcc", "the CUDA toolkit (nvcc) builds the judge-accept plugin",
                            "install the CUDA toolkit or use an NGC container; put nvcc on PATH"),
                 self._tool("cmake", "CMake >= 3.24 builds the judge-accept plugin", "pip install cmake"),
                 self._disk()]
+
+    def _hidden_states(self) -> Check:
+        """Today's line lacks what the judge reads: say exactly what, where, and what autojudge does about it."""
+        gap = ("no PyTorch-backend model returns its final-norm hidden states (LlamaForCausalLM.forward returns "
+               "only logits: tensorrt_llm/_torch/models/modeling_utils.py, modeling_llama.py), and "
+               "SamplingParams.additional_model_outputs returns only what a model's forward puts in its output dict "
+               "(tensorrt_llm/_torch/pyexecutor/handle_additional_outputs.py)")
+        architectures = {role: info.architecture for role, info in self.models.items() if info is not None}
+        other = {role: arch for role, arch in architectures.items() if arch != "LlamaForCausalLM"}
+        if other:
+            return Check("hidden states", "host", "fail", f"{gap}; autojudge registers a LlamaForCausalLM that does, "
+                         f"but {', '.join(f'the {r} is {a}' for r, a in other.items())}",
+                         "use Llama-architecture models on today's line, or the engine line (trtllm_line: engine)")
+        return Check("hidden states", "host", "unknown", f"{gap}; autojudge registers a LlamaForCausalLM that adds "
+                     "them (autojudge/serving/trtllm/llm_api.py register_hidden_state_model): read in source, not "
+                     "observed running", "check on the GPU host: autojudge-trt serve a request in judge mode")
 
     def _gpu(self, gpus: list[GpuInfo]) -> Check:
         needed = max(self.config.tp("draft"), self.config.tp("target"))

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from autojudge.deploy.config import DeployConfig
-from autojudge.deploy.plan import engine_paths
+from autojudge.deploy.plan import checkpoint_paths, engine_paths, plan_line
 from autojudge.errors import AutoJudgeError
 from autojudge.serving.repo import RepoSettings, write_repo
 
@@ -34,10 +34,16 @@ def serve_command(models: Path) -> str:
     return f"tritonserver --model-repository {models}"
 
 
-def engine_parameters(config: DeployConfig) -> dict[str, str]:
-    """What the decoding model opens (:mod:`autojudge.serving.trtllm.loader`)."""
+def engine_parameters(config: DeployConfig, line: str) -> dict[str, str]:
+    """What the decoding model opens (:mod:`autojudge.serving.trtllm.loader`) on ``line``."""
+    if line == "pytorch":
+        params = {"trtllm_line": "pytorch"}
+        for role, path in checkpoint_paths(config).items():
+            params.update({f"{role}_model": str(path), f"{role}_tp": str(config.tp(role)),
+                           f"{role}_kv_fraction": KV_CACHE_FRACTION[role]})
+        return params
     paths = engine_paths(config)
-    params = {"judge_plan": str(paths["judge_accept"]),
+    params = {"trtllm_line": "engine", "judge_plan": str(paths["judge_accept"]),
               "plugin_library": str(paths["plugin"]) if config.judge_engine == "plugin" else ""}
     for role in ("draft", "target"):
         tp = config.tp(role)
@@ -47,26 +53,33 @@ def engine_parameters(config: DeployConfig) -> dict[str, str]:
     return params
 
 
+def _built_paths(config: DeployConfig, line: str) -> dict[str, Path]:
+    if line == "pytorch":
+        return checkpoint_paths(config)
+    return {key: p for key, p in engine_paths(config).items() if key != "plugin" or config.judge_engine == "plugin"}
+
+
 def write_trtllm_repo(out: str | Path, config: DeployConfig, force: bool = False, check_engines: bool = True,
                       default_mode: str = "judge", max_tokens: int = 128, device: str = "cuda",
                       runtime: dict[str, str] | None = None) -> Path:
     """Write the repository; with ``check_engines`` every engine must exist already. ``runtime``
     names other executor / TensorRT modules (``executor_api``, ``tensorrt_api``: CI's emulations)."""
-    paths = engine_paths(config)
+    line = plan_line(config)[0]
+    paths = _built_paths(config, line)
     if check_engines:
-        missing = [str(p) for key, p in paths.items() if not p.exists() and (key != "plugin" or
-                                                                             config.judge_engine == "plugin")]
+        missing = [str(p) for p in paths.values() if not p.exists()]
         if missing:
             raise AutoJudgeError(f"engines missing: {', '.join(missing)}. Build them first (autojudge-trt build "
                                  "--config ...), or pass --no-engine-check to write the repository anyway.")
-    settings = RepoSettings(target=config.target.model, draft=config.draft.model, judge=config.judge,
+    target = str(checkpoint_paths(config)["target"]) if line == "pytorch" else config.target.model
+    settings = RepoSettings(target=target, draft=config.draft.model, judge=config.judge,
                             window=config.window, default_mode=default_mode, max_tokens=max_tokens,
                             max_tokens_limit=config.max_seq_len - 1, instances=1, device=device,
                             dtype=config.dtype, torch_threads=1, backend="tensorrt-llm",
                             max_window=config.window)
     out = Path(out)
-    details = {"engines": {key: str(p) for key, p in paths.items()},
+    details = {"trtllm_line": line, "engines" if line == "engine" else "checkpoints": {k: str(p) for k, p in paths.items()},
                "serve": serve_command(out.resolve() / "models")}
     return write_repo(out, settings, force=force, details=details,
-                      parameters={STREAM_MODEL: {**engine_parameters(config), **(runtime or {})},
+                      parameters={STREAM_MODEL: {**engine_parameters(config, line), **(runtime or {})},
                                   "autojudge": {"forward_to": STREAM_MODEL}})

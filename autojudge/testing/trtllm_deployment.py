@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from autojudge.serving.trtllm.backend import Executors, TensorRTLLMBackend
+from autojudge.serving.trtllm.backend import ExecutorClient, TensorRTLLMBackend
 from autojudge.serving.trtllm.contract import HIDDEN_OUTPUT
 from autojudge.serving.trtllm.judge_engine import TensorRTJudgeAccept
 from autojudge.serving.trtllm.loader import open_executor
@@ -35,15 +35,16 @@ def emulated_backend(root: Path, target, draft, judge=None, dtype: str = "float3
         engines[role] = root / "engines" / role
         build_engine("--checkpoint", checkpoint, "--hidden-output", HIDDEN_OUTPUT, "--out", engines[role])
     api = trtllm_executor
-    executors = Executors(api, open_executor(api, str(engines["draft"]), False, 1, [0], 0.2, None),
-                          open_executor(api, str(engines["target"]), True, 1, [0], 0.6, None))
+    end_id = min(eos_token_ids) if eos_token_ids else None
+    draft_client = ExecutorClient(api, open_executor(api, str(engines["draft"]), False, 1, [0], 0.2, None), end_id)
+    target_client = ExecutorClient(api, open_executor(api, str(engines["target"]), True, 1, [0], 0.6, None), end_id)
     judge_accept = None
     if judge is not None:
         hidden = "float32" if dtype == "float64" else dtype  # the kernel reads fp32/fp16/bf16 states
         plan = tensorrt_runtime.write_plan(judge, root / "judge_accept", judge_path, hidden)
         library = tensorrt_runtime.write_plugin_library(root / "plugin" / "lib.json") if judge_path == "plugin" else None
         judge_accept = TensorRTJudgeAccept(tensorrt_runtime, plan, library, torch.device("cpu"))
-    return TensorRTLLMBackend(executors, target.logits, min(target.vocab_size, draft.vocab_size), target.tokenizer,
+    return TensorRTLLMBackend(draft_client, target_client, target.logits, min(target.vocab_size, draft.vocab_size), target.tokenizer,
                               eos_token_ids, judge, judge_accept, max_window=max_window)
 
 

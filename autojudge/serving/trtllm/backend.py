@@ -1,23 +1,24 @@
-"""The decoding backend of the TensorRT-LLM flavour: two executors and the judge-accept engine, one loop.
+"""The decoding backend of the TensorRT-LLM flavour: draft, target and the judge-accept step, one loop.
 
 The served model ``autojudge_stream`` of a TensorRT-LLM repository runs
 :class:`autojudge.decoding.SpeculativeLoop` - the loop the in-process decoder runs - over
-this backend, which drives the TensorRT-LLM executor bindings
-(``tensorrt_llm.bindings.executor``, 1.2.1) for the draft and target engines itself, as
-tensorrtllm_backend's own Python model does, and runs the judge-accept engine in process
-(:mod:`autojudge.serving.trtllm.judge_engine`). Each cycle, per row:
+this backend, which drives TensorRT-LLM for the draft and target models itself, as
+tensorrtllm_backend's own Python model does: through the executor bindings on the engine line
+(``tensorrt_llm.bindings.executor``, 1.2.1: :class:`ExecutorClient`) or through the LLM API
+on today's PyTorch-backend line (:mod:`autojudge.serving.trtllm.llm_api`). The judge-accept
+step runs in process: the TensorRT engine (:mod:`autojudge.serving.trtllm.judge_engine`) or the
+PyTorch op (:mod:`autojudge.acceptance.torch_op`). Each cycle, per row:
 
 =========  =======================================================================================
-step       request (all greedy: ``SamplingConfig(beam_width=1, top_k=1)``)
+step       request (greedy)
 =========  =======================================================================================
-propose    draft: ``Request(sequence, w [+1 when the judge reads draft states])``; its tokens, and
-           ``generation_autojudge_hidden_states`` [1, max_tokens, Hd] whose row k is the state
-           computed at generation step k (row 0 at the last context token): rows 1..w are the
-           states after reading d_0 .. d_{w-1}
-verify     target: a *context pass* ``Request(sequence + drafts, 1)`` asking for
-           ``context_autojudge_hidden_states`` [T + w, Ht]; rows T-1 .. T+w-1 are the states the
-           target reads t_0 .. t_w from, and its LM head (applied here) gives their logits
-accept     lossless / top-K: the rule on those tokens (and logits); judge: the judge-accept engine
+propose    draft: w [+1 when the judge reads draft states] new tokens and, when asked, its states
+           at each generation step (row 0 at the last prompt token): rows 1..w are the states
+           after reading d_0 .. d_{w-1}
+verify     target: a *context pass* over sequence + drafts, one new token, returning its
+           final-norm states at the context tokens; the last w+1 rows are the states the target
+           reads t_0 .. t_w from, and its LM head (applied here) gives their logits
+accept     lossless / top-K: the rule on those tokens (and logits); judge: the judge-accept step
 commit     nothing: the next requests carry the committed sequence; block reuse finds the prefix
 =========  =======================================================================================
 
@@ -27,19 +28,20 @@ only for the drafts it accepted (point 6 of the TensorRT-LLM issue); an engine b
 ``gather_context_logits`` gets block reuse turned off at load (trtGptModelInflightBatching.cpp
 ``fixExecutorConfig``); a context additional output is computed only for tokens the KV cache did
 not already hold, and the rows of reused tokens are left unwritten (inflightBatchingUtils.cpp
-``copyAdditionalOutputs``). So the target engine returns final-norm states, not logits, and each
-row's requests carry a cache salt of their own (``cache_salt_id``): a row then only ever reuses
-its own earlier requests, none of which held its last committed token at that position (the
-token a cycle commits last is the target's, where the request had a different draft or nothing),
-so rows T-1 onwards are always computed.
+``copyAdditionalOutputs``; the PyTorch backend likewise returns no context outputs for reused
+tokens). So the target returns final-norm states, not logits, and each row's requests carry a
+cache salt of their own: a row then only ever reuses its own earlier requests, none of which held
+its last committed token at that position (the token a cycle commits last is the target's, where
+the request had a different draft or nothing), so the last w+1 rows are always computed.
 """
 
 from __future__ import annotations
 
 import datetime
 import random
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -53,25 +55,47 @@ from autojudge.serving.trtllm.contract import CONTEXT_HIDDEN, GENERATION_HIDDEN,
 RESPONSE_TIMEOUT_S = 600.0  # one request's longest wait before the cycle fails with an error
 
 
-@dataclass
-class Executors:
-    """The executor API module and the two executors it opened."""
+class ModelClient(Protocol):
+    """One model served by TensorRT-LLM: the executor bindings (engine line, :class:`ExecutorClient`)
+    or the LLM API (PyTorch backend, :mod:`autojudge.serving.trtllm.llm_api`)."""
 
-    api: object  # tensorrt_llm.bindings.executor, or autojudge.testing.trtllm_executor
-    draft: object
-    target: object
+    def generate(self, sequences: list[list[int]], max_tokens: int,
+                 states: bool) -> list[tuple[list[int], torch.Tensor | None]]:
+        """Greedy continuations; with ``states``, [>= L, H] rows where row k is the state computed at
+        generation step k (row 0 at the last prompt token), for the L tokens generated."""
 
-    def run(self, executor, requests: list) -> list:
+    def context_states(self, sequences: list[list[int]], salts: list[int]) -> list[torch.Tensor]:
+        """One context pass per sequence, its KV reuse limited to requests of the same salt: the states
+        of its tokens [R, H], R >= the tokens not found in the cache, the last row the last token's."""
+
+
+class ExecutorClient:
+    """A model behind ``tensorrt_llm.bindings.executor.Executor`` (1.2.x), or its emulation."""
+
+    def __init__(self, api, executor, end_id: int | None):
+        self.api, self.executor, self.end_id = api, executor, end_id
+
+    def _request(self, tokens: list[int], max_tokens: int, gather_context: bool | None, salt: int | None):
+        api = self.api
+        outputs = [] if gather_context is None else [api.AdditionalModelOutput(HIDDEN_OUTPUT,
+                                                                               gather_context=gather_context)]
+        return api.Request(tokens, max_tokens, sampling_config=api.SamplingConfig(1, top_k=1),
+                           output_config=api.OutputConfig(exclude_input_from_output=True,
+                                                          additional_model_outputs=outputs),
+                           end_id=self.end_id, pad_id=self.end_id, cache_salt_id=salt)
+
+    def _run(self, requests: list) -> list:
         """Enqueue ``requests`` together (the executor batches them in flight); their final results."""
-        ids = executor.enqueue_requests(requests)
+        ids = self.executor.enqueue_requests(requests)
         results = []
-        deadline = datetime.datetime.now() + datetime.timedelta(seconds=RESPONSE_TIMEOUT_S)
+        deadline = time.monotonic() + RESPONSE_TIMEOUT_S
         for request_id in ids:
             result = None
             while result is None:
-                if datetime.datetime.now() > deadline:
+                if time.monotonic() > deadline:
                     raise AutoJudgeError(f"TensorRT-LLM gave no response within {RESPONSE_TIMEOUT_S:.0f} s")
-                for response in executor.await_responses(request_id, timeout=datetime.timedelta(milliseconds=100)):
+                for response in self.executor.await_responses(request_id,
+                                                              timeout=datetime.timedelta(milliseconds=100)):
                     if response.has_error():
                         raise AutoJudgeError(f"TensorRT-LLM refused a request: {response.error_msg}")
                     if response.result.is_final:
@@ -79,34 +103,14 @@ class Executors:
             results.append(result)
         return results
 
+    def generate(self, sequences, max_tokens, states):
+        results = self._run([self._request(seq, max_tokens, False if states else None, None) for seq in sequences])
+        return [(result.output_token_ids[0], _output(result, GENERATION_HIDDEN)[0] if states else None)
+                for result in results]
 
-class TensorRTLLMBackend:
-    """Draft and target TensorRT-LLM engines (through their executors) and the judge-accept engine."""
-
-    has_draft = True
-    window_bound = "the deployment's window (max_window)"
-
-    def __init__(self, executors: Executors, lm_head: Callable[[torch.Tensor], torch.Tensor], vocab: int,
-                 tokenizer, eos_token_ids: frozenset[int], judge: Judge | None,
-                 judge_accept: FusedJudgeAccept | None, max_window: int = MAX_WINDOW,
-                 device: torch.device | str = "cpu"):
-        self.executors, self.lm_head, self.vocab = executors, lm_head, vocab
-        self.tokenizer, self.eos_token_ids, self.judge = tokenizer, eos_token_ids, judge
-        self.judge_accept = judge_accept
-        self.max_window, self.device = max_window, torch.device(device)
-        self.end_id = min(eos_token_ids) if eos_token_ids else None
-
-    def open(self, batch: int, uses_draft: bool) -> _ExecutorBatch:
-        return _ExecutorBatch(self, batch)
-
-    def request(self, tokens: list[int], max_tokens: int, hidden: tuple[str, bool] | None, salt: int | None):
-        """One greedy request; ``hidden`` = (output name, gather_context) when the states come back."""
-        api = self.executors.api
-        outputs = [api.AdditionalModelOutput(hidden[0], gather_context=hidden[1])] if hidden else []
-        return api.Request(tokens, max_tokens, sampling_config=api.SamplingConfig(1, top_k=1),
-                           output_config=api.OutputConfig(exclude_input_from_output=True,
-                                                          additional_model_outputs=outputs),
-                           end_id=self.end_id, pad_id=self.end_id, cache_salt_id=salt)
+    def context_states(self, sequences, salts):
+        results = self._run([self._request(seq, 1, True, salt) for seq, salt in zip(sequences, salts)])
+        return [_output(result, CONTEXT_HIDDEN) for result in results]  # [T, H], rows of reused tokens unwritten
 
 
 def _output(result, name: str) -> torch.Tensor:
@@ -116,13 +120,35 @@ def _output(result, name: str) -> torch.Tensor:
     raise AutoJudgeError(f"TensorRT-LLM returned no {name!r} (got {[o.name for o in result.additional_outputs]})")
 
 
-def verified_rows(context: torch.Tensor, length: int, w: int) -> torch.Tensor:
-    """context [length + w, Ht] states of a pass over a sequence of ``length`` tokens + w drafts ->
-    [w+1, Ht]: the states after reading its last token and each draft (t_0 .. t_w are read from them)."""
-    return context[length - 1: length + w]
+class TensorRTLLMBackend:
+    """Draft and target served by TensorRT-LLM, and the judge-accept engine or op."""
+
+    has_draft = True
+    window_bound = "the deployment's window (max_window)"
+
+    def __init__(self, draft: ModelClient, target: ModelClient, lm_head: Callable[[torch.Tensor], torch.Tensor],
+                 vocab: int, tokenizer, eos_token_ids: frozenset[int], judge: Judge | None,
+                 judge_accept: FusedJudgeAccept | None, max_window: int = MAX_WINDOW,
+                 device: torch.device | str = "cpu"):
+        self.draft, self.target, self.lm_head, self.vocab = draft, target, lm_head, vocab
+        self.tokenizer, self.eos_token_ids, self.judge = tokenizer, eos_token_ids, judge
+        self.judge_accept = judge_accept
+        self.max_window, self.device = max_window, torch.device(device)
+
+    def open(self, batch: int, uses_draft: bool) -> _Batch:
+        return _Batch(self, batch)
 
 
-class _ExecutorBatch:
+def verified_rows(context: torch.Tensor, w: int) -> torch.Tensor:
+    """context [R, Ht] states of a pass over a sequence + w drafts -> [w+1, Ht]: its last w+1 rows, the
+    states after reading the sequence's last token and each draft (t_0 .. t_w are read from them)."""
+    if context.shape[0] < w + 1:
+        raise AutoJudgeError(f"TensorRT-LLM returned {context.shape[0]} context states for a pass that verifies "
+                             f"{w + 1} positions")
+    return context[context.shape[0] - (w + 1):]
+
+
+class _Batch:
     """Stateless but for one cache salt per row; every request carries its row's whole sequence."""
 
     def __init__(self, backend: TensorRTLLMBackend, batch: int):
@@ -131,13 +157,10 @@ class _ExecutorBatch:
 
     def propose(self, sequences: Sequence[list[int]], w: int, need_hidden: bool) -> Proposal:
         b = self.b
-        requests = [b.request(list(seq), w + int(need_hidden), (HIDDEN_OUTPUT, False) if need_hidden else None,
-                              None) for seq in sequences]
         rows, states = [], []
-        for result in b.executors.run(b.executors.draft, requests):
-            generated = torch.tensor(result.output_token_ids[0], dtype=torch.long)  # [L] (L < w+1 after an EOS)
-            if need_hidden:
-                hidden = _output(result, GENERATION_HIDDEN)[0]  # [max_tokens, Hd], rows >= L never written
+        for generated, hidden in b.draft.generate([list(s) for s in sequences], w + int(need_hidden), need_hidden):
+            generated = torch.tensor(generated, dtype=torch.long)  # [L] (L < w+1 after an end token)
+            if need_hidden:  # hidden [max_tokens, Hd], rows >= L never written
                 drafted = generated[: min(w, len(generated) - 1)]  # a state after d_k exists for k < L - 1
                 states.append(hidden[1: len(drafted) + 1].to(b.device))  # [w', Hd]
             else:
@@ -151,11 +174,8 @@ class _ExecutorBatch:
     def verify(self, sequences: Sequence[list[int]], draft_tokens: torch.Tensor, need_logits: bool) -> Verification:
         b = self.b
         w = draft_tokens.shape[1]
-        drafts = draft_tokens.tolist()
-        requests = [b.request(list(seq) + row, 1, (HIDDEN_OUTPUT, True), salt)
-                    for seq, row, salt in zip(sequences, drafts, self.salts)]
-        hidden = torch.stack([verified_rows(_output(result, CONTEXT_HIDDEN), len(seq), w)
-                              for seq, result in zip(sequences, b.executors.run(b.executors.target, requests))])
+        passes = [list(seq) + row for seq, row in zip(sequences, draft_tokens.tolist())]
+        hidden = torch.stack([verified_rows(states, w) for states in b.target.context_states(passes, self.salts)])
         hidden = hidden.to(b.device)  # [B, w+1, Ht]
         logits = b.lm_head(hidden)[..., : b.vocab].float()  # [B, w+1, V]
         return Verification(logits.argmax(-1), hidden, logits[:, :w] if need_logits else None)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from autojudge.errors import AutoJudgeError, MissingDependencyError
-from autojudge.serving.trtllm.backend import Executors, LMHead, TensorRTLLMBackend
+from autojudge.serving.trtllm.backend import ExecutorClient, LMHead, TensorRTLLMBackend
 from autojudge.serving.trtllm.contract import ENGINE_LINE, EXECUTOR_API, EXECUTOR_WORKER, HIDDEN_OUTPUT, TENSORRT_API
 from autojudge.serving.trtllm.judge_engine import TensorRTJudgeAccept
 
@@ -94,6 +94,9 @@ def load_tokenizer(spec: str):
 
 
 def open_backend(params: dict[str, str], judge, model_dir: Path) -> TensorRTLLMBackend:
+    """The engine line (``trtllm_line`` "engine", the default) or today's (``trtllm_line`` "pytorch")."""
+    if params.get("trtllm_line") == "pytorch":
+        return open_llm_backend(params, judge)
     api = _module(params.get("executor_api") or EXECUTOR_API, "the TensorRT-LLM executor bindings")
     device = torch.device(params.get("device") or "cuda")
     worker = _worker(params)
@@ -114,6 +117,33 @@ def open_backend(params: dict[str, str], judge, model_dir: Path) -> TensorRTLLMB
         if judge_accept.uses_draft_hidden != judge.uses_draft_hidden:
             raise AutoJudgeError(f"the judge-accept engine {params['judge_plan']} was built for another judge "
                                  "layout than the deployment's judge: rebuild it (autojudge-trt build judge)")
-    return TensorRTLLMBackend(Executors(api, executors["draft"], executors["target"]), lm_head,
+    end_id = min(eos) if eos else None
+    return TensorRTLLMBackend(ExecutorClient(api, executors["draft"], end_id),
+                              ExecutorClient(api, executors["target"], end_id), lm_head,
                               int(lm_head.weight.shape[0]), tokenizer, eos, judge, judge_accept,
                               max_window=int(params["max_window"]), device=device)
+
+
+def open_llm_backend(params: dict[str, str], judge) -> TensorRTLLMBackend:
+    """Today's line: draft and target as two ``tensorrt_llm.LLM`` (PyTorch backend) from their Hugging
+    Face checkpoints (``draft_model``, ``target_model``), the judge-accept step as the PyTorch op."""
+    from autojudge.acceptance.torch_op import TorchJudgeAccept
+    from autojudge.serving.trtllm.llm_api import LLMClient, register_hidden_state_model
+
+    root = params.get("llm_api") or "tensorrt_llm"
+    api = _module(root, "TensorRT-LLM's LLM API")
+    register_hidden_state_model(_module(f"{root}._torch.models.modeling_llama", "TensorRT-LLM's PyTorch models"),
+                                _module(f"{root}._torch.models.modeling_utils", "TensorRT-LLM's model registry"))
+    kv_cache = _module(f"{root}.llmapi", "TensorRT-LLM's LLM API").KvCacheConfig
+    device = torch.device(params.get("device") or "cuda")
+    tokenizer, eos = load_tokenizer(params["target"])
+    end_id = min(eos) if eos else None
+    clients = {role: LLMClient(api, api.LLM(
+        model=params[f"{role}_model"], tensor_parallel_size=int(params.get(f"{role}_tp", 1)),
+        kv_cache_config=kv_cache(enable_block_reuse=True,
+                                 free_gpu_memory_fraction=float(params.get(f"{role}_kv_fraction", 0.4)))), end_id)
+        for role in ("draft", "target")}
+    lm_head = LMHead(params["target"], DTYPES[params.get("dtype") or "bfloat16"], device)
+    judge_accept = TorchJudgeAccept(judge, device) if judge is not None else None
+    return TensorRTLLMBackend(clients["draft"], clients["target"], lm_head, int(lm_head.weight.shape[0]), tokenizer,
+                              eos, judge, judge_accept, max_window=int(params["max_window"]), device=device)

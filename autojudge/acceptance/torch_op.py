@@ -1,0 +1,59 @@
+"""The judge-accept kernel as a PyTorch custom op: ``torch.ops.autojudge.judge_accept``.
+
+The same source as the TensorRT plugin's kernel (plugins/judgeAcceptPlugin): on CUDA tensors
+the kernel itself (nvcc build, launched on the current stream), on CPU tensors the host build
+of the same rule (g++), both through :mod:`autojudge.acceptance.plugin`. A fake kernel gives
+the output shapes, so the op traces under ``torch.compile`` and CUDA-graph capture. It is the
+judge-accept step of serving stacks that run PyTorch (TensorRT-LLM's PyTorch backend: its
+custom GPU code goes in as PyTorch ops, docs/source/torch/adding_custom_kernels.md).
+
+    num_accepted [B] int32, next_tokens [B] int32, probabilities [B, W] fp32 =
+        judge_accept(draft_tokens [B, W], target_tokens [B, W+1], draft_hidden [B, W, Hd] | None,
+                     target_hidden [B, W, Ht], weight [Hd + Ht] fp32, bias, threshold [B] fp32, threads)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from autojudge.acceptance import Acceptance
+from autojudge.acceptance.plugin import KernelCall
+from autojudge.judge import Judge
+
+
+@torch.library.custom_op("autojudge::judge_accept", mutates_args=())
+def judge_accept(draft_tokens: torch.Tensor, target_tokens: torch.Tensor, draft_hidden: torch.Tensor | None,
+                 target_hidden: torch.Tensor, weight: torch.Tensor, bias: float, threshold: torch.Tensor,
+                 threads: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    result = KernelCall(draft_tokens, target_tokens, draft_hidden, target_hidden, weight, bias, threshold).run(threads)
+    return result.num_accepted.clone(), result.next_tokens.clone(), result.probabilities.clone()
+
+
+@judge_accept.register_fake
+def _(draft_tokens, target_tokens, draft_hidden, target_hidden, weight, bias, threshold, threads=0):
+    batch, window = draft_tokens.shape
+    return (draft_tokens.new_empty((batch,), dtype=torch.int32), draft_tokens.new_empty((batch,), dtype=torch.int32),
+            target_hidden.new_empty((batch, window), dtype=torch.float32))
+
+
+class TorchJudgeAccept:
+    """The loop's fused judge-accept step (:data:`autojudge.decoding.backend.FusedJudgeAccept`) over the op."""
+
+    def __init__(self, judge: Judge, device: torch.device | str, threads: int = 0):
+        self.device, self.threads = torch.device(device), threads
+        self.weight = judge.weight.float().to(self.device)  # [Hd + Ht] (or [Ht])
+        self.bias, self.uses_draft_hidden = float(judge.bias), judge.uses_draft_hidden
+
+    def __call__(self, draft_tokens: torch.Tensor, target_tokens: torch.Tensor, draft_hidden: torch.Tensor | None,
+                 target_hidden: torch.Tensor, threshold: float) -> Acceptance:
+        batch, w = draft_tokens.shape
+        hidden = target_hidden if target_hidden.dtype in (torch.float16, torch.bfloat16) else target_hidden.float()
+        device = self.device
+        num_accepted, next_tokens, _ = torch.ops.autojudge.judge_accept(
+            draft_tokens.to(device, torch.int32), target_tokens.to(device, torch.int32),
+            draft_hidden.to(device, hidden.dtype) if self.uses_draft_hidden else None, hidden.to(device),
+            self.weight, self.bias, torch.full((batch,), float(threshold), device=device), self.threads)
+        num_accepted = num_accepted.long()  # [B]
+        accepted = torch.arange(w, device=device)[None, :] < num_accepted[:, None]  # [B, w]
+        mismatch = (draft_tokens.to(device) != target_tokens[:, :w].to(device)) & accepted
+        return Acceptance(num_accepted, next_tokens.long(), accepted, mismatch)
