@@ -37,8 +37,9 @@ from autojudge.errors import AutoJudgeError
               help="CPU threads per model instance; 0 = this machine's cores / --instances.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--flavour", type=click.Choice(["python", "tensorrt-llm"]), default="python", show_default=True,
-              help="python: the in-process decoder (CPU or GPU). tensorrt-llm: draft/target TensorRT-LLM "
-                   "engines, the judge-accept engine and a BLS loop (from `autojudge-trt build --config`).")
+              help="python: the in-process decoder (CPU or GPU). tensorrt-llm: the same loop over draft and "
+                   "target served by TensorRT-LLM and the judge-accept engine or op (from `autojudge-trt build "
+                   "--config`).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="tensorrt-llm: the deployment description the engines were built from.")
 @click.option("--no-engine-check", is_flag=True, help="tensorrt-llm: write the repository even if the engines "
@@ -49,9 +50,10 @@ def repo(out, target, draft, judge_path, default_mode, window, threshold, max_to
 
     \b
     --flavour python (default): the speculative decoder in process (Python backend).
-    --flavour tensorrt-llm --config deploy.yaml: models draft and target (tensorrtllm
-      backend), judge_accept (TensorRT plan) and the BLS that runs the same decoding loop
-      over them; window, judge and engines come from the description.
+    --flavour tensorrt-llm --config deploy.yaml: the same decoding loop, driving
+      TensorRT-LLM for draft and target itself (engine line: executor bindings over the
+      engines; today's line: tensorrt_llm.LLM over the checkpoints) and running the
+      judge-accept engine or op in process; window, judge and paths come from the description.
 
     Either way two front models: `autojudge` (one response per request; HTTP or gRPC) and
     `autojudge_stream` (decoupled: one response per decoder cycle; gRPC streaming). Serve

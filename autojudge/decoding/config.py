@@ -36,8 +36,8 @@ class DecodeConfig:
     def validate(self, has_draft: bool, judge: Judge | None, max_window: int = MAX_WINDOW,
                  bound: str | None = None) -> None:
         """Raise AutoJudgeError naming what is wrong; ``max_window`` is what the backend can
-        verify, ``bound`` what sets it when it is not MAX_WINDOW (a TensorRT-LLM target engine's
-        ``max_draft_len``)."""
+        verify, ``bound`` what sets it when it is not MAX_WINDOW (a TensorRT-LLM deployment's
+        window)."""
         if self.mode not in MODES:
             raise AutoJudgeError(f"unknown mode {self.mode!r}: choose one of {', '.join(MODES)}")
         if self.mode != "target":

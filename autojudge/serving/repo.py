@@ -45,7 +45,7 @@ class RepoSettings:
     dtype: str = "float32"
     torch_threads: int = 0  # per model instance; 0 = the machine's cores / instances
     backend: str = "in-process"  # what the autojudge models decode with: in-process | tensorrt-llm
-    max_window: int = MAX_WINDOW  # the largest window a request may ask for (tensorrt-llm: max_draft_len)
+    max_window: int = MAX_WINDOW  # the largest window a request may ask for (tensorrt-llm: the deployment's)
 
     def threads(self) -> int:
         import os

@@ -29,7 +29,7 @@ class ServeDefaults:
     max_tokens: int = 128
     max_tokens_limit: int = 1024
     has_judge: bool = False
-    max_window: int = MAX_WINDOW  # a TensorRT-LLM deployment: the target engine's max_draft_len
+    max_window: int = MAX_WINDOW  # a TensorRT-LLM deployment: its window
     window_bound: str | None = None  # what sets max_window, in words (None: the decoder)
 
     @classmethod
