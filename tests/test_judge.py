@@ -163,3 +163,14 @@ def test_complex_or_integer_weights_are_refused(tmp_path):
         with pytest.raises(JudgeArtifactError, match=message):
             Judge.load(tmp_path / name)
 
+
+
+def test_answer_calibration_takes_the_last_threshold_of_the_leading_run_that_keeps_the_answers():
+    from autojudge.judge.calibration import choose
+
+    curve = [{"threshold": t, "retention": r, "tau": 1 + t} for t, r in
+             ((0.0, 1.0), (0.1, 0.99), (0.2, 0.97), (0.3, 0.99), (0.5, 0.5))]
+    assert choose(curve, 0.98)["threshold"] == 0.1  # 0.3 keeps 99% too, but past a threshold that did not
+    assert choose(curve, 0.95)["threshold"] == 0.3
+    assert choose(curve, 1.0)["threshold"] == 0.0
+    assert choose([{"threshold": 0.0, "retention": 0.9, "tau": 1.0}], 0.95)["threshold"] == 0.0  # none: the smallest

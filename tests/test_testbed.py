@@ -144,6 +144,29 @@ def test_mine_train_decode_on_the_testbed(pair, tmp_path):
     assert half["agreement_with_target"] >= 0.85
     assert calibrated["tau"] >= 1.4 * lossless["tau"]
 
+    # answer-level calibration on held-out train problems: the threshold keeps the requested share of
+    # the target's answers there, is stored with its curve, and keeps them on the test split too
+    from autojudge.judge import Judge
+    from autojudge.judge.calibration import AnswerCalibration, calibrate_answers
+
+    answered, record = calibrate_answers(target, draft, judge, task, task.load("train", limit=48, offset=64),
+                                         AnswerCalibration(0.95, 4, points=6), tmp_path / "calibration",
+                                         split="train@64", progress=False)
+    assert record["met"] and record["chosen"]["retention"] >= 0.95 and record["prompts"] == 48
+    assert record["chosen"]["threshold"] > 0  # it accepts mismatches
+    assert [p["threshold"] for p in record["curve"]] == sorted(p["threshold"] for p in record["curve"])
+    assert record["curve"][0]["threshold"] == 0.0 and record["curve"][0]["retention"] == 1.0  # lossless
+    assert record["curve"][-1]["retention"] < 0.95  # the grid reaches thresholds that lose answers
+    saved = Judge.load(answered.save(tmp_path / "answered"))
+    assert saved.meta.threshold == record["chosen"]["threshold"]
+    assert saved.meta.extra["token_threshold"] == judge.meta.threshold
+    assert saved.meta.extra["answer_calibration"]["curve"] == record["curve"]
+    held_out = evaluate(SpeculativeDecoder(target, draft, saved), task, task.load("test", limit=64),
+                        [Run("judge", 4)], tmp_path / "eval-answered", progress=False, batch_size=8)
+    answer_calibrated = next(r for r in held_out["runs"] if r["mode"] == "judge")
+    assert answer_calibrated["agreement_with_target"] >= 0.95
+    assert answer_calibrated["tau"] >= 1.4 * lossless["tau"]
+
 
 def test_cli_testbed_report_and_quickstart(tmp_path):
     import json
@@ -157,9 +180,10 @@ def test_cli_testbed_report_and_quickstart(tmp_path):
     report = json.loads(result.output[result.output.index("{"):])
     assert report["pair"]["target_accuracy"] >= 0.95 and report["pair"]["examples"] == 20
     result = CliRunner().invoke(main, ["quickstart", "--out", str(tmp_path / "q"), "--mine-prompts", "8",
-                                       "--eval-prompts", "4", "--no-progress"])
+                                       "--eval-prompts", "4", "--calibration-prompts", "6", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "against the ground truth: precision" in result.output and "judge@calibrated/W4" in result.output
+    assert "answer calibration on 6 held-out prompts (train@8, W4)" in result.output and "<- calibrated" in result.output
     mined = str(tmp_path / "q" / "mined")
     result = CliRunner().invoke(main, ["testbed", "report", "--examples", "4", "--mined", mined])
     assert result.exit_code == 0 and "mined labels" in result.output, result.output

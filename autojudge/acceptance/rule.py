@@ -75,6 +75,41 @@ def topk_mismatch_ok(
     return (top == draft_tokens.unsqueeze(-1)).any(dim=-1)
 
 
+FLY_ENTROPY = 0.3  # AMD-AGI/FLy fly_config (Llama-3.1-70B/8B): entropy_thre
+FLY_WINDOW = 6  # win_len: the mismatch and the 5 positions after it
+
+
+def top3_entropy(target_logits: torch.Tensor) -> torch.Tensor:
+    """[B, W, V] -> [B, W]: -sum p log p over the 3 most likely tokens of the full softmax (nats, not
+    renormalised; at most ln 3), FLy's measure of how many continuations the target allows."""
+    top = target_logits.float().softmax(dim=-1).topk(3, dim=-1).values  # [B, W, 3]
+    return -(top * top.clamp_min(1e-30).log()).sum(dim=-1)
+
+
+def fly_mismatch_ok(
+    draft_tokens: torch.Tensor,  # [B, W] int64
+    target_tokens: torch.Tensor,  # [B, W+1] int64
+    target_logits: torch.Tensor,  # [B, W, V] logits at the positions of d_0 .. d_{W-1}
+    entropy_threshold: float = FLY_ENTROPY,
+    window: int = FLY_WINDOW,
+) -> torch.Tensor:  # [B, W] bool
+    """FLy (arXiv 2511.22972), training-free, as its code decides for greedy decoding (AMD-AGI/FLy
+    fly/models/FLy.py at 6667ae8): a mismatch d_i passes when the target is uncertain there (top-3
+    entropy >= ``entropy_threshold``) and the target agrees with the draft at the ``window`` - 1
+    positions after it (the deferred window: the target's own later tokens show it took d_i in its
+    stride). As in that code the window must fit in the drafted tokens with one to spare
+    (i <= W - window - 1), else the mismatch is rejected this cycle; no mismatch passes when
+    W < window."""
+    w = draft_tokens.shape[1]
+    match = draft_tokens == target_tokens[:, :w]  # [B, W]
+    ok = torch.zeros_like(match)
+    if w >= window:
+        # clean[b, i]: positions i+1 .. i+window-1 all match; defined for i <= w - window - 1
+        runs = match.unfold(1, window - 1, 1)[:, 1:].all(dim=-1)  # [B, w - window + 1] starting at i+1
+        ok[:, : w - window] = runs[:, : w - window]
+    return ok & ~match & (top3_entropy(target_logits) >= entropy_threshold)
+
+
 def judge_accept(
     draft_tokens: torch.Tensor,  # [B, W] int64
     target_tokens: torch.Tensor,  # [B, W+1] int64

@@ -4,7 +4,7 @@ transformers) happen inside commands so that ``--help`` stays instant.
 Where things are: ``app`` (the root group ``main``: --version, -h/--help, AutoJudgeError as
 a one-line error), ``options`` (what commands share: model options, window/mode/progress/json
 options, model and judge loading), ``decode`` (generate), ``draft`` (draft distill, draft
-eval), ``judge`` (mine, merge, train, eval), ``quickstart``, ``serve`` (repo, serve, client),
+eval), ``judge`` (mine, merge, train, calibrate, eval), ``quickstart``, ``serve`` (repo, serve, client),
 ``build`` (build, build judge, export-onnx), ``testbed`` (make-pair, report). The command tree is assembled here.
 """
 
@@ -14,7 +14,7 @@ from autojudge.cli import build, decode, draft, judge, quickstart, serve, testbe
 from autojudge.cli.app import main
 
 for command in (decode.generate, draft.draft,
-                judge.mine, judge.merge, judge.train, judge.eval_command,
+                judge.mine, judge.merge, judge.train, judge.calibrate, judge.eval_command,
                 quickstart.quickstart, testbed.testbed,
                 build.build, build.export_onnx_command,
                 serve.repo, serve.serve, serve.client):

@@ -132,6 +132,76 @@ def train(data_dir, out, layout, target_recall, val_fraction, seed, cv_folds, as
                    f"({report.cv_folds} prompt-grouped folds, C={report.best_c:.0e})")
 
 
+@click.command()
+@click.option("--judge", "judge_path", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="The judge artifact to calibrate (autojudge-trt train).")
+@click.option("--task", "task_spec", default="gsm8k", show_default=True)
+@click.option("--split", default="train", show_default=True,
+              help="Where the held-out prompts come from: never the prompts the judge was trained on.")
+@click.option("--offset", type=click.IntRange(0), required=True,
+              help="First example of --split to decode (past the mined ones: mine --offset + --limit).")
+@click.option("--prompts", type=click.IntRange(1), default=64, show_default=True,
+              help="Held-out prompts to decode; retention is measured in steps of 1/prompts.")
+@click.option("--retention", type=click.FloatRange(0, 1), default=0.95, show_default=True,
+              help="Keep at least this share of the target's answers (task results equal to the target's own).")
+@model_options
+@window_option(8)
+@click.option("--points", type=click.IntRange(2, 64), default=10, show_default=True,
+              help="Thresholds decoded, spread over the judge's validation probabilities.")
+@click.option("--max-new-tokens", type=click.IntRange(8), help="[default: the task's]")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Write the calibrated judge here [default: update --judge in place]. The decodes go to "
+                   "a folder beside it, OUT.calibration (resumable).")
+@json_option()
+@progress_option()
+def calibrate(judge_path, task_spec, split, offset, prompts, retention, target, draft, dtype, device, window, points,
+              max_new_tokens, batch_size, out, as_json, progress):
+    """Answer-level calibration: pick the judge threshold that keeps --retention of the target's
+    answers on held-out prompts, and make it the artifact's calibrated threshold.
+
+    \b
+    Decodes the prompts with the target and with the judge at a grid of thresholds (window
+    --window), stores the curve threshold -> (retention, tau) in judge.json beside the
+    token-level one, and sets the threshold to the largest grid point up to which every point
+    keeps the retention. `train` chooses its threshold by a token-level recall, which does not
+    bound how many answers change.
+    """
+    from autojudge.judge import Judge
+    from autojudge.judge.calibration import AnswerCalibration, calibrate_answers
+    from autojudge.tasks import get_task
+
+    task = get_task(task_spec)
+    judge = Judge.load(judge_path)
+    target_lm, draft_lm = load_pair(target, draft, dtype, device)
+    judge.check_models(draft_lm.name, draft_lm.hidden_size, target_lm.name, target_lm.hidden_size)
+    out = out or judge_path
+    examples = task.load(split, limit=prompts, offset=offset)
+    calibrated, record = calibrate_answers(
+        target_lm, draft_lm, judge, task, examples, AnswerCalibration(retention, window, points),
+        out.with_name(out.name + ".calibration"), split=f"{split}@{offset}", max_new_tokens=max_new_tokens,
+        batch_size=batch_size, progress=progress)
+    path = calibrated.save(out)
+    if as_json:
+        click.echo(json.dumps({"judge": str(path), **record}, indent=2))
+        return
+    print_calibration(record, path)
+
+
+def print_calibration(record: dict, path: Path) -> None:
+    from autojudge.cli.options import status
+
+    chosen = record["chosen"]
+    status(f"answer calibration on {record['prompts']} held-out prompts ({record['split']}, W{record['window']}):")
+    for point in record["curve"]:
+        mark = "  <- calibrated" if point is chosen or point == chosen else ""
+        status(f"  threshold {point['threshold']:.4f}: {point['retention']:.1%} of the target's answers kept, "
+               f"tau {point['tau']:.2f}{mark}")
+    if not record["met"]:
+        status(f"  no threshold kept {record['retention']:.0%}: the smallest one is used")
+    status(f"judge written to {path} (threshold {chosen['threshold']:.4f})")
+
+
 @click.command("eval")
 @click.option("--task", "task_spec", default="gsm8k", show_default=True)
 @click.option("--split", default="test", show_default=True)
@@ -142,6 +212,9 @@ def train(data_dir, out, layout, target_recall, val_fraction, seed, cv_folds, as
               help="Judge artifact: adds judge runs at each --thresholds value.")
 @window_option(8)
 @click.option("--top-k", "top_ks", default="2,4,8", show_default=True, help="K values for the top-K baseline.")
+@click.option("--fly", "fly_entropies", default="0.3", show_default=True,
+              help="Entropy gates (nats) of the FLy baseline (training-free; its deferred window of 6 needs "
+                   "--window >= 7); empty for none.")
 @click.option("--thresholds", default="calibrated,0.05,0.2,0.5", show_default=True,
               help="Judge thresholds; 'calibrated' = the artifact's own.")
 @click.option("--max-new-tokens", type=click.IntRange(8), help="[default: the task's]")
@@ -154,8 +227,8 @@ def train(data_dir, out, layout, target_recall, val_fraction, seed, cv_folds, as
 @json_option()
 @progress_option()
 def eval_command(task_spec, split, limit, offset, target, draft, dtype, device, judge_path, window,
-                 top_ks, thresholds, max_new_tokens, batch_size, out, as_json, progress):
-    """Accuracy vs speed: decode a test split with target, lossless, top-K and judge runs.
+                 top_ks, fly_entropies, thresholds, max_new_tokens, batch_size, out, as_json, progress):
+    """Accuracy vs speed: decode a test split with target, lossless, top-K, FLy and judge runs.
 
     \b
     Per run: gold accuracy, agreement with the target's own answers, tau (tokens per
@@ -172,7 +245,15 @@ def eval_command(task_spec, split, limit, offset, target, draft, dtype, device, 
     thr = [None if t.strip() == "calibrated" else float(t) for t in thresholds.split(",") if t.strip()]
     if any(t is not None and not 0 <= t <= 1 for t in thr):
         raise click.BadParameter("thresholds must be in [0, 1] or 'calibrated'", param_hint="--thresholds")
-    runs = sweep(window, number_list(top_ks, int, "--top-k"), thr, with_judge=judge is not None)
+    from autojudge.acceptance.rule import FLY_WINDOW
+    from autojudge.cli.options import status
+
+    fly = number_list(fly_entropies, float, "--fly") if fly_entropies.strip() else []
+    if fly and window <= FLY_WINDOW:
+        status(f"no FLy runs: its deferred window ({FLY_WINDOW}) needs --window >= {FLY_WINDOW + 1} (at "
+               f"--window {window} it would accept nothing and equal lossless)")
+        fly = []
+    runs = sweep(window, number_list(top_ks, int, "--top-k"), thr, with_judge=judge is not None, fly_entropies=fly)
     examples = task.load(split, limit=limit, offset=offset)
     target_lm, draft_lm = load_pair(target, draft, dtype, device)
     report = evaluate(SpeculativeDecoder(target_lm, draft_lm, judge), task, examples, runs, out,

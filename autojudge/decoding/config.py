@@ -7,6 +7,9 @@ Modes (all the same loop, :mod:`autojudge.decoding.loop`):
 - ``topk``: a draft token also passes if it is in the target's top-K (a lossy baseline).
 - ``judge``: AutoJudge; a mismatch also passes if the judge calls it unimportant.
   **Intentionally lossy**: the output may differ from the target's own.
+- ``fly``: FLy (arXiv 2511.22972), the training-free lossy peer: a mismatch passes if the target
+  is uncertain there and agrees with the draft at the next positions
+  (:func:`autojudge.acceptance.rule.fly_mismatch_ok`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from autojudge.errors import AutoJudgeError
 if TYPE_CHECKING:  # no torch import here: the CLI and the serving protocol read MODES at start-up
     from autojudge.judge import Judge
 
-MODES = ("target", "lossless", "topk", "judge")
+MODES = ("target", "lossless", "topk", "judge", "fly")
+LOGIT_MODES = ("topk", "fly")  # modes whose rule reads the target's logits at the draft positions
 MAX_WINDOW = 64  # W: the decoder's, the serving protocol's and a deployment's bound (the kernel allows 1024)
 
 
@@ -30,6 +34,8 @@ class DecodeConfig:
     window: int = 8  # W: draft tokens proposed per cycle
     max_new_tokens: int = 256
     top_k: int = 4  # mode topk only
+    fly_entropy: float = 0.3  # mode fly only: the entropy gate (nats, top-3 partial entropy)
+    fly_window: int = 6  # mode fly only: the mismatch and the positions after it that must agree
     threshold: float | None = None  # mode judge only; None = the judge artifact's threshold
     stop: tuple[str, ...] = ()  # stop strings; the text is cut before the first one
 
@@ -49,6 +55,9 @@ class DecodeConfig:
             raise AutoJudgeError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.mode == "topk" and self.top_k < 1:
             raise AutoJudgeError(f"top_k must be >= 1, got {self.top_k}")
+        if self.mode == "fly" and (self.fly_window < 2 or not 0.0 <= self.fly_entropy <= 2.0):
+            raise AutoJudgeError(f"fly needs a window >= 2 and an entropy threshold in [0, 2] nats, got "
+                                 f"{self.fly_window} and {self.fly_entropy}")
         if self.mode == "judge" and judge is None:
             raise AutoJudgeError("mode 'judge' needs a judge artifact (--judge DIR)")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:

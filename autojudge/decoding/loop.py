@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from autojudge.acceptance import Acceptance, accept, judge_mismatch_ok, topk_mismatch_ok
+from autojudge.acceptance import Acceptance, accept, fly_mismatch_ok, judge_mismatch_ok, topk_mismatch_ok
 from autojudge.decoding.backend import Backend, BatchState, Verification
-from autojudge.decoding.config import DecodeConfig, GenerationResult
+from autojudge.decoding.config import LOGIT_MODES, DecodeConfig, GenerationResult
 from autojudge.decoding.metrics import SpecDecodeMetrics
 from autojudge.decoding.stops import StopStrings, first_stop
 from autojudge.errors import AutoJudgeError
@@ -105,7 +105,7 @@ class Running:
         w = draft_tokens.shape[1]
 
         # --- verify: one target pass over each row's unseen tokens + its w draft tokens
-        verification = state.verify(sequences, draft_tokens, need_logits=bool(w) and config.mode == "topk")
+        verification = state.verify(sequences, draft_tokens, need_logits=bool(w) and config.mode in LOGIT_MODES)
 
         # --- accept
         result = self._accept(draft_tokens, draft_hidden, verification)
@@ -176,6 +176,9 @@ def mismatch_ok(config: DecodeConfig, backend: Backend, threshold: float | None,
         return None
     if config.mode == "topk":
         return topk_mismatch_ok(draft_tokens, verification.logits.to(draft_tokens.device), config.top_k)
+    if config.mode == "fly":
+        return fly_mismatch_ok(draft_tokens, verification.tokens.to(draft_tokens.device),
+                               verification.logits.to(draft_tokens.device), config.fly_entropy, config.fly_window)
     probabilities = backend.judge.probabilities(draft_hidden, verification.hidden[:, 1:])  # [B, w]
     return judge_mismatch_ok(probabilities, threshold).to(draft_tokens.device)
 

@@ -1,4 +1,4 @@
-"""The trade-off plot: quality against tau, AutoJudge beside top-K and lossless (the paper's Figure 3)."""
+"""The trade-off plot: quality against tau, AutoJudge beside top-K, FLy and lossless (the paper's Figure 3)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 def plot_tradeoff(report: dict, path: Path) -> None:
     """Accuracy (gold) and agreement with the target's own answers, each against tau:
-    AutoJudge (one point per threshold) beside top-K (one per K) and lossless."""
+    AutoJudge (one point per threshold) beside top-K (one per K), FLy (one per entropy gate) and lossless."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,13 +20,15 @@ def plot_tradeoff(report: dict, path: Path) -> None:
     for ax, (key, ylabel) in zip(axes, panels):
         target = next(r for r in rows if r["mode"] == "target")
         ax.axhline(100 * target[key], color="grey", ls=":", lw=1, label="target alone (greedy)")
-        for mode, style, label in (("judge", "o-", "AutoJudge (threshold)"), ("topk", "s--", "top-K (K)")):
+        for mode, style, label in (("judge", "o-", "AutoJudge (threshold)"), ("topk", "s--", "top-K (K)"),
+                                   ("fly", "^-.", "FLy (entropy gate)")):
             pts = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["tau"])
             if not pts:
                 continue
             ax.plot([r["tau"] for r in pts], [100 * r[key] for r in pts], style, label=label)
             for r in pts:
-                tag = r["top_k"] if mode == "topk" else ("cal." if r["threshold"] is None else f"{r['threshold']:g}")
+                tag = (r["top_k"] if mode == "topk" else f"{r['fly_entropy']:g}" if mode == "fly"
+                       else "cal." if r["threshold"] is None else f"{r['threshold']:g}")
                 ax.annotate(str(tag), (r["tau"], 100 * r[key]), textcoords="offset points",
                             xytext=(4, 4), fontsize=7)
         for r in rows:

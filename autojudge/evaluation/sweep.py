@@ -29,10 +29,11 @@ TARGET_RUN = "target"
 class Run:
     """One decoding configuration of the sweep."""
 
-    mode: str  # target | lossless | topk | judge
+    mode: str  # target | lossless | topk | judge | fly
     window: int = 8
     top_k: int | None = None
     threshold: float | None = None  # judge: None = the artifact's calibrated threshold
+    fly_entropy: float | None = None  # fly: the entropy gate (nats)
 
     @property
     def name(self) -> str:
@@ -43,17 +44,22 @@ class Run:
         if self.mode == "judge":
             thr = "calibrated" if self.threshold is None else f"{self.threshold:g}"
             return f"judge@{thr}/W{self.window}"
+        if self.mode == "fly":
+            return f"fly@{self.fly_entropy:g}/W{self.window}"
         return f"lossless/W{self.window}"
 
     def config(self, max_new_tokens: int) -> DecodeConfig:
         return DecodeConfig(mode=self.mode, window=self.window, max_new_tokens=max_new_tokens,
-                            top_k=self.top_k or 1, threshold=self.threshold)
+                            top_k=self.top_k or 1, threshold=self.threshold,
+                            **({"fly_entropy": self.fly_entropy} if self.fly_entropy is not None else {}))
 
 
-def sweep(window: int, top_ks: list[int], thresholds: list[float | None], with_judge: bool) -> list[Run]:
-    """target, lossless, topk at each K and (with a judge) judge at each threshold."""
+def sweep(window: int, top_ks: list[int], thresholds: list[float | None], with_judge: bool,
+          fly_entropies: list[float] = ()) -> list[Run]:
+    """target, lossless, topk at each K, FLy at each entropy gate and (with a judge) judge at each threshold."""
     runs = [Run("target"), Run("lossless", window)]
     runs += [Run("topk", window, top_k=k) for k in top_ks]
+    runs += [Run("fly", window, fly_entropy=e) for e in fly_entropies]
     if with_judge:
         runs += [Run("judge", window, threshold=t) for t in thresholds]
     return runs
