@@ -18,7 +18,9 @@ MODE_HELP = (
     "target: plain greedy decoding of the target (baseline). "
     "lossless: greedy speculative decoding, output identical to target. "
     "topk: also accept a draft token in the target's top-K (lossy baseline). "
-    "judge: AutoJudge, also accept mismatches the judge calls unimportant (lossy)."
+    "judge: AutoJudge, also accept mismatches the judge calls unimportant (lossy). "
+    "fly: FLy, also accept a mismatch where the target is uncertain and agrees with the draft at the next 5 "
+    "positions (training-free lossy baseline; needs --window >= 7)."
 )
 
 

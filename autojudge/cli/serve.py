@@ -134,7 +134,7 @@ def serve(repo_path, host, http_port, grpc_port, log_file, quiet):
               show_default=True, help="grpc-stream prints tokens as the decoder commits them.")
 @click.option("--prompt", "-p", "prompts", multiple=True, required=True, help="Prompt (repeatable).")
 @click.option("--max-tokens", type=int, help="[default: the deployment's]")
-@click.option("--mode", help="lossless | judge | topk | target [default: the deployment's]")
+@click.option("--mode", help="lossless | judge | topk | fly | target [default: the deployment's]")
 @click.option("--window", type=int, help="[default: the deployment's]")
 @click.option("--threshold", type=float, help="Judge threshold override.")
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")

@@ -7,7 +7,7 @@ name        Triton type  dims   meaning
 ==========  ===========  =====  ==========================================================
 prompt      TYPE_STRING  [1]    the user message (wrapped in the chat template)
 max_tokens  TYPE_INT32   [1]    most new tokens, 1..the deployment's limit
-mode        TYPE_STRING  [1]    lossless | judge | topk | target
+mode        TYPE_STRING  [1]    lossless | judge | topk | fly | target
 window      TYPE_INT32   [1]    draft tokens per cycle, 1..the deployment's max_window
 threshold   TYPE_FP32    [1]    judge threshold override, in [0, 1] (mode judge)
 stop        TYPE_STRING  [-1]   stop strings; the text ends before the first one found
