@@ -57,7 +57,7 @@ def run_load(server: TritonServer, questions: list[str], reference: dict, mode: 
                 record = {"ok": answer["token_ids"] == reference[question], "tokens": len(answer["token_ids"]),
                           "latency": time.perf_counter() - start,
                           "ttft": (first[0] if first else time.perf_counter()) - start,
-                          "tau": answer["metrics"]["tau"]}
+                          "tau": answer["metrics"]["mean_acceptance_length"]}
             except Exception as exc:  # noqa: BLE001 - counted as lost
                 record = {"ok": False, "error": str(exc)[:200], "tokens": 0, "latency": 0.0, "ttft": 0.0}
             with lock:

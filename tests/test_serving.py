@@ -205,6 +205,12 @@ def test_serve_command_starts_answers_and_stops_cleanly_on_ctrl_c(deployment):
         ready = json.loads(process.stdout.readline())  # blocks until the server is ready
         assert ready["http"] == f"127.0.0.1:{http_port}"
         assert infer_http(ready["http"], request_arrays("hello", max_tokens=2))["token_ids"]
+        assert ready["openai"].startswith("http://127.0.0.1:") and ready["openai"].endswith("/v1")  # loopback too
+        import openai
+
+        answer = openai.OpenAI(base_url=ready["openai"], api_key="none").completions.create(
+            model="autojudge", prompt="hello", max_tokens=2)
+        assert answer.usage.completion_tokens == 2
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
         with pytest.raises(ServingError, match="cannot reach"):
@@ -267,9 +273,9 @@ def test_the_tensorrt_llm_flavour_serves_the_in_process_decoders_tokens(trtllm_d
             got = infer_http(running.http_url, request_arrays(prompt, max_tokens=16, mode=mode, window=4))
             assert got["token_ids"] == want.token_ids and got["text"] == want.text, mode
             metrics = got["metrics"]
-            assert metrics["mode"] == mode and metrics["tau"] == pytest.approx(want.metrics.mean_acceptance_length)
-            assert metrics["judge_accepted_mismatches"] == want.metrics.num_accepted_mismatches
-        assert 0 < metrics["judge_accepted_mismatches"] and metrics["acceptance_rate"] < 1  # accepted, rejected
+            assert metrics["mode"] == mode and metrics["mean_acceptance_length"] == pytest.approx(want.metrics.mean_acceptance_length)
+            assert metrics["num_accepted_mismatches"] == want.metrics.num_accepted_mismatches
+        assert 0 < metrics["num_accepted_mismatches"] and metrics["draft_acceptance_rate"] < 1  # accepted, rejected
         streamed = stream_grpc(running.grpc_url, request_arrays(prompt, max_tokens=16, mode="judge", window=4),
                                model="autojudge_stream")
         assert streamed["token_ids"] == want.token_ids
@@ -309,5 +315,70 @@ def test_todays_tensorrt_llm_line_serves_the_in_process_decoders_tokens(tmp_path
             want = decoder.generate(ids, DecodeConfig(mode=mode, window=4, max_new_tokens=24))
             got = infer_http(running.http_url, request_arrays(prompt, max_tokens=24, mode=mode, window=4))
             assert got["token_ids"] == want.token_ids, mode
-            assert got["metrics"]["judge_accepted_mismatches"] == want.metrics.num_accepted_mismatches
-        assert got["metrics"]["judge_accepted_mismatches"] > 0 and got["metrics"]["acceptance_rate"] < 1
+            assert got["metrics"]["num_accepted_mismatches"] == want.metrics.num_accepted_mismatches
+        assert got["metrics"]["num_accepted_mismatches"] > 0 and got["metrics"]["draft_acceptance_rate"] < 1
+
+
+# ----------------------------------------------------------------------------- the OpenAI-compatible endpoint
+
+
+@pytest.fixture(scope="module")
+def openai_url(server):
+    """The gateway of `autojudge-trt serve`, in a thread, in front of the module's server."""
+    from autojudge.serving.openai_api import run_gateway
+
+    ready, bound = threading.Event(), {}
+    threading.Thread(target=run_gateway, args=(server.grpc_url,),
+                     kwargs={"on_ready": lambda url: (bound.update(url=url), ready.set())}, daemon=True).start()
+    assert ready.wait(30)
+    return bound["url"]
+
+
+def test_the_openai_client_gets_the_decoders_tokens_with_vllm_named_metrics(openai_url, in_process):
+    import openai
+
+    client = openai.OpenAI(base_url=openai_url, api_key="none")
+    assert [m.id for m in client.models.list().data] == ["autojudge"]
+    prompt = "The capital of France is"
+    completion = client.completions.create(model="autojudge", prompt=prompt, max_tokens=12,
+                                           extra_body={"mode": "judge", "window": 4})
+    request = ServeRequest(prompt, 12, "judge", 4, None, (), "raw")  # completions read the prompt as is
+    text, ids, metrics = in_process.run(request)
+    assert completion.choices[0].text == text and completion.usage.completion_tokens == len(ids)
+    got = completion.model_extra["metrics"]
+    assert got["mean_acceptance_length"] == pytest.approx(metrics["mean_acceptance_length"])
+    assert set(got) == set(METRICS) and got["mode"] == "judge"
+    assert completion.usage.prompt_tokens == got["num_prompt_tokens"] == len(in_process.prompt_ids(prompt, "raw"))
+
+    messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": PROMPTS[0]}]
+    want = in_process.run(ServeRequest(json.dumps(messages), 16, "lossless", 4, None, (), "messages"))
+    chat = client.chat.completions.create(model="autojudge", messages=messages, max_tokens=16)
+    assert chat.choices[0].message.content == want[0] and chat.choices[0].finish_reason == want[2]["finish_reason"]
+    stream = client.chat.completions.create(model="autojudge", messages=messages, max_tokens=16, stream=True)
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == want[0]
+    assert len(chunks) > 1 and all("mean_acceptance_length" in c.model_extra["metrics"] for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == want[2]["finish_reason"]
+    pieces = list(client.completions.create(model="autojudge", prompt=prompt, max_tokens=12, stream=True,
+                                            extra_body={"mode": "judge", "window": 4}))
+    assert "".join(p.choices[0].text for p in pieces) == text
+
+
+def test_bad_openai_requests_get_400s_naming_the_field_and_the_endpoint_keeps_serving(openai_url):
+    import openai
+
+    client = openai.OpenAI(base_url=openai_url, api_key="none", max_retries=0)
+    for kwargs, param in (({"temperature": 0.7}, "temperature"), ({"extra_body": {"window": 999}}, "window"),
+                          ({"extra_body": {"mode": "beam"}}, "mode"), ({"max_tokens": 10**6}, "max_tokens"),
+                          ({"n": 2}, "n")):
+        with pytest.raises(openai.BadRequestError) as error:
+            client.completions.create(model="autojudge", prompt="Hi", **{"max_tokens": 4, **kwargs})
+        assert error.value.body["param"] == param, kwargs
+    with pytest.raises(openai.BadRequestError) as error:  # a streamed request is refused before its 200
+        list(client.completions.create(model="autojudge", prompt="Hi", max_tokens=4, stream=True,
+                                       extra_body={"window": 999}))
+    assert error.value.body["param"] == "window"
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(model="autojudge", messages=[{"role": "user"}], max_tokens=4)
+    assert error.value.body["param"] == "messages"
+    assert client.completions.create(model="autojudge", prompt="Hi", max_tokens=4).choices[0].text is not None

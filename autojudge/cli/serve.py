@@ -97,9 +97,19 @@ def repo(out, target, draft, judge_path, default_mode, window, threshold, max_to
 @click.option("--grpc-port", type=click.IntRange(0, 65535), default=0, help="[default: a free port]")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Also write the server log here.")
 @click.option("--quiet", is_flag=True, help="Do not stream the server log to stderr.")
-def serve(repo_path, host, http_port, grpc_port, log_file, quiet):
-    """Start tritonserver on REPO, wait until it is ready, stream its log; Ctrl-C stops it."""
+@click.option("--openai-port", type=click.IntRange(0, 65535), default=0,
+              help="Port of the OpenAI-compatible endpoint (/v1/completions, /v1/chat/completions) "
+                   "[default: a free port].")
+@click.option("--no-openai", is_flag=True, help="Serve only Triton's HTTP and gRPC endpoints.")
+def serve(repo_path, host, http_port, grpc_port, log_file, quiet, openai_port, no_openai):
+    """Start tritonserver on REPO and, beside it, an OpenAI-compatible endpoint in front of the same
+    models; wait until both are ready, stream the server log; Ctrl-C stops them.
+
+    Prints one JSON line when ready: {"ready", "http", "grpc", "openai"} (openai: the base URL for
+    OpenAI clients, e.g. openai.OpenAI(base_url=..., api_key="none")).
+    """
     import signal
+    import threading
 
     from autojudge.serving.repo import model_repository
     from autojudge.serving.server import TritonServer
@@ -117,7 +127,18 @@ def serve(repo_path, host, http_port, grpc_port, log_file, quiet):
     signal.signal(signal.SIGINT, terminate)
     try:
         server.start()
-        click.echo(json.dumps({"ready": True, "http": server.http_url, "grpc": server.grpc_url}), err=False)
+        urls = {"ready": True, "http": server.http_url, "grpc": server.grpc_url}
+        if not no_openai:
+            from autojudge.serving.openai_api import run_gateway
+
+            ready, bound = threading.Event(), {}
+            threading.Thread(target=run_gateway, args=(server.grpc_url, host, openai_port),
+                             kwargs={"on_ready": lambda url: (bound.update(url=url), ready.set())},
+                             daemon=True).start()
+            if not ready.wait(30):
+                raise AutoJudgeError(f"the OpenAI endpoint did not start on {host}:{openai_port}")
+            urls["openai"] = bound["url"]
+        click.echo(json.dumps(urls), err=False)
         status("ready; Ctrl-C stops it")
         server.process.wait()  # until the server exits, or Ctrl-C
     except KeyboardInterrupt:
@@ -162,7 +183,7 @@ def client(url, protocol, prompts, max_tokens, mode, window, threshold, stop, as
         if protocol != "grpc-stream":
             click.echo(answer["text"])
         m = answer["metrics"]
-        click.echo(f"[{m['mode']} W={m['window']}] {m['generated_tokens']} tokens, tau {m['tau']:.2f}, "
-                   f"acceptance {m['acceptance_rate']:.0%}, judge-accepted mismatches "
-                   f"{m['judge_accepted_mismatches']}, {m['tokens_per_s']:.1f} tokens/s, "
+        click.echo(f"[{m['mode']} W={m['window']}] {m['num_generated_tokens']} tokens, tau "
+                   f"{m['mean_acceptance_length']:.2f}, acceptance {m['draft_acceptance_rate']:.0%}, accepted "
+                   f"mismatches {m['num_accepted_mismatches']}, {m['tokens_per_s']:.1f} tokens/s, "
                    f"finish {m['finish_reason']}", err=True)

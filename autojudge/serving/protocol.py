@@ -11,6 +11,9 @@ mode        TYPE_STRING  [1]    lossless | judge | topk | fly | target
 window      TYPE_INT32   [1]    draft tokens per cycle, 1..the deployment's max_window
 threshold   TYPE_FP32    [1]    judge threshold override, in [0, 1] (mode judge)
 stop        TYPE_STRING  [-1]   stop strings; the text ends before the first one found
+format      TYPE_STRING  [1]    chat (the prompt is the user message of the chat template; the
+                                default), raw (the prompt as is), messages (a JSON list of
+                                {role, content}, rendered by the chat template)
 ==========  ===========  =====  ==========================================================
 
 Outputs, on every response: ``text`` and ``token_ids`` (the whole answer for a unary
@@ -32,22 +35,25 @@ INPUTS: dict[str, tuple[str, list[int], bool]] = {
     "window": ("TYPE_INT32", [1], True),
     "threshold": ("TYPE_FP32", [1], True),
     "stop": ("TYPE_STRING", [-1], True),
+    "format": ("TYPE_STRING", [1], True),
 }
 OUTPUTS: dict[str, tuple[str, list[int]]] = {
     "text": ("TYPE_STRING", [1]),
     "token_ids": ("TYPE_INT32", [-1]),
     "metrics": ("TYPE_STRING", [1]),
 }
-# The metrics JSON of every response: key -> meaning (:func:`autojudge.serving.service.metrics_dict`).
+# The metrics JSON of every response, on every protocol: key -> meaning (:func:`autojudge.serving.service.
+# metrics_dict`). The names are vLLM's spec-decode metric names, as SpecDecodeMetrics has them.
 METRICS: dict[str, str] = {
     "mode": "the request's mode",
     "window": "draft tokens per cycle (W)",
     "threshold": "the judge threshold in force (null outside mode judge)",
-    "tau": "mean acceptance length: generated tokens per target call, bonus token included",
-    "acceptance_rate": "accepted draft tokens / proposed draft tokens",
-    "judge_accepted_mismatches": "accepted draft tokens that differ from the target's (judge or top-K)",
-    "generated_tokens": "tokens generated so far",
-    "target_calls": "target forwards so far (the first includes the prompt)",
+    "mean_acceptance_length": "tau: generated tokens per target call, bonus token included",
+    "draft_acceptance_rate": "accepted draft tokens / proposed draft tokens",
+    "num_accepted_mismatches": "accepted draft tokens that differ from the target's (judge, top-K, FLy)",
+    "num_generated_tokens": "tokens generated so far",
+    "num_prompt_tokens": "tokens of the prompt as the model reads it (chat template included)",
+    "num_target_calls": "target forwards so far (the first includes the prompt)",
     "tokens_per_s": "generated tokens per second of this request's decoding",
     "finish_reason": "eos | length | stop; null until the last response",
 }

@@ -12,6 +12,9 @@ from autojudge.decoding.config import MAX_WINDOW, MODES, range_text
 from autojudge.errors import AutoJudgeError
 
 
+FORMATS = ("chat", "raw", "messages")
+
+
 class RequestError(AutoJudgeError):
     """A request field is invalid; the message names the field."""
 
@@ -50,6 +53,7 @@ class ServeRequest:
     window: int
     threshold: float | None
     stop: tuple[str, ...]
+    format: str = "chat"  # how the prompt becomes the model's input: chat | raw | messages
 
 
 def _text(value: object, name: str) -> str:
@@ -130,6 +134,14 @@ def parse_request(raw: dict[str, np.ndarray | None], defaults: ServeDefaults) ->
     stop = tuple(_text(s, "stop") for s in stops)
     if any(not s for s in stop):
         raise RequestError("stop", "stop strings must not be empty")
-    return ServeRequest(prompt, max_tokens, mode, window, threshold, stop)
+    form = _scalar(raw, "format")
+    form = "chat" if form is None else _text(form, "format")
+    if form not in FORMATS:
+        raise RequestError("format", f"unknown format {form!r}; choose one of {', '.join(FORMATS)}")
+    if form == "messages":
+        from autojudge.serving.service import messages_of
+
+        messages_of(prompt)  # refused here, naming the field, not deep in decoding
+    return ServeRequest(prompt, max_tokens, mode, window, threshold, stop, form)
 
 

@@ -16,17 +16,19 @@ from autojudge.serving.requests import ServeDefaults, ServeRequest
 OnPiece = Callable[[str, list[int], dict], None]
 
 
-def metrics_dict(metrics: SpecDecodeMetrics, threshold: float | None, finish_reason: str | None) -> dict:
+def metrics_dict(metrics: SpecDecodeMetrics, threshold: float | None, finish_reason: str | None,
+                 prompt_tokens: int) -> dict:
     """The metrics JSON of a response: the keys of :data:`autojudge.serving.protocol.METRICS`."""
     return {
         "mode": metrics.mode,
         "window": metrics.window,
         "threshold": threshold,
-        "tau": metrics.mean_acceptance_length,
-        "acceptance_rate": metrics.draft_acceptance_rate,
-        "judge_accepted_mismatches": metrics.num_accepted_mismatches,
-        "generated_tokens": metrics.num_generated_tokens,
-        "target_calls": metrics.num_target_calls,
+        "mean_acceptance_length": metrics.mean_acceptance_length,
+        "draft_acceptance_rate": metrics.draft_acceptance_rate,
+        "num_accepted_mismatches": metrics.num_accepted_mismatches,
+        "num_generated_tokens": metrics.num_generated_tokens,
+        "num_prompt_tokens": prompt_tokens,
+        "num_target_calls": metrics.num_target_calls,
         "tokens_per_s": metrics.tokens_per_s,
         "finish_reason": finish_reason,
     }
@@ -59,10 +61,17 @@ class DecodeService:
             defaults = ServeDefaults.from_parameters(params, judge is not None, "lossless", 4)
         return cls(loop, defaults, chat=params.get("chat", "true") == "true")
 
-    def prompt_ids(self, prompt: str) -> list[int]:
+    def prompt_ids(self, prompt: str, form: str = "chat") -> list[int]:
+        """The model's input: ``prompt`` as the user message of the chat template ("chat"; the deployment's
+        ``chat`` parameter false reads it raw), as is ("raw"), or a JSON list of {role, content} messages
+        rendered by the chat template ("messages")."""
         from autojudge.models import encode_prompt
 
-        return encode_prompt(self.decoder.backend.tokenizer, prompt, chat=self.chat)
+        tokenizer = self.decoder.backend.tokenizer
+        if form == "messages":
+            return list(tokenizer.apply_chat_template(messages_of(prompt), add_generation_prompt=True, tokenize=True,
+                                                      return_dict=False))
+        return encode_prompt(tokenizer, prompt, chat=self.chat and form == "chat")
 
     def run(self, request: ServeRequest, on_piece: OnPiece | None = None) -> tuple[str, list[int], dict]:
         """Decode one request; with ``on_piece``, stream (text, ids, metrics) pieces as cycles commit.
@@ -75,6 +84,7 @@ class DecodeService:
                               threshold=request.threshold, stop=request.stop)
         tokenizer = self.decoder.backend.tokenizer
         threshold = config.judge_threshold(self.decoder.backend.judge)
+        prompt = self.prompt_ids(request.prompt, request.format)
         generated: list[int] = []
         sent = {"text": "", "ids": 0}
         hold = max((len(s) for s in request.stop), default=1) - 1
@@ -89,13 +99,12 @@ class DecodeService:
             safe = safe.rstrip("\ufffd")  # an incomplete multi-byte character
             piece = safe[len(sent["text"]):] if safe.startswith(sent["text"]) else ""
             if piece or len(generated) > sent["ids"]:
-                on_piece(piece, generated[sent["ids"]:], metrics_dict(metrics, threshold, None))
+                on_piece(piece, generated[sent["ids"]:], metrics_dict(metrics, threshold, None, len(prompt)))
                 sent["text"] += piece
                 sent["ids"] = len(generated)
 
-        result = self.decoder.generate(self.prompt_ids(request.prompt), config,
-                                       on_tokens=on_tokens if on_piece else None)
-        final = metrics_dict(result.metrics, threshold, result.finish_reason)
+        result = self.decoder.generate(prompt, config, on_tokens=on_tokens if on_piece else None)
+        final = metrics_dict(result.metrics, threshold, result.finish_reason, len(prompt))
         if on_piece is None:
             return result.text, result.token_ids, final
         rest = result.text[len(sent["text"]):] if result.text.startswith(sent["text"]) else ""
@@ -132,3 +141,21 @@ def _tensorrt_llm_loop(params: dict[str, str], judge, model_dir: str | Path) -> 
     from autojudge.serving.trtllm.loader import open_backend
 
     return SpeculativeLoop(open_backend(params, judge, Path(model_dir)))
+
+
+def messages_of(text: str) -> list[dict]:
+    """A request's ``prompt`` in format "messages": a JSON list of {"role", "content"} (RequestError otherwise)."""
+    import json
+
+    from autojudge.serving.requests import RequestError
+
+    try:
+        messages = json.loads(text)
+    except ValueError as exc:
+        raise RequestError("prompt", f"format 'messages' needs a JSON list of messages ({exc})") from None
+    if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
+            for m in messages):
+        raise RequestError("prompt", "format 'messages' needs a non-empty JSON list of {\"role\": system|user|"
+                                     "assistant, \"content\": string}")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
