@@ -362,6 +362,11 @@ def test_the_openai_client_gets_the_decoders_tokens_with_vllm_named_metrics(open
     pieces = list(client.completions.create(model="autojudge", prompt=prompt, max_tokens=12, stream=True,
                                             extra_body={"mode": "judge", "window": 4}))
     assert "".join(p.choices[0].text for p in pieces) == text
+    lossless = in_process.run(ServeRequest(prompt, 12, "lossless", 4, None, (), "raw"))
+    adaptive = client.completions.create(model="autojudge", prompt=prompt, max_tokens=12,
+                                         extra_body={"mode": "lossless", "window": 8, "adaptive": True})
+    assert adaptive.choices[0].text == lossless[0]  # lossless whatever the window schedule
+    assert 0 <= adaptive.model_extra["metrics"]["mean_window"] <= 8
 
 
 def test_bad_openai_requests_get_400s_naming_the_field_and_the_endpoint_keeps_serving(openai_url):

@@ -21,6 +21,9 @@ from autojudge.cli.options import (MODE_CHOICE, MODE_HELP, json_option, model_op
 @window_option(8, "Draft tokens proposed per cycle (W). Ignored by --mode target.")
 @click.option("--top-k", type=click.IntRange(1), default=4, show_default=True,
               help="K for --mode topk.")
+@click.option("--adaptive", is_flag=True,
+              help="Adaptive speculation: the window follows the measured acceptance, from --window down to 0 "
+                   "(plain target decoding) when drafting does not pay on this machine.")
 @click.option("--judge", "judge_path", type=click.Path(path_type=Path),
               help="Judge artifact directory (judge.json + judge.safetensors), for --mode judge.")
 @click.option("--threshold", type=click.FloatRange(0, 1),
@@ -37,7 +40,7 @@ from autojudge.cli.options import (MODE_CHOICE, MODE_HELP, json_option, model_op
 @click.option("--system", help="System message for --chat.")
 @json_option("Print one JSON object: text, tokens, metrics.")
 @progress_option("Show a progress bar on stderr while generating.")
-def generate(prompt, prompt_file, target, draft, dtype, device, mode, window, top_k, judge_path,
+def generate(prompt, prompt_file, target, draft, dtype, device, mode, window, top_k, adaptive, judge_path,
              threshold, ignore_judge_models, max_new_tokens, stop, chat, system, as_json, progress):
     """Generate a completion with speculative decoding and report its metrics.
 
@@ -73,7 +76,7 @@ def generate(prompt, prompt_file, target, draft, dtype, device, mode, window, to
         draft_lm = load_draft(draft, target_lm)
     decoder = SpeculativeDecoder(target_lm, draft_lm, judge, check_judge_names=not ignore_judge_models)
     config = DecodeConfig(mode=mode, window=window, max_new_tokens=max_new_tokens, top_k=top_k,
-                          threshold=threshold, stop=tuple(stop))
+                          threshold=threshold, stop=tuple(stop), adaptive=adaptive)
     prompt_ids = encode_prompt(target_lm.tokenizer, text, chat=chat, system=system)
 
     with tqdm(total=max_new_tokens, desc=f"{mode}", unit="tok", file=sys.stderr,

@@ -36,6 +36,7 @@ class DecodeConfig:
     top_k: int = 4  # mode topk only
     fly_entropy: float = 0.3  # mode fly only: the entropy gate (nats, top-3 partial entropy)
     fly_window: int = 6  # mode fly only: the mismatch and the positions after it that must agree
+    adaptive: bool = False  # each row's window follows its acceptance, 0..window (autojudge.decoding.adaptive)
     threshold: float | None = None  # mode judge only; None = the judge artifact's threshold
     stop: tuple[str, ...] = ()  # stop strings; the text is cut before the first one
 

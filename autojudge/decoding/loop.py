@@ -26,6 +26,7 @@ import torch
 
 from autojudge.acceptance import Acceptance, accept, fly_mismatch_ok, judge_mismatch_ok, topk_mismatch_ok
 from autojudge.decoding.backend import Backend, BatchState, Verification
+from autojudge.decoding.adaptive import CycleCost, WindowController
 from autojudge.decoding.config import LOGIT_MODES, DecodeConfig, GenerationResult
 from autojudge.decoding.metrics import SpecDecodeMetrics
 from autojudge.decoding.stops import StopStrings, first_stop
@@ -42,6 +43,7 @@ class _Row:
     metrics: SpecDecodeMetrics
     finish_reason: str | None = None
     index: int = 0  # the order it joined in (results come back in this order)
+    controller: WindowController | None = None  # adaptive speculation: this row's window
 
     @property
     def generated(self) -> list[int]:
@@ -56,6 +58,7 @@ class Running:
     config: DecodeConfig
     eos: frozenset[int]
     on_tokens: OnTokens | None = None
+    cost: CycleCost | None = None  # adaptive speculation: the measured cost of a cycle's parts
     rows: list[_Row] = field(default_factory=list)  # every row that joined, in order
     active: list[_Row] = field(default_factory=list)  # batch row -> its _Row
     state: BatchState | None = None
@@ -74,8 +77,10 @@ class Running:
         """New rows, one per prompt, take part from the next cycle on."""
         if any(not p for p in prompts):
             raise AutoJudgeError("every prompt must have at least one token")
+        adaptive = self.config.adaptive and self.window > 0
         new = [_Row(list(p), len(p), SpecDecodeMetrics(mode=self.config.mode, window=self.window),
-                    index=len(self.rows) + i) for i, p in enumerate(prompts)]
+                    index=len(self.rows) + i, controller=WindowController(self.window, self.cost) if adaptive else None)
+               for i, p in enumerate(prompts)]
         if self.state is None:
             self.state = self.backend.open(len(new), uses_draft=bool(self.window))
         else:
@@ -92,6 +97,8 @@ class Running:
         committed = torch.tensor([len(s) for s in sequences], device=device)  # [B]
         room = torch.tensor([config.max_new_tokens - len(row.generated) for row in rows], device=device)  # [B] >= 1
         row_w = (room - 1).clamp(max=self.window)  # [B] the window each row would use alone
+        if self.config.adaptive and self.window:  # each row's own window, from its measured acceptance
+            row_w = torch.minimum(row_w, torch.tensor([row.controller.window() for row in rows], device=device))
 
         # --- propose: w greedy draft tokens per row, with the draft's hidden state at each
         draft_tokens = committed.new_empty((len(rows), 0))  # [B, w]
@@ -121,6 +128,8 @@ class Running:
                 rows, num_accepted.tolist(), next_tokens.tolist(), draft_tokens.tolist(), mismatches.tolist(),
                 row_w.tolist())):
             row.metrics.record_cycle(window or None, int(self.need_draft_hidden), n, mismatched)
+            if row.controller is not None:
+                row.controller.update(window, n)
             if self._commit(row, drafted[:n] + [next_token]):
                 still.append(b)
         if len(still) < len(rows):
@@ -188,6 +197,13 @@ class SpeculativeLoop:
 
     def __init__(self, backend: Backend):
         self.backend = backend
+        self._costs: dict[int, CycleCost] = {}
+
+    def cycle_cost(self, prompt: list[int], window: int) -> CycleCost:
+        """The cost of a cycle's parts on this machine, measured once per window (adaptive speculation)."""
+        if window not in self._costs:
+            self._costs[window] = CycleCost.measure(self.backend, prompt, window)
+        return self._costs[window]
 
     def generate_batch(self, prompts: Sequence[Sequence[int]], config: DecodeConfig = DecodeConfig(),
                        eos_token_ids: frozenset[int] | None = None, on_tokens: OnTokens | None = None
@@ -197,7 +213,8 @@ class SpeculativeLoop:
         if not prompts:
             raise AutoJudgeError("every prompt must have at least one token (no prompts given)")
         eos = self.backend.eos_token_ids if eos_token_ids is None else eos_token_ids
-        running = Running(self.backend, config, eos, on_tokens)
+        cost = self.cycle_cost(list(prompts[0]), config.window) if config.adaptive and config.mode != "target" else None
+        running = Running(self.backend, config, eos, on_tokens, cost)
         running.join(prompts)
         while running.active:
             running.cycle()

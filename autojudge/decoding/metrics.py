@@ -55,6 +55,11 @@ class SpecDecodeMetrics:
         return self.num_generated_tokens / self.num_target_calls if self.num_target_calls else 0.0
 
     @property
+    def mean_window(self) -> float:
+        """Draft tokens proposed per target call (the window used, on average; 0 = no drafting)."""
+        return self.num_draft_tokens / self.num_target_calls if self.num_target_calls else 0.0
+
+    @property
     def draft_acceptance_rate(self) -> float:
         return self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else 0.0
 
@@ -67,5 +72,6 @@ class SpecDecodeMetrics:
             **asdict(self),
             "mean_acceptance_length": self.mean_acceptance_length,
             "draft_acceptance_rate": self.draft_acceptance_rate,
+            "mean_window": self.mean_window,
             "tokens_per_s": self.tokens_per_s,
         }

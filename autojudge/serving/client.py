@@ -22,12 +22,14 @@ class ServingError(AutoJudgeError):
 
 def request_arrays(prompt: str, max_tokens: int | None = None, mode: str | None = None,
                    window: int | None = None, threshold: float | None = None,
-                   stop: list[str] | tuple[str, ...] = (), form: str | None = None) -> dict[str, np.ndarray]:
+                   stop: list[str] | tuple[str, ...] = (), form: str | None = None,
+                   adaptive: bool | None = None) -> dict[str, np.ndarray]:
     """The input arrays of one request; None leaves a field to the deployment's default
     (``form``: the request's ``format``, chat | raw | messages)."""
     values: dict[str, Any] = {"prompt": [prompt.encode("utf-8")], "max_tokens": max_tokens, "mode": mode,
                               "window": window, "threshold": threshold,
-                              "stop": [s.encode("utf-8") for s in stop] or None, "format": form}
+                              "stop": [s.encode("utf-8") for s in stop] or None, "format": form,
+                              "adaptive": None if adaptive is None else int(adaptive)}
     arrays = {}
     for name, (triton_type, _, _) in INPUTS.items():
         value = values[name]

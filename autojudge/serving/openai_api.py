@@ -9,8 +9,8 @@ names (:data:`autojudge.serving.protocol.METRICS`).
 
 Request fields: the OpenAI ones this greedy decoder honours (``prompt`` or ``messages``,
 ``max_tokens`` / ``max_completion_tokens``, ``stop``, ``stream``; ``temperature`` and
-``top_p`` only at their greedy values, ``n`` only 1), plus ``mode``, ``window`` and
-``threshold`` (the openai client sends them with ``extra_body=``). A bad field gets HTTP 400
+``top_p`` only at their greedy values, ``n`` only 1), plus ``mode``, ``window``, ``threshold``
+and ``adaptive`` (the openai client sends them with ``extra_body=``). A bad field gets HTTP 400
 with OpenAI's error shape naming it in ``param``; the server keeps serving.
 
 Completions read the prompt as is (``format`` raw); chat renders the messages with the
@@ -84,7 +84,8 @@ def parse(body, chat: bool) -> tuple[dict, dict]:
         raise BadRequest("stop", "'stop' must be a string or a list of strings")
     arrays = request_arrays(prompt, max_tokens=max_tokens, mode=_field(body, "mode", (str,)),
                             window=_field(body, "window", (int,)),
-                            threshold=_field(body, "threshold", (int, float)), stop=stop or (), form=form)
+                            threshold=_field(body, "threshold", (int, float)), stop=stop or (), form=form,
+                            adaptive=_field(body, "adaptive", (bool,)))
     return arrays, {"stream": bool(_field(body, "stream", (bool,), False)), "model": body.get("model")}
 
 
@@ -129,7 +130,11 @@ class Gateway:
         try:
             async for result, error in stream:
                 if error is not None:
-                    raise BadRequest(*_triton_error(str(error.message() if hasattr(error, "message") else error)))
+                    message = str(error.message() if hasattr(error, "message") else error)
+                    param = _refused_field(message)
+                    if param is None:  # not the request's fault
+                        raise RuntimeError(message)
+                    raise BadRequest(param, message)
                 if result.as_numpy("text") is not None:
                     text = result.as_numpy("text")[0]
                     yield {"text": text.decode("utf-8") if isinstance(text, bytes) else str(text),
@@ -219,10 +224,10 @@ def _usage(metrics: dict) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _triton_error(message: str) -> tuple[str | None, str]:
-    """(param, message) of an error the model returned: it names the field it refused."""
+def _refused_field(message: str) -> str | None:
+    """The field a model's error names when it refused the request (None: another failure)."""
     found = re.search(r"invalid request field '([a-z_]+)'", message)
-    return (found.group(1) if found else None), message
+    return found.group(1) if found else None
 
 
 def run_gateway(grpc_url: str, host: str = "127.0.0.1", port: int = 0, on_ready=None) -> None:

@@ -11,6 +11,7 @@ mode        TYPE_STRING  [1]    lossless | judge | topk | fly | target
 window      TYPE_INT32   [1]    draft tokens per cycle, 1..the deployment's max_window
 threshold   TYPE_FP32    [1]    judge threshold override, in [0, 1] (mode judge)
 stop        TYPE_STRING  [-1]   stop strings; the text ends before the first one found
+adaptive    TYPE_INT32   [1]    1: the window follows the request's acceptance, 0..window
 format      TYPE_STRING  [1]    chat (the prompt is the user message of the chat template; the
                                 default), raw (the prompt as is), messages (a JSON list of
                                 {role, content}, rendered by the chat template)
@@ -36,6 +37,7 @@ INPUTS: dict[str, tuple[str, list[int], bool]] = {
     "threshold": ("TYPE_FP32", [1], True),
     "stop": ("TYPE_STRING", [-1], True),
     "format": ("TYPE_STRING", [1], True),
+    "adaptive": ("TYPE_INT32", [1], True),
 }
 OUTPUTS: dict[str, tuple[str, list[int]]] = {
     "text": ("TYPE_STRING", [1]),
@@ -54,6 +56,7 @@ METRICS: dict[str, str] = {
     "num_generated_tokens": "tokens generated so far",
     "num_prompt_tokens": "tokens of the prompt as the model reads it (chat template included)",
     "num_target_calls": "target forwards so far (the first includes the prompt)",
+    "mean_window": "draft tokens proposed per target call (the window used; adaptive: its average)",
     "tokens_per_s": "generated tokens per second of this request's decoding",
     "finish_reason": "eos | length | stop; null until the last response",
 }

@@ -54,6 +54,7 @@ class ServeRequest:
     threshold: float | None
     stop: tuple[str, ...]
     format: str = "chat"  # how the prompt becomes the model's input: chat | raw | messages
+    adaptive: bool = False  # the window follows the request's acceptance (autojudge.decoding.adaptive)
 
 
 def _text(value: object, name: str) -> str:
@@ -142,6 +143,12 @@ def parse_request(raw: dict[str, np.ndarray | None], defaults: ServeDefaults) ->
         from autojudge.serving.service import messages_of
 
         messages_of(prompt)  # refused here, naming the field, not deep in decoding
-    return ServeRequest(prompt, max_tokens, mode, window, threshold, stop, form)
+    adaptive = _scalar(raw, "adaptive")
+    if adaptive is not None:
+        number = _number(adaptive, "adaptive")
+        if number not in (0.0, 1.0):
+            raise RequestError("adaptive", f"must be 0 or 1, got {adaptive}")
+        adaptive = bool(number)
+    return ServeRequest(prompt, max_tokens, mode, window, threshold, stop, form, bool(adaptive))
 
 

@@ -29,6 +29,7 @@ def metrics_dict(metrics: SpecDecodeMetrics, threshold: float | None, finish_rea
         "num_generated_tokens": metrics.num_generated_tokens,
         "num_prompt_tokens": prompt_tokens,
         "num_target_calls": metrics.num_target_calls,
+        "mean_window": metrics.mean_window,
         "tokens_per_s": metrics.tokens_per_s,
         "finish_reason": finish_reason,
     }
@@ -81,6 +82,7 @@ class DecodeService:
         The final piece (sent by the caller with the returned values) completes the text.
         """
         config = DecodeConfig(mode=request.mode, window=request.window, max_new_tokens=request.max_tokens,
+                              adaptive=request.adaptive,
                               threshold=request.threshold, stop=request.stop)
         tokenizer = self.decoder.backend.tokenizer
         threshold = config.judge_threshold(self.decoder.backend.judge)
