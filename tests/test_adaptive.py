@@ -24,6 +24,11 @@ def test_the_controller_drafts_what_pays_and_looks_again_after_idling():
     assert hopeless.window() == 1  # idle for probe_every cycles: one token to measure again
     hopeless.update(1, 0)
     assert hopeless.window() == 0
+    for _ in range(5):
+        hopeless.update(0, 0)
+    assert hopeless.window() == 0  # a rejected probe doubles the wait: 6 idle cycles now
+    hopeless.update(0, 0)
+    assert hopeless.window() == 1
     learner = WindowController(8, cheap, prior=0.1, prior_weight=2, memory=0.8)
     before = learner.window()
     for _ in range(10):

@@ -9,9 +9,10 @@ maximises expected committed tokens per unit of cost:
                                          as a run of accepted tokens ends at the first rejection)
     C(w) = target + w * (target_per_token + draft)   (:class:`CycleCost`, measured on this machine)
 
-w = 0 is plain target decoding. While at 0 the controller learns nothing, so every
-``probe_every`` cycles it drafts one token to look again. The estimate is a decayed count of
-accepted tokens against rejections (``memory`` per cycle), starting from a weak prior.
+w = 0 is plain target decoding. While at 0 the controller learns nothing, so after
+``probe_every`` idle cycles it drafts one token to look again; each probe that is rejected
+doubles that wait (up to ``max_probe_every``), so a draft that never agrees costs almost nothing.
+The estimate is a decayed count of accepted tokens against rejections (``memory`` per cycle), starting from a weak prior.
 Lossless output does not depend on the schedule (every window gives the target's greedy tokens);
 judge, top-K and FLy accept what their rule accepts within the window chosen.
 """
@@ -76,8 +77,9 @@ def expected_tokens(a: float, w: int) -> float:
 
 class WindowController:
     def __init__(self, max_window: int, cost: CycleCost, prior: float = 0.5, prior_weight: float = 2.0,
-                 memory: float = 0.8, probe_every: int = 8):
-        self.max_window, self.cost, self.memory, self.probe_every = max_window, cost, memory, probe_every
+                 memory: float = 0.8, probe_every: int = 8, max_probe_every: int = 128):
+        self.max_window, self.cost, self.memory = max_window, cost, memory
+        self.probe_every, self.max_probe_every, self.wait = probe_every, max_probe_every, probe_every
         self.accepted, self.trials = prior * prior_weight, prior_weight  # decayed counts
         self.idle = 0  # cycles at w = 0 since the last look
 
@@ -86,7 +88,7 @@ class WindowController:
         return self.accepted / self.trials
 
     def window(self) -> int:
-        if self.idle >= self.probe_every:
+        if self.idle >= self.wait:
             return 1
         a = self.acceptance
         return max(range(self.max_window + 1), key=lambda w: expected_tokens(a, w) / self.cost.cycle(w))
@@ -96,6 +98,8 @@ class WindowController:
         if drafted == 0:
             self.idle += 1
             return
+        if self.idle >= self.wait:  # this was a probe: back off while probes fail
+            self.wait = self.probe_every if accepted else min(2 * self.wait, self.max_probe_every)
         self.idle = 0
         rejected = 1 if accepted < drafted else 0  # the run stopped at a rejection, or used the whole window
         self.accepted = self.memory * self.accepted + accepted
