@@ -1,14 +1,18 @@
 """torch.ops.autojudge.judge_accept: the plugin's kernel as a PyTorch op (CPU: the host build of the
 same rule). Equal to the oracle (autojudge.acceptance) over random batches, windows, layouts and
-dtypes; its fake kernel and schema pass torch.library.opcheck; it traces under torch.compile."""
+dtypes; its fake kernel and schema pass torch.library.opcheck; it traces under torch.compile.
+Where a CUDA device exists, the kernel itself equals the oracle at 32, 256 and 1024 threads per
+block, one block or a cluster per sequence, in the worst case's shapes too, and replays in a graph."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_model
 
 from autojudge.acceptance import accept, judge_mismatch_ok
 from autojudge.acceptance.torch_op import TorchJudgeAccept
+from autojudge.decoding.in_process import InProcessBackend
 from autojudge.judge import Judge, JudgeMetadata
 
 
@@ -48,3 +52,96 @@ def test_the_op_passes_opcheck_and_compiles():
     eager = torch.ops.autojudge.judge_accept(*args)
     compiled = torch.compile(lambda *a: torch.ops.autojudge.judge_accept(*a), fullgraph=True)(*args)
     assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def cluster_sizes() -> list[int]:
+    """Blocks per sequence to test: one block, the launcher's choice, and a full cluster where clusters exist."""
+    return [1, 0] + ([2, 8] if torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9 else [])
+
+
+def cuda_case(scenario: str, batch: int, window: int, hd: int, ht: int, seed: int = 0):
+    """Inputs on the GPU for one of the kernel's cases: random, match (all d_k = t_k), reject
+    (one mismatch mid-window, rejected), accept_all (every position a mismatch, all accepted)."""
+    judge, draft, target, draft_hidden, target_hidden = case(seed, batch, window, "draft+target", torch.bfloat16)
+    g = torch.Generator().manual_seed(seed)
+    draft_hidden = torch.randn(batch, window, hd, generator=g).bfloat16()
+    target_hidden = torch.randn(batch, window, ht, generator=g).bfloat16()
+    meta = JudgeMetadata("t", ht, "d", hd, "draft+target", threshold=0.5)
+    bias = {"reject": 50.0, "accept_all": -50.0}.get(scenario, 0.1)
+    judge = Judge(torch.randn(hd + ht, generator=g) / (hd + ht) ** 0.5, bias, meta)
+    if scenario == "match":
+        target[:, :window] = draft
+    elif scenario == "reject":
+        target[:, :window] = draft
+        target[:, window // 2] = draft[:, window // 2] + 1
+    elif scenario == "accept_all":
+        target[:, :window] = draft + 1
+    return judge, draft, target, draft_hidden, target_hidden
+
+
+@cuda
+@pytest.mark.parametrize("threads", [32, 256, 1024])
+@pytest.mark.parametrize("scenario,batch,window,hd,ht", [
+    ("random", 5, 7, 24, 40), ("random", 3, 64, 64, 128), ("random", 2, 33, 13, 29),
+    ("match", 1, 32, 4096, 8192), ("reject", 1, 32, 4096, 8192), ("accept_all", 1, 32, 4096, 8192),
+    ("accept_all", 8, 64, 2048, 4096),
+])
+def test_the_cuda_op_equals_the_oracle(threads, scenario, batch, window, hd, ht):
+    """The kernel itself at 32, 256 and 1024 threads per block, one block or a cluster per sequence."""
+    judge, draft, target, draft_hidden, target_hidden = cuda_case(scenario, batch, window, hd, ht, seed=window)
+    for threshold in (0.2, 0.5, 0.8):
+        probabilities = judge.probabilities(draft_hidden, target_hidden)  # [B, W] on the CPU, fp32
+        want = accept(draft, target, judge_mismatch_ok(probabilities, threshold))
+        for blocks in cluster_sizes():
+            got = TorchJudgeAccept(judge, "cuda", threads=threads, blocks=blocks)(
+                draft.cuda(), target.cuda(), draft_hidden.cuda(), target_hidden.cuda(), threshold)
+            assert got.num_accepted.tolist() == want.num_accepted.tolist(), (blocks, threshold)
+            assert got.next_tokens.tolist() == want.next_tokens.tolist(), (blocks, threshold)
+            assert torch.equal(got.mismatch_accepted.cpu(), want.mismatch_accepted)
+            # The probabilities the kernel evaluated: accepted mismatches and the rejected position.
+            _, _, kernel_p = torch.ops.autojudge.judge_accept(
+                draft.cuda().int(), target.cuda().int(), draft_hidden.cuda(), target_hidden.cuda(),
+                judge.weight.float().cuda(), float(judge.bias), torch.full((batch,), threshold, device="cuda"),
+                threads, blocks)
+            positions = torch.arange(window)
+            evaluated = (draft != target[:, :window]) & (positions <= want.num_accepted[:, None])
+            assert torch.equal(kernel_p.cpu() == -1.0, ~evaluated)
+            torch.testing.assert_close(kernel_p.cpu()[evaluated], probabilities[evaluated], rtol=1e-4, atol=1e-5)
+
+
+@cuda
+def test_the_cuda_op_replays_in_a_cuda_graph():
+    judge, draft, target, draft_hidden, target_hidden = cuda_case("random", 4, 16, 64, 128)
+    args = (draft.cuda().int(), target.cuda().int(), draft_hidden.cuda(), target_hidden.cuda(),
+            judge.weight.float().cuda(), float(judge.bias), torch.full((4,), 0.5, device="cuda"))
+    eager = torch.ops.autojudge.judge_accept(*args)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = torch.ops.autojudge.judge_accept(*args)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert all(torch.equal(a, b) for a, b in zip(eager, captured))
+
+
+def test_bad_launch_parameters_are_refused_on_cuda_only():
+    """The host build ignores threads/blocks (one thread); the CUDA launcher refuses bad ones."""
+    judge, draft, target, draft_hidden, target_hidden = case(0, 2, 4, "draft+target", torch.float32)
+    got = TorchJudgeAccept(judge, "cpu", threads=33, blocks=9)(draft, target, draft_hidden, target_hidden, 0.5)
+    assert got.num_accepted.shape == (2,)
+    if torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="cudaError"):
+            TorchJudgeAccept(judge, "cuda", threads=33)(draft.cuda(), target.cuda(), draft_hidden.cuda(),
+                                                         target_hidden.cuda(), 0.5)
+
+
+def test_the_in_process_backend_fuses_the_op_only_on_cuda(make_lm):
+    target, draft = make_lm(tiny_model(0), "t"), make_lm(tiny_model(1), "d")
+    judge = Judge(torch.zeros(2 * 64), 0.0, JudgeMetadata("t", 64, "d", 64, "draft+target", threshold=0.5))
+    assert InProcessBackend(target, draft, judge).judge_accept is None  # CPU: the oracle
+    if torch.cuda.is_available():
+        target.model.cuda(), draft.model.cuda()
+        assert isinstance(InProcessBackend(target, draft, judge).judge_accept, TorchJudgeAccept)
+        target.model.cpu(), draft.model.cpu()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from autojudge.acceptance import judge_accept
-from autojudge.acceptance.plugin import NOT_EVALUATED, build_cuda_library, judge_accept_native
+from autojudge.acceptance.plugin import NOT_EVALUATED, KernelCall, build_cuda_library, judge_accept_native
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ for the host build")
 
@@ -38,9 +38,11 @@ def oracle(draft_tokens, target_tokens, draft_hidden, target_hidden, weight, bia
     return judge_accept(draft_tokens, target_tokens, draft_hidden, target_hidden, weight, bias, threshold)
 
 
-def assert_same_as_oracle(inputs, bias, threshold):
+def assert_same_as_oracle(inputs, bias, threshold, team=None):
+    """``team``: (groups, lanes) runs the threaded host team instead of the one-thread one."""
     draft_tokens, target_tokens = inputs[0], inputs[1]
-    got = judge_accept_native(*inputs, bias=bias, threshold=threshold)
+    call = KernelCall(*inputs, bias=bias, threshold=threshold)
+    got = call.run() if team is None else call.run_host_team(*team)
     want, want_probabilities = oracle(*inputs, bias, threshold)
     assert got.num_accepted.tolist() == want.num_accepted.tolist()
     assert got.next_tokens.tolist() == want.next_tokens.tolist()
@@ -69,6 +71,17 @@ def test_random_inputs_match_the_oracle(dtype, window, draft_size, target_size):
         assert_same_as_oracle(inputs, bias=0.1, threshold=threshold)
     per_row = torch.linspace(0, 1, 6)
     assert_same_as_oracle(inputs, bias=-0.2, threshold=per_row)
+
+
+@pytest.mark.parametrize("team", [(2, 1), (3, 2), (32, 1), (40, 2), (256, 1)])
+@pytest.mark.parametrize("window,draft_size,target_size", [(1, 8, 16), (33, 24, 40), (64, 0, 32)])
+def test_a_cooperative_team_equals_the_oracle(team, window, draft_size, target_size):
+    """groups x lanes host threads run the GPU's cooperative path: positions shared by several
+    groups (share > 1 when a round is short), rounds capped at 32 positions, reductions, the walk."""
+    inputs = make_case(3, window, draft_size, target_size, torch.bfloat16, seed=window + team[0])
+    for threshold in (0.0, 0.4, 0.7, 1.0):
+        assert_same_as_oracle(inputs, bias=0.1, threshold=threshold, team=team)
+    assert_same_as_oracle(inputs, bias=-60.0, threshold=0.5, team=team)  # every mismatch accepted
 
 
 def test_all_match_takes_the_bonus_token_without_evaluating_the_judge():

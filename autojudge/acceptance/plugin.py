@@ -82,9 +82,9 @@ def _tool(name: str, hint: str) -> str:
 
 
 def build_host_library() -> Path:
-    """g++ build of the rule for the host (no CUDA needed)."""
+    """g++ build of the rule for the host (no CUDA needed): a one-thread team, and a threaded one."""
     cxx = _tool("g++", "install a C++17 compiler (e.g. `apt-get install g++`).")
-    return _compile("host", [cxx, "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
+    return _compile("host", [cxx, "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-pthread",
                              "judgeAcceptHost.cpp", "-o", "{out}"], "libjudgeAcceptHost.so")
 
 
@@ -156,23 +156,36 @@ class KernelCall:
             hiddenType=HIDDEN_TYPES[target_hidden.dtype],
         )
         if device.type == "cpu":
-            self._host = _library(str(build_host_library())).autojudgeJudgeAcceptHost
-            self._host.restype = ctypes.c_char_p
+            library = _library(str(build_host_library()))
+            self._host, self._host_team = library.autojudgeJudgeAcceptHost, library.autojudgeJudgeAcceptHostTeam
+            self._host.restype = self._host_team.restype = ctypes.c_char_p
         else:
             self._launch = _library(str(cuda_library or build_cuda_library())).autojudgeJudgeAcceptLaunch
 
-    def run(self, threads: int = 0) -> KernelResult:
+    def run(self, threads: int = 0, blocks: int = 0) -> KernelResult:
         """The host build for CPU tensors; a kernel launch on the current stream for CUDA tensors
-        (``threads`` per block: a multiple of 32 up to 1024, 0 for the kernel's default)."""
+        (``threads`` per block: a multiple of 32 up to 1024, 0 for the kernel's default; ``blocks``
+        per sequence: 1 = one block, 2..8 = a thread-block cluster on sm_90+, 0 = the launcher's
+        choice, a cluster while the batch leaves SMs idle). The host build ignores both."""
         if self.device.type == "cpu":
             error = self._host(ctypes.byref(self.args))
             if error:
                 raise ValueError(f"judge-accept kernel: {error.decode()}")
         else:
             stream = ctypes.c_void_p(torch.cuda.current_stream(self.device).cuda_stream)
-            status = self._launch(ctypes.byref(self.args), stream, ctypes.c_int32(threads))
+            status = self._launch(ctypes.byref(self.args), stream, ctypes.c_int32(threads), ctypes.c_int32(blocks))
             if status != 0:
                 raise RuntimeError(f"judge-accept kernel launch failed with cudaError {status}")
+        return self.result
+
+    def run_host_team(self, groups: int, lanes: int) -> KernelResult:
+        """The host build with ``groups`` x ``lanes`` threads per sequence (CPU tensors): the GPU's
+        cooperative code (positions shared by several groups, partial sums reduced, the walk) on a CPU."""
+        if self.device.type != "cpu":
+            raise ValueError("run_host_team runs the host build: CPU tensors only")
+        error = self._host_team(ctypes.byref(self.args), ctypes.c_int32(groups), ctypes.c_int32(lanes))
+        if error:
+            raise ValueError(f"judge-accept kernel: {error.decode()}")
         return self.result
 
 

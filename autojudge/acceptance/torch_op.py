@@ -9,7 +9,11 @@ custom GPU code goes in as PyTorch ops, docs/source/torch/adding_custom_kernels.
 
     num_accepted [B] int32, next_tokens [B] int32, probabilities [B, W] fp32 =
         judge_accept(draft_tokens [B, W], target_tokens [B, W+1], draft_hidden [B, W, Hd] | None,
-                     target_hidden [B, W, Ht], weight [Hd + Ht] fp32, bias, threshold [B] fp32, threads)
+                     target_hidden [B, W, Ht], weight [Hd + Ht] fp32, bias, threshold [B] fp32, threads, blocks)
+
+``threads`` (per block, a multiple of 32 up to 1024) and ``blocks`` (per sequence: 1 = one block,
+2..8 = a thread-block cluster on sm_90+) are launch parameters of the CUDA kernel; 0 lets the
+launcher choose. They never change the result (the host build ignores them).
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ from autojudge.judge import Judge
 @torch.library.custom_op("autojudge::judge_accept", mutates_args=())
 def judge_accept(draft_tokens: torch.Tensor, target_tokens: torch.Tensor, draft_hidden: torch.Tensor | None,
                  target_hidden: torch.Tensor, weight: torch.Tensor, bias: float, threshold: torch.Tensor,
-                 threads: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    result = KernelCall(draft_tokens, target_tokens, draft_hidden, target_hidden, weight, bias, threshold).run(threads)
+                 threads: int = 0, blocks: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    call = KernelCall(draft_tokens, target_tokens, draft_hidden, target_hidden, weight, bias, threshold)
+    result = call.run(threads, blocks)
     return result.num_accepted.clone(), result.next_tokens.clone(), result.probabilities.clone()
 
 
 @judge_accept.register_fake
-def _(draft_tokens, target_tokens, draft_hidden, target_hidden, weight, bias, threshold, threads=0):
+def _(draft_tokens, target_tokens, draft_hidden, target_hidden, weight, bias, threshold, threads=0, blocks=0):
     batch, window = draft_tokens.shape
     return (draft_tokens.new_empty((batch,), dtype=torch.int32), draft_tokens.new_empty((batch,), dtype=torch.int32),
             target_hidden.new_empty((batch, window), dtype=torch.float32))
@@ -39,8 +44,8 @@ def _(draft_tokens, target_tokens, draft_hidden, target_hidden, weight, bias, th
 class TorchJudgeAccept:
     """The loop's fused judge-accept step (:data:`autojudge.decoding.backend.FusedJudgeAccept`) over the op."""
 
-    def __init__(self, judge: Judge, device: torch.device | str, threads: int = 0):
-        self.device, self.threads = torch.device(device), threads
+    def __init__(self, judge: Judge, device: torch.device | str, threads: int = 0, blocks: int = 0):
+        self.device, self.threads, self.blocks = torch.device(device), threads, blocks
         self.weight = judge.weight.float().to(self.device)  # [Hd + Ht] (or [Ht])
         self.bias, self.uses_draft_hidden = float(judge.bias), judge.uses_draft_hidden
 
@@ -52,7 +57,7 @@ class TorchJudgeAccept:
         num_accepted, next_tokens, _ = torch.ops.autojudge.judge_accept(
             draft_tokens.to(device, torch.int32), target_tokens.to(device, torch.int32),
             draft_hidden.to(device, hidden.dtype) if self.uses_draft_hidden else None, hidden.to(device),
-            self.weight, self.bias, torch.full((batch,), float(threshold), device=device), self.threads)
+            self.weight, self.bias, torch.full((batch,), float(threshold), device=device), self.threads, self.blocks)
         num_accepted = num_accepted.long()  # [B]
         accepted = torch.arange(w, device=device)[None, :] < num_accepted[:, None]  # [B, w]
         mismatch = (draft_tokens.to(device) != target_tokens[:, :w].to(device)) & accepted

@@ -34,10 +34,14 @@ class InProcessBackend:
 
     max_window = MAX_WINDOW
     window_bound = None  # the decoder's own limit
-    judge_accept = None  # the oracle (a GPU op may fuse it later)
+    judge_accept = None  # the oracle; on CUDA the fused op (below)
 
     def __init__(self, target: CausalLM, draft: CausalLM | None = None, judge: Judge | None = None):
         self.target, self.draft, self.judge = target, draft, judge
+        if judge is not None and target.device.type == "cuda":  # the plugin's kernel as one op, tested equal
+            from autojudge.acceptance.torch_op import TorchJudgeAccept
+
+            self.judge_accept = TorchJudgeAccept(judge, target.device)
         self.has_draft = draft is not None
         self.tokenizer, self.eos_token_ids, self.device = target.tokenizer, target.eos_token_ids, target.device
         # Tokens past the smaller vocabulary are padding rows, never real tokens.

@@ -184,12 +184,16 @@ AJ_HD bool judgeAccepts(float probability, float threshold)
 //! Longest window a launch accepts (the mismatch bitmask lives in shared memory).
 constexpr int32_t kMaxWindow = 1024;
 
-//! Shared state of one team while it scans one sequence (shared memory on the GPU).
+//! Most groups one team uses (a cluster of 8 blocks of 1024 threads: 8 * 32 warps).
+constexpr int32_t kMaxGroups = 256;
+
+//! Shared state of one team while it scans one sequence (shared memory on the GPU; with a
+//! cluster, the first block's, which the other blocks reach through distributed shared memory).
 struct ScanState
 {
     uint32_t mismatch[kMaxWindow / 32]; //!< bit k: d_k != t_k
     int32_t positions[kMaxRoundSize];   //!< mismatched positions of the current round
-    float partials[kMaxRoundSize];      //!< one partial w . x per group (bias not added)
+    float partials[kMaxGroups];         //!< one partial w . x per group (bias not added)
     int32_t count;                      //!< positions in this round
     int32_t scanEnd;                    //!< every position in [cursor, scanEnd) matches or is listed
     int32_t cursor;                     //!< positions < cursor are accepted
@@ -205,14 +209,44 @@ AJ_HD int32_t lowestSetBit(uint32_t word)
 #endif
 }
 
+//! The first thread lists the next round: up to `roundSize` mismatches from the cursor on.
+AJ_HD void listRound(ScanState& s, int32_t W, int32_t roundSize)
+{
+    int32_t count = 0;
+    int32_t k = s.cursor;
+    while (count < roundSize && k < W)
+    {
+        uint32_t const word = s.mismatch[k / 32] & (~0U << (k % 32));
+        if (word == 0)
+        {
+            k = (k / 32 + 1) * 32;
+            continue;
+        }
+        k = (k / 32) * 32 + lowestSetBit(word);
+        s.positions[count++] = k++;
+    }
+    s.count = count;
+    s.scanEnd = k < W ? k : W;
+    if (count == 0) // nothing left to judge: the rest of the window matches
+    {
+        s.cursor = W;
+        s.done = 1;
+    }
+}
+
 /*
- * Team: rank()/size() over all threads; group()/groups() over groups (warps on the GPU);
- * lane()/lanes() inside a group; groupSum(v) and groupOr(bits) reduce inside a group; sync().
+ * Team: rank() over all threads; group()/groups() over groups (warps on the GPU);
+ * lane()/lanes() inside a group; groupSum(v), groupOr(bits), groupFirst(flag) (the lowest
+ * lane whose flag is set, lanes() if none) and groupSync() inside a group; sync() over the team.
  *
- * Per round: the first thread lists up to groups() mismatches from the cursor on (bitmask
- * scan); the groups split evenly over the listed positions (several groups share one
- * position's dot product when the round is short); the first thread then adds the
- * partial sums in a fixed order (deterministic) and walks the round to the first rejection.
+ * The first group alone fills the mismatch bitmask and lists the first round: up to
+ * min(groups, 32) mismatches from the cursor on. Per round, after one team sync, the groups
+ * split evenly over the listed positions (`share` groups per position: several groups, even
+ * several blocks of a cluster, share one position's dot product when the round is short) and
+ * each writes its partial sum; after a second sync the first group adds each position's
+ * partials in a fixed order (lane i takes position i: deterministic), walks them in order to
+ * the first rejection and lists the next round. Two team syncs per round, one before: an
+ * all-match window costs one sync, a window whose first mismatch is rejected three.
  */
 AJ_HD_TEMPLATE_CHECK
 template <typename T, typename Team>
@@ -226,62 +260,48 @@ AJ_HD void acceptSequence(Team const& team, JudgeAcceptArgs const& a, int32_t b,
     T const* draftHidden = static_cast<T const*>(a.draftHidden) + static_cast<int64_t>(b) * W * Hd;   // [W, Hd]
     T const* targetHidden = static_cast<T const*>(a.targetHidden) + static_cast<int64_t>(b) * W * Ht; // [W, Ht]
     float* probabilities = a.probabilities + static_cast<int64_t>(b) * W; // [W]
-    int32_t const groups = team.groups() < kMaxRoundSize ? team.groups() : kMaxRoundSize;
+    int32_t const groups = team.groups() < kMaxGroups ? team.groups() : kMaxGroups;
+    int32_t const roundSize = groups < kMaxRoundSize ? groups : kMaxRoundSize;
+    bool const first = team.group() == 0;
 
-    for (int32_t k = team.rank(); k < W; k += team.size())
+    if (first) // the bitmask, the probabilities' default and the first round: one group, no team sync
     {
-        probabilities[k] = kNotEvaluated;
-    }
-    for (int32_t word = team.group(); word < (W + 31) / 32; word += team.groups())
-    {
-        uint32_t bits = 0;
-        for (int32_t j = team.lane(); j < 32; j += team.lanes())
+        for (int32_t k = team.lane(); k < W; k += team.lanes())
         {
-            int32_t const k = 32 * word + j;
-            if (k < W && draft[k] != target[k])
+            probabilities[k] = kNotEvaluated;
+        }
+        for (int32_t word = 0; word < (W + 31) / 32; ++word)
+        {
+            uint32_t bits = 0;
+            for (int32_t j = team.lane(); j < 32; j += team.lanes())
             {
-                bits |= 1U << j;
+                int32_t const k = 32 * word + j;
+                if (k < W && draft[k] != target[k])
+                {
+                    bits |= 1U << j;
+                }
+            }
+            bits = team.groupOr(bits);
+            if (team.lane() == 0)
+            {
+                s.mismatch[word] = bits;
             }
         }
-        bits = team.groupOr(bits);
         if (team.lane() == 0)
         {
-            s.mismatch[word] = bits;
+            s.cursor = 0;
+            s.done = 0;
+            listRound(s, W, roundSize);
         }
-    }
-    if (team.rank() == 0)
-    {
-        s.cursor = 0;
-        s.done = 0;
+        team.groupSync();
     }
     team.sync();
 
-    while (true)
+    while (!s.done)
     {
-        if (team.rank() == 0) // list the next round: up to `groups` mismatches from the cursor on
-        {
-            int32_t count = 0;
-            int32_t k = s.cursor;
-            while (count < groups && k < W)
-            {
-                uint32_t const word = s.mismatch[k / 32] & (~0U << (k % 32));
-                if (word == 0)
-                {
-                    k = (k / 32 + 1) * 32;
-                    continue;
-                }
-                k = (k / 32) * 32 + lowestSetBit(word);
-                s.positions[count++] = k++;
-            }
-            s.count = count;
-            s.scanEnd = k < W ? k : W;
-        }
-        team.sync();
-
         int32_t const count = s.count;
-        if (count > 0) // groups split over positions: `share` groups per position
-        {
-            int32_t const share = groups / count;
+        int32_t const share = groups / count;
+        { // groups split over positions: `share` groups per position
             int32_t const slot = team.group() / share;
             if (slot < count && team.group() < groups)
             {
@@ -303,38 +323,60 @@ AJ_HD void acceptSequence(Team const& team, JudgeAcceptArgs const& a, int32_t b,
         }
         team.sync();
 
-        if (team.rank() == 0) // walk the round in order; stop at the first rejection
+        if (first) // lane i adds position i's partials; walk the round in order; stop at the first rejection
         {
-            int32_t const share = count > 0 ? groups / count : 1;
             float const bias = a.bias[0];
             float const threshold = a.threshold[b];
-            s.cursor = s.scanEnd;
-            for (int32_t i = 0; i < count; ++i)
+            int32_t rejected = count; // index in the round of the first rejection
+            for (int32_t base = 0; base < count && rejected == count; base += team.lanes())
             {
-                float logit = 0.F;
-                for (int32_t j = 0; j < share; ++j)
+                int32_t const i = base + team.lane();
+                float p = 0.F;
+                bool reject = false;
+                if (i < count)
                 {
-                    logit += s.partials[i * share + j];
+                    float logit = 0.F;
+                    for (int32_t j = 0; j < share; ++j)
+                    {
+                        logit += s.partials[i * share + j];
+                    }
+                    p = judgeProbability(logit, bias);
+                    reject = !judgeAccepts(p, threshold);
                 }
-                float const p = judgeProbability(logit, bias);
-                probabilities[s.positions[i]] = p;
-                if (!judgeAccepts(p, threshold))
+                int32_t const firstReject = team.groupFirst(reject);
+                if (i < count && team.lane() <= firstReject) // nothing past the rejection is written
                 {
-                    s.cursor = s.positions[i];
+                    probabilities[s.positions[i]] = p;
+                }
+                if (firstReject < team.lanes())
+                {
+                    rejected = base + firstReject;
+                }
+            }
+            team.groupSync();
+            if (team.lane() == 0)
+            {
+                if (rejected < count)
+                {
+                    s.cursor = s.positions[rejected];
                     s.done = 1;
-                    break;
+                }
+                else
+                {
+                    s.cursor = s.scanEnd;
+                    if (s.cursor == W)
+                    {
+                        s.done = 1;
+                    }
+                    else
+                    {
+                        listRound(s, W, roundSize);
+                    }
                 }
             }
-            if (s.cursor == W)
-            {
-                s.done = 1;
-            }
+            team.groupSync();
         }
         team.sync();
-        if (s.done)
-        {
-            break;
-        }
     }
 
     if (team.rank() == 0)
@@ -348,13 +390,14 @@ AJ_HD void acceptSequence(Team const& team, JudgeAcceptArgs const& a, int32_t b,
 struct SerialTeam
 {
     int32_t rank() const { return 0; }
-    int32_t size() const { return 1; }
     int32_t group() const { return 0; }
     int32_t groups() const { return 1; }
     int32_t lane() const { return 0; }
     int32_t lanes() const { return 1; }
     float groupSum(float v) const { return v; }
     uint32_t groupOr(uint32_t bits) const { return bits; }
+    int32_t groupFirst(bool flag) const { return flag ? 0 : 1; }
+    void groupSync() const {}
     void sync() const {}
 };
 
