@@ -99,12 +99,12 @@ def test_a_sequence_that_joins_a_running_batch_gets_what_it_gets_alone(pair, con
 
     target, draft = pair
     decoder = SpeculativeDecoder(target, draft, _judge(target, draft))
-    running = Running(decoder.backend, config, decoder.backend.eos_token_ids)
-    running.join(PROMPTS[:2])
+    running = Running(decoder.backend, decoder.backend.eos_token_ids)
+    running.join(PROMPTS[:2], config)
     for _ in range(3):
         running.cycle()
     assert all(len(row.generated) > 0 for row in running.active)
-    running.join(PROMPTS[2:])
+    running.join(PROMPTS[2:], config)
     while running.active:
         running.cycle()
     for prompt, got in zip(PROMPTS, running.results()):
@@ -120,15 +120,92 @@ def test_a_batch_of_one_holds_no_holes(pair):
 
     target, draft = pair
     decoder = SpeculativeDecoder(target, draft)
-    running = Running(decoder.backend, DecodeConfig(mode="lossless", window=4, max_new_tokens=30), frozenset())
-    running.join(PROMPTS[:1])
+    running = Running(decoder.backend, frozenset())
+    running.join(PROMPTS[:1], DecodeConfig(mode="lossless", window=4, max_new_tokens=30))
     rejected = 0
     while running.active:
         before = running.rows[0].metrics.num_draft_tokens - running.rows[0].metrics.num_accepted_tokens
         running.cycle()
         rejected += running.rows[0].metrics.num_draft_tokens - running.rows[0].metrics.num_accepted_tokens - before
-        cache = running.state.target_cache
-        if running.active:  # (the row leaves the batch when it ends)
+        if running.active:  # (the row leaves the batch when it ends, and its caches go)
+            cache = running.state.target_cache
             assert cache.width == int(cache.lengths[0]) == len(running.rows[0].tokens) - 1
             assert bool(cache.slots.all())
     assert rejected > 0  # some cycles did reject draft tokens
+
+
+MIXED = [  # one request each, as a server's clients send them: every mode, its own window, budget and threshold
+    DecodeConfig(mode="judge", window=4, max_new_tokens=30),
+    DecodeConfig(mode="target", max_new_tokens=25),
+    DecodeConfig(mode="lossless", window=7, max_new_tokens=31),
+    DecodeConfig(mode="topk", window=4, top_k=3, max_new_tokens=30),
+    DecodeConfig(mode="judge", window=5, threshold=0.3, max_new_tokens=28),
+    DecodeConfig(mode="fly", window=7, fly_entropy=0.05, max_new_tokens=30),
+    DecodeConfig(mode="lossless", window=2, max_new_tokens=30),
+]
+
+
+@pytest.mark.parametrize("chunk", [None, 4], ids=["whole-prefill", "chunked-prefill"])
+def test_requests_that_join_and_leave_a_running_batch_get_what_they_get_alone(pair, chunk):
+    """Continuous batching: requests with different modes, windows, thresholds and budgets join
+    a running batch at different cycles (their prompts fed whole, or 4 tokens a cycle), one is
+    cancelled on the way; every other request equals its batch-1 decode, metrics included."""
+    from autojudge.decoding.loop import Running
+
+    target, draft = pair
+    decoder = SpeculativeDecoder(target, draft, _judge(target, draft))
+    running = Running(decoder.backend, decoder.backend.eos_token_ids, prefill_chunk=chunk)
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(MIXED))]
+    index, ended, cancelled = {}, set(), None
+    for cycle in range(400):
+        if cycle % 2 == 0 and len(index) < len(MIXED):  # a request joins every other cycle
+            i = len(index)
+            index[i] = running.join([prompts[i]], MIXED[i])[0]
+        if cycle == 5:
+            cancelled = index[1]
+            running.cancel(cancelled)
+        ended.update(running.cycle())
+        if len(index) == len(MIXED) and not running.active:
+            break
+    assert ended == set(index.values()) and running.state is None  # all left; the caches went with them
+    sizes = set()
+    for i, config in enumerate(MIXED):
+        got = running.pop(index[i])
+        sizes.add(round(got.metrics.mean_batch_size, 3))
+        if index[i] == cancelled:
+            assert got.finish_reason == "cancelled" and len(got.token_ids) < config.max_new_tokens
+            continue
+        want = decoder.generate(prompts[i], config)
+        assert got.token_ids == want.token_ids and got.finish_reason == want.finish_reason, config
+        for key in ("num_target_calls", "num_draft_tokens", "num_accepted_tokens", "num_accepted_mismatches"):
+            assert getattr(got.metrics, key) == getattr(want.metrics, key), (config, key)
+    assert max(sizes) > 2  # requests really shared cycles
+    assert not running.rows  # popped results are forgotten
+
+
+def test_a_long_prompt_is_fed_in_chunks_beside_running_rows(pair):
+    """A prompt of 12 tokens with a chunk of 4 takes three cycles to feed; meanwhile the running
+    row keeps committing tokens every cycle, and the newcomer's output is its batch-1 output."""
+    from autojudge.decoding.loop import Running
+
+    target, draft = pair
+    decoder = SpeculativeDecoder(target, draft)
+    config = DecodeConfig(mode="lossless", window=3, max_new_tokens=20)
+    running = Running(decoder.backend, frozenset(), prefill_chunk=4)
+    first = running.join([PROMPTS[1]], config)[0]  # 3 tokens: fed at once
+    running.cycle()
+    late = running.join([PROMPTS[2]], config)[0]  # 12 tokens: 4 + 4 + 4
+    grown = []
+    for _ in range(3):
+        before = len(running.rows[first].generated)
+        running.cycle()
+        grown.append(len(running.rows[first].generated) - before)
+        if len(grown) < 3:
+            assert running.rows[late].generated == [] and running.rows[late].metrics.num_target_calls == 0
+    assert all(g >= 1 for g in grown) and len(running.rows[late].generated) >= 1
+    while running.active:
+        running.cycle()
+    for index, prompt in ((first, PROMPTS[1]), (late, PROMPTS[2])):
+        want = decoder.generate(prompt, config, eos_token_ids=frozenset())
+        got = running.pop(index)
+        assert got.token_ids == want.token_ids and got.metrics.num_target_calls == want.metrics.num_target_calls

@@ -51,9 +51,12 @@ def deployment(tmp_path_factory):
 @pytest.fixture(scope="module")
 def in_process(deployment):
     """The decode service exactly as the served model builds it, from the same config.pbtxt."""
-    config = validate_config((deployment / "models" / "autojudge" / "config.pbtxt").read_text(), "autojudge")
+    model = deployment / "models" / "autojudge_stream"
+    config = validate_config((model / "config.pbtxt").read_text(), "autojudge_stream")
     params = {key: value.string_value for key, value in config.parameters.items()}
-    return DecodeService.from_parameters(params, deployment / "models" / "autojudge")
+    service = DecodeService.from_parameters(params, model)
+    yield service
+    service.close()
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +83,9 @@ def test_written_configs_parse_as_triton_model_configs(deployment):
         assert config.model_transaction_policy.decoupled is decoupled
         assert [i.name for i in config.input] == list(INPUTS)
         assert [o.name for o in config.output] == list(OUTPUTS)
-        assert config.instance_group[0].count == 2
+        assert config.instance_group[0].count == (2 if decoupled else 8)  # decoders; light unary forwarders
+        assert config.parameters["forward_to"].string_value == ("" if decoupled else "autojudge_stream")
+        assert config.parameters["max_batch"].string_value == "16"
         assert config.parameters["judge"].string_value == "../../artifacts/judge"
         assert (deployment / "models" / name / "1" / "model.py").is_file()
     assert (deployment / "artifacts" / "judge" / "judge.json").is_file()
@@ -141,6 +146,60 @@ def test_concurrent_clients_all_get_their_own_correct_answer(server, in_process)
     for t in threads:
         t.join(timeout=600)
     assert not errors and got == want
+
+
+@pytest.fixture(scope="module")
+def one_row_server(tmp_path_factory, smol_tokenizer):
+    """A server whose decoding model has one batch row and no queue, over a tiny random model that
+    can never end by itself (its EOS embeddings are zero, so their logits are 0 while the largest of
+    the others is positive): a request holds its row until its client leaves."""
+    from conftest import tiny_model
+
+    from autojudge.models.tokenizer import eos_ids_of
+    from autojudge.serving.server import TritonServer
+
+    model = tiny_model(0)
+    with torch.no_grad():  # tied embeddings: zero rows are zero logits
+        model.model.embed_tokens.weight[sorted(eos_ids_of(model.config, smol_tokenizer))] = 0.0
+    root = tmp_path_factory.mktemp("one-row")
+    model.save_pretrained(root / "tiny")
+    smol_tokenizer.save_pretrained(root / "tiny")
+    write_repo(root / "deploy", RepoSettings(target=str(root / "tiny"), draft=str(root / "tiny"), window=2,
+                                             max_tokens=8, max_tokens_limit=10 ** 6, max_batch=1, max_queue=0,
+                                             unary_instances=2, prefill_chunk=16))
+    with TritonServer(root / "deploy" / "models", log_file=root / "server.log") as running:
+        yield running
+
+
+def test_a_full_server_refuses_at_once_and_a_client_that_leaves_frees_its_row(one_row_server):
+    import queue
+
+    import tritonclient.grpc as grpcclient
+
+    from autojudge.serving.client import _inputs
+
+    pieces: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(one_row_server.grpc_url)
+    client.start_stream(callback=lambda result, error: pieces.put((result, error)))
+    client.async_stream_infer("autojudge_stream", _inputs(grpcclient, request_arrays("hello", max_tokens=10 ** 6)),
+                              enable_empty_final_response=True)
+    result, error = pieces.get(timeout=120)  # decoding: it holds the only row, and never ends by itself
+    assert error is None and len(result.as_numpy("token_ids")) >= 1
+    with pytest.raises(ServingError, match=r"server is full: 1 of 1 batch rows decoding and 0 waiting "
+                                           r"\(max_queue 0\)"):
+        infer_http(one_row_server.http_url, request_arrays("2 + 2 = ?", max_tokens=4))
+    client.stop_stream(cancel_requests=True)  # the client leaves mid-stream
+    client.close()
+    for _ in range(600):  # its row is freed at the next cycle: a new request gets it
+        try:
+            answer = infer_http(one_row_server.http_url, request_arrays("2 + 2 = ?", max_tokens=4))
+            break
+        except ServingError as exc:
+            assert "server is full" in str(exc)
+            threading.Event().wait(0.1)
+    else:
+        pytest.fail("the row of the client that left was never freed")
+    assert len(answer["token_ids"]) == 4 and answer["metrics"]["finish_reason"] == "length"
 
 
 @pytest.mark.parametrize("fields,message", [

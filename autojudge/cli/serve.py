@@ -30,7 +30,16 @@ from autojudge.errors import AutoJudgeError
 @click.option("--max-tokens-limit", type=click.IntRange(1), default=1024, show_default=True,
               help="Largest max_tokens a request may ask for.")
 @click.option("--instances", type=click.IntRange(1), default=1, show_default=True,
-              help="Model instances per model (requests served in parallel, each with its own models).")
+              help="Instances of the decoding model, each with its own models and running batch.")
+@click.option("--max-batch", type=click.IntRange(1), default=16, show_default=True,
+              help="Requests decoded together per instance (continuous batching; 1 = one at a time).")
+@click.option("--max-queue", type=click.IntRange(0), default=64, show_default=True,
+              help="Requests waiting per instance beyond a full batch; one more gets a 'server is full' error.")
+@click.option("--prefill-chunk", type=click.IntRange(1), default=64, show_default=True,
+              help="Prompt tokens fed per cycle while a request joins (a long prompt never stalls the others).")
+@click.option("--unary-instances", type=click.IntRange(1), default=8, show_default=True,
+              help="Forwarding instances of the unary model `autojudge` (light: no model): unary requests in "
+                   "flight; streaming and the OpenAI endpoint are not bounded by it.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N] (KIND_GPU).")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
 @click.option("--torch-threads", type=click.IntRange(0), default=0, show_default=True,
@@ -45,7 +54,8 @@ from autojudge.errors import AutoJudgeError
 @click.option("--no-engine-check", is_flag=True, help="tensorrt-llm: write the repository even if the engines "
                                                       "are not built yet.")
 def repo(out, target, draft, judge_path, default_mode, window, threshold, max_tokens, max_tokens_limit, instances,
-         device, dtype, torch_threads, force, flavour, config_path, no_engine_check):
+         max_batch, max_queue, prefill_chunk, unary_instances, device, dtype, torch_threads, force, flavour,
+         config_path, no_engine_check):
     """Write a Triton model repository that serves AutoJudge.
 
     \b
@@ -55,8 +65,10 @@ def repo(out, target, draft, judge_path, default_mode, window, threshold, max_to
       engines; today's line: tensorrt_llm.LLM over the checkpoints) and running the
       judge-accept engine or op in process; window, judge and paths come from the description.
 
-    Either way two front models: `autojudge` (one response per request; HTTP or gRPC) and
-    `autojudge_stream` (decoupled: one response per decoder cycle; gRPC streaming). Serve
+    Either way two front models: `autojudge_stream` (decoupled: one response per decoder
+    cycle; gRPC streaming), which decodes every request of an instance in one running batch
+    (requests join and leave between cycles, each with its own mode, window and budget), and
+    `autojudge` (one response per request; HTTP or gRPC), which forwards to it. Serve
     the python flavour with `autojudge-trt serve --repo OUT`; deployment.json holds the
     command for the TensorRT-LLM flavour.
     """
@@ -82,7 +94,8 @@ def repo(out, target, draft, judge_path, default_mode, window, threshold, max_to
                             default_mode=default_mode or ("judge" if judge_path else "lossless"),
                             window=window, threshold=threshold, max_tokens=max_tokens,
                             max_tokens_limit=max_tokens_limit, instances=instances, device=device, dtype=dtype,
-                            torch_threads=torch_threads)
+                            torch_threads=torch_threads, max_batch=max_batch, max_queue=max_queue,
+                            prefill_chunk=prefill_chunk, unary_instances=unary_instances)
     models = write_repo(out, settings, force=force)
     click.echo(f"wrote {models} (models: autojudge, autojudge_stream); serve it with: "
                f"autojudge-trt serve --repo {out}")

@@ -15,6 +15,15 @@ doubles that wait (up to ``max_probe_every``), so a draft that never agrees cost
 The estimate is a decayed count of accepted tokens against rejections (``memory`` per cycle), starting from a weak prior.
 Lossless output does not depend on the schedule (every window gives the target's greedy tokens);
 judge, top-K and FLy accept what their rule accepts within the window chosen.
+
+In a batch the cycle is shared: every row waits for the widest window, and the forward's cost
+grows with the rows. :func:`batch_windows` therefore picks one cap c for the adaptive rows that
+maximises the batch's expected tokens per unit of the batch's cycle cost,
+
+    sum_b E_b(min(c, W_b)) / C_B(max_b w_b),   C_B(w) = C(w) at B rows (measured at 1 and at B_max rows)
+
+so speculation is spent only where it raises the batch's throughput; rows that asked for a fixed
+window keep it (they count in the cost). At one row this is the controller's own choice.
 """
 
 from __future__ import annotations
@@ -26,48 +35,61 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class CycleCost:
-    """Cost of one cycle's parts, in seconds (only the ratios matter)."""
+    """Cost of one cycle's parts, in seconds (only the ratios matter): at one row, and what each
+    row more adds (a linear fit between one row and ``CycleCost.measure``'s ``batch`` rows)."""
 
     target: float  # a target forward verifying 0 draft tokens (one new token)
     target_per_token: float  # each draft token more in that forward
     draft: float  # one draft step
+    target_per_row: float = 0.0  # each row more: the target forward
+    target_per_token_per_row: float = 0.0  # each row more: each draft token more in it
+    draft_per_row: float = 0.0  # each row more: a draft step
 
-    def cycle(self, w: int) -> float:
-        return self.target + w * (self.target_per_token + self.draft)
+    def cycle(self, w: int, batch: int = 1) -> float:
+        more = batch - 1
+        return (self.target + more * self.target_per_row
+                + w * (self.target_per_token + more * self.target_per_token_per_row
+                       + self.draft + more * self.draft_per_row))
 
     @classmethod
-    def measure(cls, backend, prompt: list[int], window: int, repeats: int = 3) -> CycleCost:
+    def measure(cls, backend, prompt: list[int], window: int, repeats: int = 3, batch: int = 1) -> CycleCost:
         """Time the backend's own verify (0 and ``window`` drafts) and propose (1 token) of one token
-        after ``prompt``, each on a fresh batch state whose caches already hold the prompt."""
+        after ``prompt``, each on a fresh batch state whose caches already hold the prompt; with
+        ``batch`` > 1 also at that many rows, for the per-row terms."""
         import torch
 
         with torch.inference_mode():  # as the loop runs the backend
-            return cls._measure(backend, prompt, window, repeats)
+            one = cls._measure(backend, prompt, window, repeats, 1)
+            if batch <= 1:
+                return cls(*one)
+            many = cls._measure(backend, prompt, window, repeats, batch)
+        return cls(*one, *(max(m - o, 0.0) / (batch - 1) for m, o in zip(many, one)))
 
-    @classmethod
-    def _measure(cls, backend, prompt: list[int], window: int, repeats: int) -> CycleCost:
+    @staticmethod
+    def _measure(backend, prompt: list[int], window: int, repeats: int, batch: int) -> tuple[float, float, float]:
         import torch
 
-        empty = torch.zeros((1, 0), dtype=torch.long, device=backend.device)
-        drafts = torch.zeros((1, window), dtype=torch.long, device=backend.device)
+        empty = torch.zeros((batch, 0), dtype=torch.long, device=backend.device)
+        drafts = torch.zeros((batch, window), dtype=torch.long, device=backend.device)
+        prompts, lengths = [prompt] * batch, torch.full((batch,), len(prompt), device=backend.device)
 
         def timed(run) -> float:
             samples = []
             for _ in range(repeats + 1):  # the first warms caches and kernels up
-                state = backend.open(1, uses_draft=True)
-                state.verify([prompt], empty, need_logits=False)  # prefills, not timed
-                state.propose([prompt], 1, need_hidden=False)
-                state.keep(torch.tensor([len(prompt)], device=backend.device))
+                state = backend.open(batch, uses_draft=True)
+                state.verify(prompts, empty, need_logits=False)  # prefills, not timed
+                state.propose(prompts, 1, need_hidden=False)
+                state.keep(lengths)
                 start = time.perf_counter()
                 run(state)
                 samples.append(time.perf_counter() - start)
             return statistics.median(samples[1:])
 
-        longer = [prompt + [0]]
+        longer = [prompt + [0]] * batch
         plain = timed(lambda s: s.verify(longer, empty, need_logits=False))
         wide = timed(lambda s: s.verify(longer, drafts, need_logits=False))
         step = timed(lambda s: s.propose(longer, 1, need_hidden=False))
-        return cls(target=plain, target_per_token=max(wide - plain, 0.0) / max(window, 1), draft=step)
+        return plain, max(wide - plain, 0.0) / max(window, 1), step
 
 
 def expected_tokens(a: float, w: int) -> float:
@@ -76,6 +98,8 @@ def expected_tokens(a: float, w: int) -> float:
 
 
 class WindowController:
+    """One request's acceptance estimate, and when it is time to probe again."""
+
     def __init__(self, max_window: int, cost: CycleCost, prior: float = 0.5, prior_weight: float = 2.0,
                  memory: float = 0.8, probe_every: int = 8, max_probe_every: int = 128):
         self.max_window, self.cost, self.memory = max_window, cost, memory
@@ -87,20 +111,41 @@ class WindowController:
     def acceptance(self) -> float:
         return self.accepted / self.trials
 
+    @property
+    def probing(self) -> bool:
+        """Idle long enough: the next cycle drafts one token to measure again."""
+        return self.idle >= self.wait
+
     def window(self) -> int:
-        if self.idle >= self.wait:
-            return 1
-        a = self.acceptance
-        return max(range(self.max_window + 1), key=lambda w: expected_tokens(a, w) / self.cost.cycle(w))
+        """This request's window alone (a batch of one)."""
+        return batch_windows([(self, self.max_window, True)], self.cost)[0]
 
     def update(self, drafted: int, accepted: int) -> None:
         """After a cycle that drafted ``drafted`` tokens and accepted the first ``accepted``."""
         if drafted == 0:
             self.idle += 1
             return
-        if self.idle >= self.wait:  # this was a probe: back off while probes fail
+        if self.probing:  # this was a probe: back off while probes fail
             self.wait = self.probe_every if accepted else min(2 * self.wait, self.max_probe_every)
         self.idle = 0
         rejected = 1 if accepted < drafted else 0  # the run stopped at a rejection, or used the whole window
         self.accepted = self.memory * self.accepted + accepted
         self.trials = self.memory * self.trials + accepted + rejected
+
+
+def batch_windows(rows: list[tuple[WindowController, int, bool]], cost: CycleCost) -> list[int]:
+    """Each row's window for the next cycle. ``rows``: (its estimate, the most it may draft now,
+    whether it adapts). A fixed row drafts its most; a probing row one token; the other adaptive
+    rows share the cap c that maximises the batch's expected tokens per unit of its cycle cost."""
+    fixed = [most if not adaptive else (min(1, most) if ctl.probing else None) for ctl, most, adaptive in rows]
+    choices = range(max((most for _, most, adaptive in rows if adaptive), default=0) + 1)
+
+    def windows(c: int) -> list[int]:
+        return [w if w is not None else min(c, most) for w, (_, most, _) in zip(fixed, rows)]
+
+    def value(c: int) -> float:
+        ws = windows(c)
+        return sum(expected_tokens(ctl.acceptance, w) for w, (ctl, _, _) in zip(ws, rows)) / cost.cycle(
+            max(ws, default=0), len(rows))
+
+    return windows(max(choices, key=value))

@@ -9,7 +9,8 @@ the mode (:func:`mismatch_ok`); a backend may instead offer a fused judge-accept
 engine, a GPU op) tested equal to it. The loop handles stops, budgets and metrics once;
 the backend (:mod:`autojudge.decoding.backend`) only runs models and keeps its caches to
 the committed length. Batch 1 is a batch of one; a row leaves when it ends (EOS, its
-budget, a stop string), and :class:`Running` lets new rows join between cycles.
+budget, a stop string, a cancel), and :class:`Running` lets new rows join between cycles, each
+with its own request (mode, window, threshold, stop strings, budget; continuous batching).
 
 Rows accept different numbers of tokens, so their sequences have different lengths. A row
 near its budget uses only its first ``row_w`` positions: acceptance at position k depends
@@ -25,8 +26,8 @@ from dataclasses import dataclass, field
 import torch
 
 from autojudge.acceptance import Acceptance, accept, fly_mismatch_ok, judge_mismatch_ok, topk_mismatch_ok
+from autojudge.decoding.adaptive import CycleCost, WindowController, batch_windows
 from autojudge.decoding.backend import Backend, BatchState, Verification
-from autojudge.decoding.adaptive import CycleCost, WindowController
 from autojudge.decoding.config import LOGIT_MODES, DecodeConfig, GenerationResult
 from autojudge.decoding.metrics import SpecDecodeMetrics
 from autojudge.decoding.stops import StopStrings, first_stop
@@ -40,71 +41,110 @@ OnTokens = Callable[[int, list[int], SpecDecodeMetrics], None]
 class _Row:
     tokens: list[int]  # prompt + committed
     prompt_len: int
+    config: DecodeConfig  # this row's request: mode, window, budget, threshold, stop strings
+    threshold: float | None  # the judge threshold in force (mode judge)
+    stops: StopStrings
     metrics: SpecDecodeMetrics
-    finish_reason: str | None = None
+    controller: WindowController  # its acceptance estimate (adaptive rows follow it)
+    on_tokens: OnTokens | None = None
     index: int = 0  # the order it joined in (results come back in this order)
-    controller: WindowController | None = None  # adaptive speculation: this row's window
+    fed: int = 0  # prompt tokens the caches have been given (chunked prefill; = prompt_len once done)
+    started: float = 0.0  # perf_counter() at join
+    cancelled: bool = False
+    finish_reason: str | None = None
 
     @property
     def generated(self) -> list[int]:
         return self.tokens[self.prompt_len:]
 
+    @property
+    def window(self) -> int:
+        return 0 if self.config.mode == "target" else self.config.window
+
+    @property
+    def prefilling(self) -> bool:
+        return self.fed < self.prompt_len
+
+    def rule(self) -> tuple:
+        """Rows with equal rules are accepted together."""
+        c = self.config
+        return c.mode, c.top_k, c.fly_entropy, c.fly_window, self.threshold
+
 
 @dataclass
 class Running:
-    """A batch being decoded: ``join`` adds sequences, ``cycle`` advances every active row."""
+    """A batch being decoded: ``join`` adds requests (each with its own config), ``cycle``
+    advances every active row, ``cancel`` makes one leave. ``prefill_chunk``: a joining prompt
+    longer than this is fed that many tokens per cycle, so it never stalls the others for long.
+    ``cost``: the cycle cost adaptive rows are scheduled with (None: no adaptive rows allowed)."""
 
     backend: Backend
-    config: DecodeConfig
     eos: frozenset[int]
-    on_tokens: OnTokens | None = None
-    cost: CycleCost | None = None  # adaptive speculation: the measured cost of a cycle's parts
-    rows: list[_Row] = field(default_factory=list)  # every row that joined, in order
+    cost: CycleCost | None = None
+    prefill_chunk: int | None = None
+    uses_draft: bool = True  # False: the batch never drafts (target mode only), no draft cache
+    rows: dict[int, _Row] = field(default_factory=dict)  # every row not yet popped, by index
     active: list[_Row] = field(default_factory=list)  # batch row -> its _Row
     state: BatchState | None = None
-
-    def __post_init__(self) -> None:
-        backend, config = self.backend, self.config
-        config.validate(backend.has_draft, backend.judge, backend.max_window, backend.window_bound)
-        self.window = 0 if config.mode == "target" else config.window
-        self.threshold = config.judge_threshold(backend.judge)
-        self.need_draft_hidden = config.mode == "judge" and backend.judge.uses_draft_hidden
-        self.stops = StopStrings(backend.tokenizer, config.stop)
-        self.start = time.perf_counter()
+    joined: int = 0  # rows that ever joined
 
     @torch.inference_mode()
-    def join(self, prompts: Sequence[Sequence[int]]) -> None:
-        """New rows, one per prompt, take part from the next cycle on."""
+    def join(self, prompts: Sequence[Sequence[int]], config: DecodeConfig = DecodeConfig(),
+             on_tokens: OnTokens | None = None) -> list[int]:
+        """New rows, one per prompt, all with ``config``, take part from the next cycle on;
+        returns their indices."""
+        backend = self.backend
+        config.validate(backend.has_draft, backend.judge, backend.max_window, backend.window_bound)
         if any(not p for p in prompts):
             raise AutoJudgeError("every prompt must have at least one token")
-        adaptive = self.config.adaptive and self.window > 0
-        new = [_Row(list(p), len(p), SpecDecodeMetrics(mode=self.config.mode, window=self.window),
-                    index=len(self.rows) + i, controller=WindowController(self.window, self.cost) if adaptive else None)
+        if config.mode != "target" and not self.uses_draft:
+            raise AutoJudgeError("this batch was opened without the draft (target mode only)")
+        if config.adaptive and config.mode != "target" and self.cost is None:
+            raise AutoJudgeError("adaptive speculation needs the measured cycle cost (Running(cost=...))")
+        now, threshold = time.perf_counter(), config.judge_threshold(backend.judge)
+        stops = StopStrings(backend.tokenizer, config.stop)
+        window = 0 if config.mode == "target" else config.window
+        chunked = self.prefill_chunk is not None
+        new = [_Row(list(p), len(p), config, threshold, stops, SpecDecodeMetrics(mode=config.mode, window=window),
+                    WindowController(window, self.cost), on_tokens, index=self.joined + i,
+                    fed=0 if chunked else len(p), started=now)
                for i, p in enumerate(prompts)]
+        self.joined += len(new)
         if self.state is None:
-            self.state = self.backend.open(len(new), uses_draft=bool(self.window))
+            self.state = backend.open(len(new), uses_draft=self.uses_draft and backend.has_draft)
         else:
             self.state.join(len(new))
-        self.rows += new
+        self.rows.update((row.index, row) for row in new)
         self.active += new
+        return [row.index for row in new]
+
+    def cancel(self, index: int) -> None:
+        """Row ``index`` leaves at the next cycle (finish reason "cancelled"), freeing its batch row."""
+        if index in self.rows and self.rows[index].finish_reason is None:
+            self.rows[index].cancelled = True
 
     @torch.inference_mode()
-    def cycle(self) -> None:
-        """One propose -> verify -> accept -> commit for every active row."""
-        backend, config, rows, state = self.backend, self.config, self.active, self.state
+    def cycle(self) -> list[int]:
+        """One propose -> verify -> accept -> commit for every active row; returns the indices of
+        the rows that ended (or were cancelled) in it."""
+        ended = self._drop_cancelled()
+        if not self.active:
+            return ended
+        backend, rows, state = self.backend, self.active, self.state
         device = backend.device
-        sequences = [row.tokens for row in rows]
-        committed = torch.tensor([len(s) for s in sequences], device=device)  # [B]
-        room = torch.tensor([config.max_new_tokens - len(row.generated) for row in rows], device=device)  # [B] >= 1
-        row_w = (room - 1).clamp(max=self.window)  # [B] the window each row would use alone
-        if self.config.adaptive and self.window:  # each row's own window, from its measured acceptance
-            row_w = torch.minimum(row_w, torch.tensor([row.controller.window() for row in rows], device=device))
+        chunk = self.prefill_chunk or 0
+        fed = [min(row.prompt_len, row.fed + chunk) if row.prefilling else len(row.tokens) for row in rows]
+        sequences = [row.tokens[:n] for row, n in zip(rows, fed)]
+        feeding = [row.prefilling and n < row.prompt_len for row, n in zip(rows, fed)]  # no token this cycle
+        committed = torch.tensor(fed, device=device)  # [B]
+        row_w = torch.tensor(self._windows(rows, feeding), device=device)  # [B] each row's window
 
         # --- propose: w greedy draft tokens per row, with the draft's hidden state at each
+        need_draft_hidden = any(r.config.mode == "judge" and backend.judge.uses_draft_hidden for r in rows)
         draft_tokens = committed.new_empty((len(rows), 0))  # [B, w]
         draft_hidden = None  # [B, w, Hd]
         if int(row_w.max()):
-            proposal = state.propose(sequences, int(row_w.max()), self.need_draft_hidden)
+            proposal = state.propose(sequences, int(row_w.max()), need_draft_hidden)
             draft_tokens, draft_hidden = proposal.tokens.to(device), proposal.hidden
             row_w = row_w.clamp(max=draft_tokens.shape[1])  # a backend may draft fewer
             if proposal.lengths is not None:
@@ -112,70 +152,136 @@ class Running:
         w = draft_tokens.shape[1]
 
         # --- verify: one target pass over each row's unseen tokens + its w draft tokens
-        verification = state.verify(sequences, draft_tokens, need_logits=bool(w) and config.mode in LOGIT_MODES)
+        need_logits = bool(w) and any(r.config.mode in LOGIT_MODES for r in rows)
+        verification = state.verify(sequences, draft_tokens, need_logits=need_logits)
 
-        # --- accept
-        result = self._accept(draft_tokens, draft_hidden, verification)
-        num_accepted = torch.minimum(result.num_accepted.to(device), row_w)  # [B]
+        # --- accept, each group of rows by its own rule
+        num_accepted, mismatch_accepted = self._accept(rows, draft_tokens, draft_hidden, verification)
+        num_accepted = torch.minimum(num_accepted, row_w)  # [B]
         next_tokens = verification.tokens.to(device).gather(1, num_accepted[:, None])[:, 0]  # [B] t_n
         in_row = torch.arange(w, device=device)[None, :] < num_accepted[:, None]  # [B, w]
-        mismatches = (result.mismatch_accepted.to(device) & in_row).sum(dim=1)  # [B]
+        mismatches = (mismatch_accepted & in_row).sum(dim=1)  # [B]
 
-        # --- commit n + 1 tokens; the backend keeps only what is still valid
+        # --- commit n + 1 tokens (none for a row still feeding its prompt); the backend keeps what is valid
         state.keep(committed + num_accepted)
         still = []
-        for b, (row, n, next_token, drafted, mismatched, window) in enumerate(zip(
+        for b, (row, n, next_token, drafted, mismatched, window, part) in enumerate(zip(
                 rows, num_accepted.tolist(), next_tokens.tolist(), draft_tokens.tolist(), mismatches.tolist(),
-                row_w.tolist())):
-            row.metrics.record_cycle(window or None, int(self.need_draft_hidden), n, mismatched)
-            if row.controller is not None:
+                row_w.tolist(), feeding)):
+            row.fed = fed[b] if row.prefilling else row.fed
+            if part:
+                still.append(b)
+                continue
+            row.metrics.record_cycle(window or None, int(need_draft_hidden and row.config.mode == "judge"), n,
+                                     mismatched, batch=len(rows), batch_window=w)
+            if window or row.config.adaptive:
                 row.controller.update(window, n)
             if self._commit(row, drafted[:n] + [next_token]):
                 still.append(b)
-        if len(still) < len(rows):
-            state.select(torch.tensor(still, dtype=torch.long, device=device))
-            self.active = [rows[b] for b in still]
+            else:
+                ended.append(row.index)
+        self._keep_rows(still)
+        return ended
 
-    def _accept(self, draft_tokens: torch.Tensor, draft_hidden: torch.Tensor | None,
-                verification: Verification) -> Acceptance:
-        """The rule of ``config.mode``: the oracle with the mode's mismatch mask, or the
-        backend's fused judge-accept step."""
+    def _windows(self, rows: list[_Row], feeding: list[bool]) -> list[int]:
+        """Each row's window this cycle: 0 while feeding its prompt; never past its budget; adaptive
+        rows by :func:`batch_windows` over the whole batch."""
+        most = [0 if part else max(0, min(row.window, row.config.max_new_tokens - len(row.generated) - 1))
+                for row, part in zip(rows, feeding)]
+        if not any(row.config.adaptive and row.window for row in rows):
+            return most
+        return batch_windows([(row.controller, m, row.config.adaptive and bool(row.window))
+                              for row, m in zip(rows, most)], self.cost)
+
+    def _accept(self, rows: list[_Row], draft_tokens: torch.Tensor, draft_hidden: torch.Tensor | None,
+                verification: Verification) -> tuple[torch.Tensor, torch.Tensor]:
+        """(num_accepted [B], mismatch_accepted [B, w]): each group of rows that shares a rule
+        (mode and its parameters) accepted by it, all at once when the batch has one rule."""
+        device = draft_tokens.device
+        groups: dict[tuple, list[int]] = {}
+        for b, row in enumerate(rows):
+            groups.setdefault(row.rule(), []).append(b)
+        if len(groups) == 1:
+            result = self._accept_rule(rows[0], draft_tokens, draft_hidden, verification)
+            return result.num_accepted.to(device), result.mismatch_accepted.to(device)
+        num_accepted = torch.zeros(len(rows), dtype=torch.long, device=device)  # [B]
+        mismatch_accepted = torch.zeros(draft_tokens.shape, dtype=torch.bool, device=device)  # [B, w]
+        for members in groups.values():
+            idx = torch.tensor(members, device=device)
+            part = Verification(verification.tokens[idx.to(verification.tokens.device)],
+                                verification.hidden[idx.to(verification.hidden.device)],
+                                None if verification.logits is None else
+                                verification.logits[idx.to(verification.logits.device)])
+            hidden = None if draft_hidden is None else draft_hidden[idx.to(draft_hidden.device)]
+            result = self._accept_rule(rows[members[0]], draft_tokens[idx], hidden, part)
+            num_accepted[idx] = result.num_accepted.to(device)
+            mismatch_accepted[idx] = result.mismatch_accepted.to(device)
+        return num_accepted, mismatch_accepted
+
+    def _accept_rule(self, row: _Row, draft_tokens: torch.Tensor, draft_hidden: torch.Tensor | None,
+                     verification: Verification) -> Acceptance:
+        """The rule of ``row``'s mode: the oracle with the mode's mismatch mask, or the backend's
+        fused judge-accept step."""
         judge_accept = self.backend.judge_accept
-        if self.config.mode == "judge" and draft_tokens.shape[1] and judge_accept is not None:
+        if row.config.mode == "judge" and draft_tokens.shape[1] and judge_accept is not None:
             return judge_accept(draft_tokens, verification.tokens, draft_hidden, verification.hidden[:, 1:],
-                                self.threshold)
+                                row.threshold)
         return accept(draft_tokens, verification.tokens.to(draft_tokens.device),
-                      mismatch_ok(self.config, self.backend, self.threshold, draft_tokens, draft_hidden, verification))
+                      mismatch_ok(row.config, self.backend, row.threshold, draft_tokens, draft_hidden, verification))
+
+    def _drop_cancelled(self) -> list[int]:
+        gone = [row for row in self.active if row.cancelled]
+        for row in gone:
+            row.finish_reason = "cancelled"
+        if gone:
+            self._keep_rows([b for b, row in enumerate(self.active) if not row.cancelled])
+        return [row.index for row in gone]
+
+    def _keep_rows(self, still: list[int]) -> None:
+        """Only the batch rows ``still`` stay; an empty batch lets its caches go."""
+        if not still:
+            self.active, self.state = [], None
+        elif len(still) < len(self.active):
+            self.state.select(torch.tensor(still, dtype=torch.long, device=self.backend.device))
+            self.active = [self.active[b] for b in still]
 
     def _commit(self, row: _Row, new_ids: list[int]) -> bool:
         """Append a cycle's tokens to ``row`` (cut at EOS or a stop string); False once it has
         ended (EOS, stop string, or its max_new_tokens reached)."""
         cut, reason = first_stop(new_ids, self.eos)
-        if reason is None and self.stops:
-            cut, reason = self.stops.check(row.generated + new_ids, len(new_ids))
+        if reason is None and row.stops:
+            cut, reason = row.stops.check(row.generated + new_ids, len(new_ids))
         new_ids = new_ids[:cut]
-        row.tokens += new_ids  # a row never drafts past its budget (row_w)
-        if reason is None and len(row.generated) >= self.config.max_new_tokens:
+        row.tokens += new_ids  # a row never drafts past its budget (its window)
+        if reason is None and len(row.generated) >= row.config.max_new_tokens:
             reason = "length"
-        if self.on_tokens and new_ids:
+        if row.on_tokens and new_ids:
             row.metrics.num_generated_tokens = len(row.generated)
-            row.metrics.wall_time_s = time.perf_counter() - self.start
-            self.on_tokens(row.index, new_ids, row.metrics)
+            row.metrics.wall_time_s = time.perf_counter() - row.started
+            row.on_tokens(row.index, new_ids, row.metrics)
         row.finish_reason = reason
         return reason is None
 
+    def result(self, index: int) -> GenerationResult:
+        """Row ``index``'s result so far (``wall_time_s``: since it joined)."""
+        row = self.rows[index]
+        token_ids = row.generated
+        row.metrics.num_generated_tokens = len(token_ids)
+        row.metrics.wall_time_s = time.perf_counter() - row.started
+        text = self.backend.tokenizer.decode(token_ids, skip_special_tokens=True)
+        if row.finish_reason == "stop":
+            text = row.stops.cut_text(text)
+        return GenerationResult(token_ids, text, row.finish_reason or "length", row.metrics)
+
+    def pop(self, index: int) -> GenerationResult:
+        """Row ``index``'s result; the batch forgets the row (it must have ended)."""
+        result = self.result(index)
+        del self.rows[index]
+        return result
+
     def results(self) -> list[GenerationResult]:
-        """Every row's result, in the order they joined (``wall_time_s``: the batch's time so far)."""
-        seconds = time.perf_counter() - self.start
-        results = []
-        for row in self.rows:
-            token_ids = row.generated
-            row.metrics.num_generated_tokens, row.metrics.wall_time_s = len(token_ids), seconds
-            text = self.backend.tokenizer.decode(token_ids, skip_special_tokens=True)
-            if row.finish_reason == "stop":
-                text = self.stops.cut_text(text)
-            results.append(GenerationResult(token_ids, text, row.finish_reason or "length", row.metrics))
-        return results
+        """Every row's result, in the order they joined."""
+        return [self.result(index) for index in sorted(self.rows)]
 
 
 def mismatch_ok(config: DecodeConfig, backend: Backend, threshold: float | None, draft_tokens: torch.Tensor,
@@ -199,11 +305,13 @@ class SpeculativeLoop:
         self.backend = backend
         self._costs: dict[int, CycleCost] = {}
 
-    def cycle_cost(self, prompt: list[int], window: int) -> CycleCost:
-        """The cost of a cycle's parts on this machine, measured once per window (adaptive speculation)."""
-        if window not in self._costs:
-            self._costs[window] = CycleCost.measure(self.backend, prompt, window)
-        return self._costs[window]
+    def cycle_cost(self, prompt: list[int], window: int, batch: int = 1) -> CycleCost:
+        """The cost of a cycle's parts on this machine (at 1 and at ``batch`` rows), measured once per
+        window and batch (adaptive speculation)."""
+        key = window if batch == 1 else (window, batch)
+        if key not in self._costs:
+            self._costs[key] = CycleCost.measure(self.backend, prompt, window, batch=batch)
+        return self._costs[key]
 
     def generate_batch(self, prompts: Sequence[Sequence[int]], config: DecodeConfig = DecodeConfig(),
                        eos_token_ids: frozenset[int] | None = None, on_tokens: OnTokens | None = None
@@ -214,8 +322,8 @@ class SpeculativeLoop:
             raise AutoJudgeError("every prompt must have at least one token (no prompts given)")
         eos = self.backend.eos_token_ids if eos_token_ids is None else eos_token_ids
         cost = self.cycle_cost(list(prompts[0]), config.window) if config.adaptive and config.mode != "target" else None
-        running = Running(self.backend, config, eos, on_tokens, cost)
-        running.join(prompts)
+        running = Running(self.backend, eos, cost, uses_draft=config.mode != "target")
+        running.join(prompts, config, on_tokens)
         while running.active:
             running.cycle()
         return running.results()

@@ -30,16 +30,22 @@ class SpecDecodeMetrics:
     num_accepted_tokens: int = 0
     num_accepted_mismatches: int = 0
     num_accepted_tokens_per_pos: list[int] = field(default_factory=list)
+    num_batch_rows: int = 0  # summed over its cycles: rows in the batch it ran in
+    num_batch_window: int = 0  # summed over its cycles: the batch's window (what every row waited for)
     wall_time_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.num_accepted_tokens_per_pos:
             self.num_accepted_tokens_per_pos = [0] * self.window
 
-    def record_cycle(self, drafted: int | None, extra_draft_calls: int, accepted: int, mismatches: int) -> None:
+    def record_cycle(self, drafted: int | None, extra_draft_calls: int, accepted: int, mismatches: int,
+                     batch: int = 1, batch_window: int | None = None) -> None:
         """One decoding cycle: ``drafted`` draft tokens proposed (None = no proposal made),
         ``extra_draft_calls`` draft forwards beyond one per token, one target call, ``accepted``
-        draft tokens of which ``mismatches`` differ from the target's."""
+        draft tokens of which ``mismatches`` differ from the target's; ``batch`` rows shared it,
+        drafting ``batch_window`` tokens (default: ``drafted``)."""
+        self.num_batch_rows += batch
+        self.num_batch_window += (drafted or 0) if batch_window is None else batch_window
         if drafted is not None:
             self.num_draft_calls += drafted + extra_draft_calls
             self.num_drafts += 1
@@ -60,6 +66,16 @@ class SpecDecodeMetrics:
         return self.num_draft_tokens / self.num_target_calls if self.num_target_calls else 0.0
 
     @property
+    def mean_batch_size(self) -> float:
+        """Rows in the running batch, averaged over this request's cycles (continuous batching)."""
+        return self.num_batch_rows / self.num_target_calls if self.num_target_calls else 0.0
+
+    @property
+    def mean_batch_window(self) -> float:
+        """The batch's window (the widest any row drafted), averaged over this request's cycles."""
+        return self.num_batch_window / self.num_target_calls if self.num_target_calls else 0.0
+
+    @property
     def draft_acceptance_rate(self) -> float:
         return self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else 0.0
 
@@ -73,5 +89,7 @@ class SpecDecodeMetrics:
             "mean_acceptance_length": self.mean_acceptance_length,
             "draft_acceptance_rate": self.draft_acceptance_rate,
             "mean_window": self.mean_window,
+            "mean_batch_size": self.mean_batch_size,
+            "mean_batch_window": self.mean_batch_window,
             "tokens_per_s": self.tokens_per_s,
         }

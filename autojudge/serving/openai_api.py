@@ -11,7 +11,8 @@ Request fields: the OpenAI ones this greedy decoder honours (``prompt`` or ``mes
 ``max_tokens`` / ``max_completion_tokens``, ``stop``, ``stream``; ``temperature`` and
 ``top_p`` only at their greedy values, ``n`` only 1), plus ``mode``, ``window``, ``threshold``
 and ``adaptive`` (the openai client sends them with ``extra_body=``). A bad field gets HTTP 400
-with OpenAI's error shape naming it in ``param``; the server keeps serving.
+with OpenAI's error shape naming it in ``param``; a full server (its queue at the limit) a 503
+naming the limit; the server keeps serving.
 
 Completions read the prompt as is (``format`` raw); chat renders the messages with the
 model's chat template (``format`` messages).
@@ -31,6 +32,10 @@ from autojudge.serving.client import _inputs, request_arrays
 
 STREAM_MODEL = "autojudge_stream"
 GREEDY = {"temperature": (0, 0.0), "top_p": (1, 1.0), "n": (1,)}
+
+
+class Overloaded(Exception):
+    """The decoding model's queue is full (its message names the limit): a 503, retry later."""
 
 
 class BadRequest(Exception):
@@ -131,6 +136,8 @@ class Gateway:
             async for result, error in stream:
                 if error is not None:
                     message = str(error.message() if hasattr(error, "message") else error)
+                    if "server is full" in message:
+                        raise Overloaded(message)
                     param = _refused_field(message)
                     if param is None:  # not the request's fault
                         raise RuntimeError(message)
@@ -169,6 +176,8 @@ class Gateway:
                     metrics = piece["metrics"]
             except BadRequest as exc:
                 return _error(400, str(exc), exc.param)
+            except Overloaded as exc:
+                return _error(503, str(exc), kind="server_overloaded")
             except Exception as exc:  # noqa: BLE001 - the server must answer, and keep serving
                 return _error(502, f"the decoding model failed: {exc}", kind="server_error")
             content = "".join(text)
@@ -181,6 +190,8 @@ class Gateway:
             first_piece = await anext(pieces)
         except BadRequest as exc:
             return _error(400, str(exc), exc.param)
+        except Overloaded as exc:
+            return _error(503, str(exc), kind="server_overloaded")
         except StopAsyncIteration:
             return _error(502, "the decoding model returned nothing", kind="server_error")
         except Exception as exc:  # noqa: BLE001

@@ -57,8 +57,10 @@ METRICS: dict[str, str] = {
     "num_prompt_tokens": "tokens of the prompt as the model reads it (chat template included)",
     "num_target_calls": "target forwards so far (the first includes the prompt)",
     "mean_window": "draft tokens proposed per target call (the window used; adaptive: its average)",
+    "mean_batch_size": "requests in the running batch, averaged over this request's cycles",
+    "mean_batch_window": "the running batch's window (the widest any request drafted), averaged likewise",
     "tokens_per_s": "generated tokens per second of this request's decoding",
-    "finish_reason": "eos | length | stop; null until the last response",
+    "finish_reason": "eos | length | stop | cancelled; null until the last response",
 }
 NUMPY_TYPES = {"TYPE_STRING": np.object_, "TYPE_INT32": np.int32, "TYPE_FP32": np.float32}
 CLIENT_TYPES = {"TYPE_STRING": "BYTES", "TYPE_INT32": "INT32", "TYPE_FP32": "FP32"}

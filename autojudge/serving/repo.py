@@ -2,9 +2,9 @@
 
 Output layout (``--out DEPLOY``)::
 
-    DEPLOY/models/autojudge/config.pbtxt          unary (HTTP, gRPC)
+    DEPLOY/models/autojudge/config.pbtxt          unary (HTTP, gRPC): forwards to autojudge_stream
     DEPLOY/models/autojudge/1/model.py
-    DEPLOY/models/autojudge_stream/config.pbtxt   decoupled: gRPC streaming
+    DEPLOY/models/autojudge_stream/config.pbtxt   decoupled: gRPC streaming; decodes, one running batch per instance
     DEPLOY/models/autojudge_stream/1/model.py
     DEPLOY/artifacts/judge/                       a copy of the judge artifact (if any)
     DEPLOY/deployment.json                        the settings, for people and tools
@@ -28,6 +28,7 @@ from autojudge.storage import asset, atomic_directory
 
 PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 MODELS = {"autojudge": False, "autojudge_stream": True}  # name -> decoupled
+STREAM_MODEL = "autojudge_stream"  # the one that decodes; "autojudge" forwards to it
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,11 @@ class RepoSettings:
     default_mode: str = "lossless"
     max_tokens: int = 128
     max_tokens_limit: int = 1024
-    instances: int = 1
+    instances: int = 1  # instances of the decoding model, each with its own running batch
+    max_batch: int = 16  # requests decoded together per instance (1 = one request at a time)
+    max_queue: int = 64  # requests waiting per instance beyond a full batch; one more is refused
+    prefill_chunk: int = 64  # prompt tokens fed per cycle while a request joins
+    unary_instances: int = 8  # forwarding instances of "autojudge": unary requests in flight
     device: str = "cpu"
     dtype: str = "float32"
     torch_threads: int = 0  # per model instance; 0 = the machine's cores / instances
@@ -65,8 +70,11 @@ class RepoSettings:
             raise AutoJudgeError(f"threshold must be in [0, 1], got {self.threshold}")
         if not 1 <= self.max_tokens <= self.max_tokens_limit:
             raise AutoJudgeError(f"max tokens {self.max_tokens} must be in 1..{self.max_tokens_limit}")
-        if self.instances < 1:
-            raise AutoJudgeError(f"instances must be >= 1, got {self.instances}")
+        for name in ("instances", "max_batch", "prefill_chunk", "unary_instances"):
+            if getattr(self, name) < 1:
+                raise AutoJudgeError(f"{name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
+        if self.max_queue < 0:
+            raise AutoJudgeError(f"max queue must be >= 0, got {self.max_queue}")
 
 
 def _pbtxt_string(value: str) -> str:
@@ -128,14 +136,18 @@ def write_repo(out: str | Path, settings: RepoSettings, force: bool = False,
         "window": str(settings.window), "max_window": str(settings.max_window),
         "threshold": "" if settings.threshold is None else repr(settings.threshold),
         "max_tokens": str(settings.max_tokens), "max_tokens_limit": str(settings.max_tokens_limit),
-        "instances": str(settings.instances), "torch_threads": str(settings.threads()),
-        # KIND_GPU makes one instance per GPU; a TensorRT-LLM executor places itself (device_ids): KIND_CPU
-        "instance_kind": "KIND_CPU" if settings.device == "cpu" or settings.backend == "tensorrt-llm" else "KIND_GPU",
-        "backend": settings.backend,
+        "torch_threads": str(settings.threads()), "backend": settings.backend,
+        "max_batch": str(settings.max_batch), "max_queue": str(settings.max_queue),
+        "prefill_chunk": str(settings.prefill_chunk),
     }
+    # KIND_GPU makes one instance per GPU; a TensorRT-LLM executor places itself (device_ids): KIND_CPU
+    decoding_kind = "KIND_CPU" if settings.device == "cpu" or settings.backend == "tensorrt-llm" else "KIND_GPU"
+    per_model = {"autojudge": {"instances": str(settings.unary_instances), "instance_kind": "KIND_CPU",
+                               "forward_to": STREAM_MODEL},
+                 STREAM_MODEL: {"instances": str(settings.instances), "instance_kind": decoding_kind, "forward_to": ""}}
     rendered = {}
     for name, decoupled in MODELS.items():
-        text = render(template, {**values, "model_name": name, "decoupled": str(decoupled).lower()},
+        text = render(template, {**values, **per_model[name], "model_name": name, "decoupled": str(decoupled).lower()},
                       f"{source / 'config.pbtxt'} (as {name})")
         text += "".join(f'parameters {{ key: "{key}" value: {{ string_value: "{_pbtxt_string(value)}" }} }}\n'
                         for key, value in (parameters or {}).get(name, {}).items())

@@ -1,15 +1,18 @@
-"""The decode service a served model runs: one request in, text + tokens + metrics out,
-optionally streamed piece by piece. No Triton import here: it is tested in-process, and the
-Triton model (``triton_model.py``) only converts tensors."""
+"""The decode service a served model runs: requests in, text + tokens + metrics out, optionally
+streamed piece by piece, every request decoded in one running batch (:mod:`autojudge.serving.batcher`).
+No Triton import here: it is tested in-process, and the Triton model (``triton_model.py``) only
+converts tensors."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from autojudge.decoding import DecodeConfig, SpeculativeLoop
+from autojudge.decoding import DecodeConfig, GenerationResult, SpeculativeLoop
 from autojudge.decoding.metrics import SpecDecodeMetrics
+from autojudge.errors import AutoJudgeError
+from autojudge.serving.batcher import ContinuousBatcher
 from autojudge.serving.requests import ServeDefaults, ServeRequest
 
 # A streamed piece: (new text, new token ids, metrics so far)
@@ -30,16 +33,57 @@ def metrics_dict(metrics: SpecDecodeMetrics, threshold: float | None, finish_rea
         "num_prompt_tokens": prompt_tokens,
         "num_target_calls": metrics.num_target_calls,
         "mean_window": metrics.mean_window,
+        "mean_batch_size": metrics.mean_batch_size,
+        "mean_batch_window": metrics.mean_batch_window,
         "tokens_per_s": metrics.tokens_per_s,
         "finish_reason": finish_reason,
     }
 
 
+class PieceStream:
+    """One request's streamed pieces. Streamed text is the decoded answer so far, held back where
+    it could still change: an incomplete UTF-8 character, or the last characters that could begin
+    a stop string. ``finish`` gives the final piece, which completes the text."""
+
+    def __init__(self, tokenizer, stop: tuple[str, ...], threshold: float | None, prompt_tokens: int,
+                 on_piece: OnPiece):
+        self.tokenizer, self.stop, self.threshold, self.prompt_tokens = tokenizer, stop, threshold, prompt_tokens
+        self.on_piece = on_piece
+        self.generated: list[int] = []
+        self.text, self.ids = "", 0  # what has been sent
+        self.hold = max((len(s) for s in stop), default=1) - 1
+
+    def on_tokens(self, ids: list[int], metrics: SpecDecodeMetrics) -> None:
+        self.generated.extend(ids)
+        safe = self.tokenizer.decode(self.generated, skip_special_tokens=True)
+        for stop in self.stop:  # never stream a stop string, nor what follows it
+            found = safe.find(stop)
+            safe = safe[:found] if found >= 0 else safe
+        safe = safe[: len(safe) - self.hold] if self.hold else safe  # could still begin a stop string
+        safe = safe.rstrip("\ufffd")  # an incomplete multi-byte character
+        piece = safe[len(self.text):] if safe.startswith(self.text) else ""
+        if piece or len(self.generated) > self.ids:
+            self.on_piece(piece, self.generated[self.ids:],
+                          metrics_dict(metrics, self.threshold, None, self.prompt_tokens))
+            self.text += piece
+            self.ids = len(self.generated)
+
+    def finish(self, result: GenerationResult) -> tuple[str, list[int], dict]:
+        """The last piece: (the rest of the text, the rest of the ids, the final metrics)."""
+        final = metrics_dict(result.metrics, self.threshold, result.finish_reason, self.prompt_tokens)
+        rest = result.text[len(self.text):] if result.text.startswith(self.text) else ""
+        return rest, result.token_ids[self.ids:], final
+
+
 @dataclass
 class DecodeService:
+    """A deployment's decoder behind its continuous batcher (one running batch per model instance)."""
+
     decoder: SpeculativeLoop
     defaults: ServeDefaults
     chat: bool = True
+    batching: dict = field(default_factory=dict)  # ContinuousBatcher settings: max_batch, max_queue, prefill_chunk
+    _batcher: ContinuousBatcher | None = None
 
     @classmethod
     def from_parameters(cls, params: dict[str, str], model_dir: str | Path = ".") -> DecodeService:
@@ -60,7 +104,22 @@ class DecodeService:
         else:
             loop = _in_process_decoder(params, judge)
             defaults = ServeDefaults.from_parameters(params, judge is not None, "lossless", 4)
-        return cls(loop, defaults, chat=params.get("chat", "true") == "true")
+        batching = {key: int(params[key]) for key in ("max_batch", "max_queue", "prefill_chunk") if params.get(key)}
+        return cls(loop, defaults, chat=params.get("chat", "true") == "true", batching=batching)
+
+    @property
+    def batcher(self) -> ContinuousBatcher:
+        """Started on first use: it measures this machine's cycle cost for adaptive requests."""
+        if self._batcher is None:
+            self._batcher = ContinuousBatcher(self.decoder, **self.batching,
+                                              cost_prompt=self.prompt_ids("Hello! How are you today?"),
+                                              cost_window=self.defaults.window)
+        return self._batcher
+
+    def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
+            self._batcher = None
 
     def prompt_ids(self, prompt: str, form: str = "chat") -> list[int]:
         """The model's input: ``prompt`` as the user message of the chat template ("chat"; the deployment's
@@ -74,43 +133,51 @@ class DecodeService:
                                                       return_dict=False))
         return encode_prompt(tokenizer, prompt, chat=self.chat and form == "chat")
 
-    def run(self, request: ServeRequest, on_piece: OnPiece | None = None) -> tuple[str, list[int], dict]:
-        """Decode one request; with ``on_piece``, stream (text, ids, metrics) pieces as cycles commit.
+    def config_of(self, request: ServeRequest) -> DecodeConfig:
+        return DecodeConfig(mode=request.mode, window=request.window, max_new_tokens=request.max_tokens,
+                            adaptive=request.adaptive, threshold=request.threshold, stop=request.stop)
 
-        Streamed text is the decoded answer so far, held back where it could still change: an
-        incomplete UTF-8 character, or the last characters that could begin a stop string.
-        The final piece (sent by the caller with the returned values) completes the text.
-        """
-        config = DecodeConfig(mode=request.mode, window=request.window, max_new_tokens=request.max_tokens,
-                              adaptive=request.adaptive,
-                              threshold=request.threshold, stop=request.stop)
-        tokenizer = self.decoder.backend.tokenizer
+    def submit(self, request: ServeRequest, on_done: Callable[[tuple[str, list[int], dict] | None, str | None], None],
+               on_piece: OnPiece | None = None, is_cancelled: Callable[[], bool] | None = None) -> None:
+        """Queue one request in the running batch. ``on_piece(text, ids, metrics)`` gets each piece
+        as cycles commit (see :class:`PieceStream`); ``on_done((text, ids, metrics), None)`` the
+        last one (the whole answer without ``on_piece``), or ``on_done(None, error)``. Raises
+        AutoJudgeError for a refused request (ServerFull when the queue is at its limit)."""
+        config = self.config_of(request)
         threshold = config.judge_threshold(self.decoder.backend.judge)
         prompt = self.prompt_ids(request.prompt, request.format)
-        generated: list[int] = []
-        sent = {"text": "", "ids": 0}
-        hold = max((len(s) for s in request.stop), default=1) - 1
+        tokenizer = self.decoder.backend.tokenizer
+        stream = PieceStream(tokenizer, request.stop, threshold, len(prompt), on_piece) if on_piece else None
 
-        def on_tokens(ids: list[int], metrics: SpecDecodeMetrics) -> None:
-            generated.extend(ids)
-            safe = tokenizer.decode(generated, skip_special_tokens=True)
-            for stop in request.stop:  # never stream a stop string, nor what follows it
-                found = safe.find(stop)
-                safe = safe[:found] if found >= 0 else safe
-            safe = safe[: len(safe) - hold] if hold else safe  # could still begin a stop string
-            safe = safe.rstrip("\ufffd")  # an incomplete multi-byte character
-            piece = safe[len(sent["text"]):] if safe.startswith(sent["text"]) else ""
-            if piece or len(generated) > sent["ids"]:
-                on_piece(piece, generated[sent["ids"]:], metrics_dict(metrics, threshold, None, len(prompt)))
-                sent["text"] += piece
-                sent["ids"] = len(generated)
+        def done(result: GenerationResult | None, error: str | None) -> None:
+            if error is not None:
+                on_done(None, error)
+            elif stream is not None:
+                on_done(stream.finish(result), None)
+            else:
+                on_done((result.text, result.token_ids,
+                         metrics_dict(result.metrics, threshold, result.finish_reason, len(prompt))), None)
 
-        result = self.decoder.generate(prompt, config, on_tokens=on_tokens if on_piece else None)
-        final = metrics_dict(result.metrics, threshold, result.finish_reason, len(prompt))
-        if on_piece is None:
-            return result.text, result.token_ids, final
-        rest = result.text[len(sent["text"]):] if result.text.startswith(sent["text"]) else ""
-        return rest, result.token_ids[sent["ids"]:], final
+        self.batcher.submit(prompt, config, done, stream.on_tokens if stream else None, is_cancelled)
+
+    def run(self, request: ServeRequest, on_piece: OnPiece | None = None,
+            timeout: float | None = None) -> tuple[str, list[int], dict]:
+        """Decode one request and wait for it (it still shares the running batch with the others);
+        with ``on_piece``, stream pieces as cycles commit and return the last one."""
+        import threading
+
+        finished, box = threading.Event(), {}
+
+        def on_done(answer, error):
+            box.update(answer=answer, error=error)
+            finished.set()
+
+        self.submit(request, on_done, on_piece)
+        if not finished.wait(timeout):
+            raise AutoJudgeError(f"no answer within {timeout} s")
+        if box["error"] is not None:
+            raise AutoJudgeError(box["error"])
+        return box["answer"]
 
 
 def _judge(params: dict[str, str], model_dir: str | Path):
