@@ -16,16 +16,10 @@ import time
 from pathlib import Path
 
 import click
+from prompts import CHAT, gsm8k
 
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder
 from autojudge.models import encode_prompt, load_draft, load_target, quiet_transformers
-from autojudge.tasks.gsm8k import load_questions
-
-CHAT = ["Write a haiku about autumn rain.", "What is 7 times 8?", "Name three famous painters and one work each.",
-        "Explain in two sentences why the sky is blue.", "Translate 'good morning, friends' into French.",
-        "Give me a recipe idea with eggs and spinach.", "What is the capital of Australia, and why not Sydney?",
-        "Suggest a name for a grey cat."]
-
 
 @click.command()
 @click.option("--target", default="embedded", show_default=True)
@@ -39,7 +33,7 @@ def main(target, draft, prompts, max_new_tokens, window, out):
     target_lm = load_target(target, device="cpu")
     decoder = SpeculativeDecoder(target_lm, load_draft(draft, target_lm))
     tokenizer = target_lm.tokenizer
-    sets = {"gsm8k": load_questions("test", limit=prompts), "chat": CHAT[:prompts]}
+    sets = {"gsm8k": gsm8k(prompts), "chat": CHAT[:prompts]}
     configs = {"target": DecodeConfig(mode="target", max_new_tokens=max_new_tokens),
                f"lossless@{window}": DecodeConfig(mode="lossless", window=window, max_new_tokens=max_new_tokens),
                f"adaptive@{window}": DecodeConfig(mode="lossless", window=window, max_new_tokens=max_new_tokens,

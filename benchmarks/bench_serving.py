@@ -1,13 +1,24 @@
-"""Load generator for the served AutoJudge model: N concurrent clients for a bounded time.
+"""Serving under load, in one run on one machine: a real tritonserver, closed-loop gRPC-streaming clients.
 
-    python benchmarks/bench_serving.py --clients 4 --seconds 60 --judge out/quickstart/judge
+    python benchmarks/bench_serving.py --seconds 30 --judge out/quickstart-embedded/judge \
+        --json-out benchmarks/results/serving_cpu.json
 
-Writes a deployment (embedded pair, ``--instances`` model instances, the judge if given),
-starts a real tritonserver on loopback, and for each mode (lossless, then judge) runs
-``--clients`` threads that send GSM8K test questions over gRPC streaming until ``--seconds``
-have passed. Reports requests/s, tokens/s, p50/p99 latency and time to first token (the first
-streamed piece), and checks every answer token for token against the in-process decoder
-(computed once per question): a lost or corrupted request is counted and reported.
+Two servers over the embedded pair, one after the other on the same cores:
+
+- ``continuous``: one decoding instance whose running batch takes up to 16 requests (this
+  project's server);
+- ``one-at-a-time``: ``--baseline-instances`` instances of one batch row each, as the server
+  was before continuous batching (concurrency bought with whole model copies).
+
+On ``continuous``, at concurrency 1, 4 and 16: target only, fixed-window lossless, adaptive
+lossless and adaptive judge (with ``--judge``) on GSM8K test questions; target only and
+adaptive lossless on off-distribution chat prompts at concurrency 1. On ``one-at-a-time``:
+target only and fixed lossless at concurrency 16. Each run reports throughput, p50/p99 latency
+and time to first token (the first streamed piece). Every answer is checked against the
+in-process decoder: target-only and lossless answers must be the target's greedy tokens
+(token for token); judge answers must be well formed (tokens and a finish reason; how often
+they equal the in-process batch-1 judge decode is reported, since an adaptive window depends
+on the batch and a lossy rule on the window). A failed, lost or wrong answer is counted.
 """
 
 from __future__ import annotations
@@ -21,14 +32,15 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from prompts import CHAT, gsm8k  # noqa: E402
+
+from autojudge.decoding import DecodeConfig  # noqa: E402
 from autojudge.serving.client import request_arrays, stream_grpc  # noqa: E402
-from autojudge.serving.repo import RepoSettings, validate_config, write_repo  # noqa: E402
-from autojudge.serving.requests import ServeRequest  # noqa: E402
+from autojudge.serving.repo import RepoSettings, write_repo  # noqa: E402
 from autojudge.serving.server import TritonServer  # noqa: E402
-from autojudge.serving.service import DecodeService  # noqa: E402
-from autojudge.tasks import get_task  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -38,28 +50,29 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def run_load(server: TritonServer, questions: list[str], reference: dict, mode: str, clients: int,
-             seconds: float, max_tokens: int, window: int) -> dict:
+def run_load(server: TritonServer, prompts: list[str], check, fields: dict, clients: int, seconds: float) -> dict:
+    """``clients`` threads, each sending the next prompt as soon as its last answer is in, for ``seconds``."""
     deadline = time.monotonic() + seconds
     records, lock = [], threading.Lock()
 
     def client(index: int) -> None:
         i = index
         while time.monotonic() < deadline:
-            question = questions[i % len(questions)]
+            prompt = prompts[i % len(prompts)]
             i += clients
             first = []
             start = time.perf_counter()
             try:
-                answer = stream_grpc(server.grpc_url, request_arrays(question, max_tokens=max_tokens, mode=mode,
-                                                                     window=window),
+                answer = stream_grpc(server.grpc_url, request_arrays(prompt, **fields),
                                      on_piece=lambda piece, first=first: first or first.append(time.perf_counter()))
-                record = {"ok": answer["token_ids"] == reference[question], "tokens": len(answer["token_ids"]),
+                verdict = check(prompt, answer)
+                record = {"ok": verdict is not False, "same": verdict is True, "tokens": len(answer["token_ids"]),
                           "latency": time.perf_counter() - start,
                           "ttft": (first[0] if first else time.perf_counter()) - start,
-                          "tau": answer["metrics"]["mean_acceptance_length"]}
+                          "tau": answer["metrics"]["mean_acceptance_length"],
+                          "window": answer["metrics"]["mean_window"], "batch": answer["metrics"]["mean_batch_size"]}
             except Exception as exc:  # noqa: BLE001 - counted as lost
-                record = {"ok": False, "error": str(exc)[:200], "tokens": 0, "latency": 0.0, "ttft": 0.0}
+                record = {"ok": False, "error": str(exc)[:200], "tokens": 0}
             with lock:
                 records.append(record)
 
@@ -71,58 +84,130 @@ def run_load(server: TritonServer, questions: list[str], reference: dict, mode: 
         t.join()
     elapsed = time.perf_counter() - started
     done = [r for r in records if r["ok"]]
+
+    def mean(key):
+        return statistics.fmean(r[key] for r in done) if done else float("nan")
+
     return {
-        "mode": mode, "clients": clients, "seconds": elapsed, "requests": len(records),
-        "lost_or_corrupted": len(records) - len(done),
+        "clients": clients, "seconds": elapsed, "requests": len(records), "lost_or_corrupted": len(records) - len(done),
         "errors": [r["error"] for r in records if "error" in r][:5],
+        "same_as_in_process": sum(r["same"] for r in done) / len(done) if done else float("nan"),
         "requests_per_s": len(done) / elapsed, "tokens_per_s": sum(r["tokens"] for r in done) / elapsed,
         "latency_p50_s": percentile([r["latency"] for r in done], 0.5),
         "latency_p99_s": percentile([r["latency"] for r in done], 0.99),
         "ttft_p50_s": percentile([r["ttft"] for r in done], 0.5),
         "ttft_p99_s": percentile([r["ttft"] for r in done], 0.99),
-        "mean_tau": statistics.fmean(r["tau"] for r in done) if done else float("nan"),
+        "mean_tau": mean("tau"), "mean_window": mean("window"), "mean_batch_size": mean("batch"),
     }
+
+
+def references(prompts: list[str], max_tokens: int, window: int, judge: Path | None) -> tuple[dict, dict]:
+    """In-process, batch 1: the target's greedy answer and (with a judge) the adaptive judge's, per prompt."""
+    from autojudge.decoding import SpeculativeDecoder
+    from autojudge.judge import Judge
+    from autojudge.models import encode_prompt, load_draft, load_target, quiet_transformers
+
+    quiet_transformers()
+    target = load_target("embedded", device="cpu")
+    decoder = SpeculativeDecoder(target, load_draft("embedded", target), Judge.load(judge) if judge else None)
+    greedy, judged = {}, {}
+    for prompt in prompts:
+        ids = encode_prompt(target.tokenizer, prompt)
+        greedy[prompt] = decoder.generate(ids, DecodeConfig(mode="target", max_new_tokens=max_tokens)).token_ids
+        if judge:
+            judged[prompt] = decoder.generate(ids, DecodeConfig(mode="judge", window=window, max_new_tokens=max_tokens,
+                                                                adaptive=True)).token_ids
+    return greedy, judged
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--instances", type=int, default=2, help="Model instances (parallel decoders).")
-    parser.add_argument("--questions", type=int, default=8, help="Distinct GSM8K test questions cycled through.")
+    parser.add_argument("--seconds", type=float, default=30, help="Per run.")
+    parser.add_argument("--questions", type=int, default=16, help="Distinct GSM8K test questions cycled through.")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--window", type=int, default=3)
-    parser.add_argument("--judge", type=Path, help="Judge artifact; without it only lossless is measured.")
+    parser.add_argument("--window", type=int, default=4)
+    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--baseline-instances", type=int, default=2,
+                        help="Instances of the one-at-a-time server (each one batch row, cores shared).")
+    parser.add_argument("--judge", type=Path, help="A judge for the embedded pair; without it, no judge runs.")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
 
-    questions = [e.question for e in get_task("gsm8k").load("test", limit=args.questions)]
-    modes = ["lossless"] + (["judge"] if args.judge else [])
+    questions, chat = gsm8k(args.questions), CHAT
+    t0 = time.perf_counter()
+    greedy, judged = references(questions + chat, args.max_tokens, args.window, args.judge)
+    print(f"references in {time.perf_counter() - t0:.0f} s", flush=True)
+
+    def lossless_check(prompt, answer):
+        return True if answer["token_ids"] == greedy[prompt] else False
+
+    def judge_check(prompt, answer):  # True: as in process; None: another well-formed answer; False: broken
+        if answer["metrics"].get("finish_reason") not in ("eos", "length", "stop") or not answer["token_ids"]:
+            return False
+        return True if answer["token_ids"] == judged[prompt] else None
+
+    base = {"max_tokens": args.max_tokens}
+    methods = {"target": {"mode": "target"}, f"lossless@{args.window}": {"mode": "lossless", "window": args.window},
+               f"adaptive@{args.window}": {"mode": "lossless", "window": args.window, "adaptive": True}}
+    if args.judge:
+        methods[f"adaptive-judge@{args.window}"] = {"mode": "judge", "window": args.window, "adaptive": True}
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+    report = {"seconds": args.seconds, "max_tokens": args.max_tokens, "window": args.window,
+              "questions": len(questions), "chat_prompts": len(chat), "runs": []}
+
+    def measure(server, name, prompt_set, label, fields, clients):
+        check = judge_check if fields.get("mode") == "judge" else lossless_check
+        result = {"server": name, "prompts": label, "method": method_name(fields), "fields": fields,
+                  **run_load(server, prompt_set, check, {**base, **fields}, clients, args.seconds)}
+        report["runs"].append(result)
+        print(json.dumps({k: v for k, v in result.items() if k != "errors" or v}), flush=True)
+
+    def method_name(fields):
+        return next(k for k, v in methods.items() if v == fields)
+
+    servers = {"continuous": RepoSettings(judge=args.judge, window=args.window, max_tokens=args.max_tokens,
+                                          instances=1, max_batch=16, max_queue=64),
+               "one-at-a-time": RepoSettings(judge=args.judge, window=args.window, max_tokens=args.max_tokens,
+                                             instances=args.baseline_instances, max_batch=1, max_queue=64)}
     with tempfile.TemporaryDirectory() as tmp:
-        deployment = Path(tmp) / "deploy"
-        write_repo(deployment, RepoSettings(judge=args.judge, window=args.window, max_tokens=args.max_tokens,
-                                            instances=args.instances))
-        config = validate_config((deployment / "models/autojudge/config.pbtxt").read_text(), "autojudge")
-        service = DecodeService.from_parameters({k: v.string_value for k, v in config.parameters.items()},
-                                                deployment / "models/autojudge")
-        report = {"clients": args.clients, "instances": args.instances, "max_tokens": args.max_tokens,
-                  "window": args.window, "questions": len(questions), "runs": []}
-        with TritonServer(deployment / "models", log_file=Path(tmp) / "server.log") as server:
-            for mode in modes:
-                reference = {q: service.run(ServeRequest(q, args.max_tokens, mode, args.window, None, ()))[1]
-                             for q in questions}
-                result = run_load(server, questions, reference, mode, args.clients, args.seconds,
-                                  args.max_tokens, args.window)
-                report["runs"].append(result)
-                print(json.dumps(result), flush=True)
-    print("| mode | requests | lost/corrupted | req/s | tokens/s | p50 latency | p99 latency | p50 TTFT | p99 TTFT | tau |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in report["runs"]:
-        print(f"| {r['mode']} | {r['requests']} | {r['lost_or_corrupted']} | {r['requests_per_s']:.2f} | "
-              f"{r['tokens_per_s']:.1f} | {r['latency_p50_s']:.2f} s | {r['latency_p99_s']:.2f} s | "
-              f"{r['ttft_p50_s']:.2f} s | {r['ttft_p99_s']:.2f} s | {r['mean_tau']:.2f} |")
+        for name, settings in servers.items():
+            deployment = Path(tmp) / name
+            write_repo(deployment, settings)
+            with TritonServer(deployment / "models", log_file=Path(tmp) / f"{name}.log") as server:
+                if name == "continuous":
+                    for clients in concurrency:
+                        for fields in methods.values():
+                            measure(server, name, questions, "gsm8k", fields, clients)
+                    for key in ("target", f"adaptive@{args.window}"):
+                        measure(server, name, chat, "chat", methods[key], 1)
+                else:
+                    for key in ("target", f"lossless@{args.window}"):
+                        measure(server, name, questions, "gsm8k", methods[key], max(concurrency))
+
+    print_table(report)
     if args.json_out:
         args.json_out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def print_table(report: dict) -> None:
+    runs = report["runs"]
+    target = {(r["server"], r["prompts"], r["clients"]): r["tokens_per_s"] for r in runs if r["method"] == "target"}
+    print("| server | prompts | clients | method | tokens/s | vs target | p50 latency | p99 latency | p50 TTFT "
+          "| p99 TTFT | tau | mean window | batch | lost/corrupted | same as in-process |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in runs:
+        ratio = r["tokens_per_s"] / target[(r["server"], r["prompts"], r["clients"])]
+        print(f"| {r['server']} | {r['prompts']} | {r['clients']} | {r['method']} | {r['tokens_per_s']:.1f} | "
+              f"{ratio:.2f}x | {r['latency_p50_s']:.2f} s | {r['latency_p99_s']:.2f} s | {r['ttft_p50_s']:.2f} s | "
+              f"{r['ttft_p99_s']:.2f} s | {r['mean_tau']:.2f} | {r['mean_window']:.2f} | {r['mean_batch_size']:.1f} | "
+              f"{r['lost_or_corrupted']} | {r['same_as_in_process']:.0%} |")
+    top = max(r["clients"] for r in runs)
+    for method in ("target", f"lossless@{report['window']}"):
+        new = [r for r in runs if r["server"] == "continuous" and r["clients"] == top and r["method"] == method]
+        old = [r for r in runs if r["server"] == "one-at-a-time" and r["clients"] == top and r["method"] == method]
+        if new and old:
+            print(f"continuous / one-at-a-time at {top} clients, {method}: "
+                  f"{new[0]['tokens_per_s'] / old[0]['tokens_per_s']:.2f}x")
 
 
 if __name__ == "__main__":
