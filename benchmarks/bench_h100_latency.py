@@ -53,7 +53,10 @@ COMMON = dict(vocab_size=128256, rope_theta=500000.0, max_position_embeddings=13
 
 
 class _NoText:
-    """Random models have no tokenizer; the decoder only needs decode() for its text field."""
+    """Random models have no tokenizer; the decoder only needs decode() for its text field
+    (and a pad id: none, so 0)."""
+
+    pad_token_id = None
 
     def decode(self, ids, **kwargs) -> str:
         return ""

@@ -81,15 +81,15 @@ def check_parity(library=None) -> int:
     return cases
 
 
-def time_call(call: KernelCall, threads: int = 0, launches: int = 100, replays: int = 20) -> float:
-    """Microseconds of GPU time per call."""
+def time_call(call: KernelCall, threads: int = 0, launches: int = 100, replays: int = 20, blocks: int = 0) -> float:
+    """Microseconds of GPU time per call (``blocks`` per sequence: 0 = the launcher's choice)."""
     for _ in range(3):
-        call.run(threads)
+        call.run(threads, blocks)
     graph = torch.cuda.CUDAGraph()
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
         for _ in range(launches):
-            call.run(threads)
+            call.run(threads, blocks)
     graph.replay()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
