@@ -35,12 +35,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prompts import CHAT, gsm8k  # noqa: E402
+from prompts import CHAT, gsm8k
 
-from autojudge.decoding import DecodeConfig  # noqa: E402
-from autojudge.serving.client import request_arrays, stream_grpc  # noqa: E402
-from autojudge.serving.repo import RepoSettings, write_repo  # noqa: E402
-from autojudge.serving.server import TritonServer  # noqa: E402
+from autojudge.decoding import DecodeConfig
+from autojudge.serving.client import request_arrays, stream_grpc
+from autojudge.serving.repo import RepoSettings, write_repo
+from autojudge.serving.server import TritonServer
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -139,7 +139,7 @@ def main() -> None:
     print(f"references in {time.perf_counter() - t0:.0f} s", flush=True)
 
     def lossless_check(prompt, answer):
-        return True if answer["token_ids"] == greedy[prompt] else False
+        return answer["token_ids"] == greedy[prompt]
 
     def judge_check(prompt, answer):  # True: as in process; None: another well-formed answer; False: broken
         if answer["metrics"].get("finish_reason") not in ("eos", "length", "stop") or not answer["token_ids"]:
