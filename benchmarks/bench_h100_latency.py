@@ -179,7 +179,9 @@ def main() -> None:
                         help="Also time the steps as CUDA graphs over a StaticCache, and project from those "
                              "(experimental: on the 2026-11-22 H100 run, graphs of 1-2 target tokens and of the "
                              "draft step replayed, but longer verifications hit a device-side index_copy_ assert "
-                             "inside transformers' StaticCache on replay, which poisons the CUDA context).")
+                             "inside transformers' StaticCache on replay, which poisons the CUDA context: "
+                             "StaticLayer writes at its own counter, which every replay advances; the fixed "
+                             "path is autojudge/gpu, measured by bench_gpu_h200.py).")
     parser.add_argument("--tiny", action="store_true", help="Tiny models on the CPU: a smoke test of the script.")
     args = parser.parse_args()
 

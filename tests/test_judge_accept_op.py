@@ -145,3 +145,31 @@ def test_the_in_process_backend_fuses_the_op_only_on_cuda(make_lm):
         target.model.cuda(), draft.model.cuda()
         assert isinstance(InProcessBackend(target, draft, judge).judge_accept, TorchJudgeAccept)
         target.model.cpu(), draft.model.cpu()
+
+
+@cuda
+def test_on_cuda_the_decoder_commits_what_the_oracle_commits(make_lm):
+    """Judge mode with the fused op (the in-process backend on CUDA) against the same decoder
+    with the oracle rule: the same tokens and the same accepted mismatches."""
+    import copy
+
+    from autojudge.decoding import DecodeConfig, SpeculativeDecoder
+
+    base = tiny_model(3)
+    target = make_lm(copy.deepcopy(base).cuda(), "t")
+    draft = make_lm(copy.deepcopy(base).cuda(), "d")
+    with torch.no_grad():  # a draft that often disagrees
+        for p in draft.model.parameters():
+            p.add_(torch.randn_like(p) * 0.1 * p.std())
+    g = torch.Generator().manual_seed(4)
+    judge = Judge(torch.randn(128, generator=g) * 0.3, 0.0, JudgeMetadata("t", 64, "d", 64, "draft+target",
+                                                                          threshold=0.5))
+    fused = SpeculativeDecoder(target, draft, judge)
+    oracle = SpeculativeDecoder(target, draft, judge)
+    assert isinstance(fused.backend.judge_accept, TorchJudgeAccept)
+    oracle.backend.judge_accept = None
+    config = DecodeConfig(mode="judge", window=6, threshold=0.5, max_new_tokens=40)
+    prompts = [[1, 504, 3458, 314], [1, 42, 977, 12, 13]]
+    got, want = fused.generate_batch(prompts, config), oracle.generate_batch(prompts, config)
+    assert [r.token_ids for r in got] == [r.token_ids for r in want]
+    assert [r.metrics.num_accepted_mismatches for r in got] == [r.metrics.num_accepted_mismatches for r in want]
