@@ -188,6 +188,18 @@ def test_a_full_server_refuses_at_once_and_a_client_that_leaves_frees_its_row(on
     with pytest.raises(ServingError, match=r"server is full: 1 of 1 batch rows decoding and 0 waiting "
                                            r"\(max_queue 0\)"):
         infer_http(one_row_server.http_url, request_arrays("2 + 2 = ?", max_tokens=4))
+    import openai
+
+    from autojudge.serving.openai_api import run_gateway
+
+    ready, bound = threading.Event(), {}
+    threading.Thread(target=run_gateway, args=(one_row_server.grpc_url,), daemon=True,
+                     kwargs={"on_ready": lambda url: (bound.update(url=url), ready.set())}).start()
+    assert ready.wait(30)
+    with pytest.raises(openai.APIStatusError, match="server is full") as refused:
+        openai.OpenAI(base_url=bound["url"], api_key="none", max_retries=0).completions.create(
+            model="autojudge", prompt="2 + 2 =", max_tokens=4)
+    assert refused.value.status_code == 503
     client.stop_stream(cancel_requests=True)  # the client leaves mid-stream
     client.close()
     for _ in range(600):  # its row is freed at the next cycle: a new request gets it
