@@ -173,3 +173,16 @@ def test_on_cuda_the_decoder_commits_what_the_oracle_commits(make_lm):
     got, want = fused.generate_batch(prompts, config), oracle.generate_batch(prompts, config)
     assert [r.token_ids for r in got] == [r.token_ids for r in want]
     assert [r.metrics.num_accepted_mismatches for r in got] == [r.metrics.num_accepted_mismatches for r in want]
+
+
+def test_without_nvcc_the_decoder_falls_back_to_the_oracle(monkeypatch):
+    from autojudge.acceptance import torch_op
+    from autojudge.errors import MissingDependencyError
+
+    judge, *_ = case(0, 1, 2, "draft+target", torch.float32)
+
+    def no_nvcc(*args, **kwargs):
+        raise MissingDependencyError("`nvcc` was not found on PATH")
+    monkeypatch.setattr(torch_op, "build_cuda_library", no_nvcc)
+    with pytest.warns(UserWarning, match="oracle"):
+        assert torch_op.fused_judge_accept(judge, "cpu") is None

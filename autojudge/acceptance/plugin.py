@@ -92,7 +92,9 @@ def build_cuda_library(archs: tuple[str, ...] = DEFAULT_CUDA_ARCHS, defines: tup
     """nvcc build of the kernel as a shared library with a C launch entry point
     (``defines``: e.g. ``AUTOJUDGE_JUDGE_ACCEPT_THREADS=512`` to tune a variant)."""
     nvcc = _tool("nvcc", "install the CUDA toolkit (12.x or 13.x) or put its bin/ on PATH.")
-    gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    # Cubins for each arch, and PTX of the newest so later GPUs (sm_100, ...) JIT it instead of failing to launch.
+    gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs] + [
+        f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
     return _compile("cuda", [nvcc, "-std=c++17", "-O3", *gencode, *(f"-D{d}" for d in defines),
                              "-Xcompiler", "-fPIC", "-shared",
                              "judgeAcceptKernel.cu", "-o", "{out}"], "libjudgeAcceptKernel.so")

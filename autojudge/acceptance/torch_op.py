@@ -18,10 +18,13 @@ launcher choose. They never change the result (the host build ignores them).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from autojudge.acceptance import Acceptance
-from autojudge.acceptance.plugin import KernelCall
+from autojudge.acceptance.plugin import KernelCall, build_cuda_library
+from autojudge.errors import AutoJudgeError
 from autojudge.judge import Judge
 
 
@@ -62,3 +65,15 @@ class TorchJudgeAccept:
         accepted = torch.arange(w, device=device)[None, :] < num_accepted[:, None]  # [B, w]
         mismatch = (draft_tokens.to(device) != target_tokens[:, :w].to(device)) & accepted
         return Acceptance(num_accepted, next_tokens.long(), accepted, mismatch)
+
+
+def fused_judge_accept(judge: Judge, device: torch.device | str) -> TorchJudgeAccept | None:
+    """The op for ``judge`` on a CUDA ``device`` (its library built now, once per machine: nvcc),
+    or None, meaning the oracle, where it cannot be built (no nvcc, a failed compile): judge mode
+    then still runs, only unfused."""
+    try:
+        build_cuda_library()
+    except AutoJudgeError as exc:  # MissingDependencyError is one
+        warnings.warn(f"the judge-accept op is unavailable, judging with the oracle instead: {exc}", stacklevel=2)
+        return None
+    return TorchJudgeAccept(judge, device)

@@ -39,9 +39,9 @@ class InProcessBackend:
     def __init__(self, target: CausalLM, draft: CausalLM | None = None, judge: Judge | None = None):
         self.target, self.draft, self.judge = target, draft, judge
         if judge is not None and target.device.type == "cuda":  # the plugin's kernel as one op, tested equal
-            from autojudge.acceptance.torch_op import TorchJudgeAccept
+            from autojudge.acceptance.torch_op import fused_judge_accept
 
-            self.judge_accept = TorchJudgeAccept(judge, target.device)
+            self.judge_accept = fused_judge_accept(judge, target.device)  # None (the oracle) without nvcc
         self.has_draft = draft is not None
         self.tokenizer, self.eos_token_ids, self.device = target.tokenizer, target.eos_token_ids, target.device
         # Tokens past the smaller vocabulary are padding rows, never real tokens.
