@@ -142,8 +142,11 @@ class KernelCall:
             "draftHidden": None if draft_hidden is None else prepared(draft_hidden),
             "targetHidden": prepared(target_hidden),
             "weight": prepared(weight, torch.float32),
-            "bias": torch.tensor([bias], dtype=torch.float32, device=device),
-            "threshold": prepared(torch.as_tensor(threshold, dtype=torch.float32).expand(batch)),
+            # Scalars by fill kernels, not host-to-device copies, so a call can be made inside CUDA-graph capture.
+            "bias": torch.full((1,), float(bias), dtype=torch.float32, device=device),
+            "threshold": (torch.full((batch,), float(threshold), dtype=torch.float32, device=device)
+                          if isinstance(threshold, (int, float))
+                          else prepared(torch.as_tensor(threshold, dtype=torch.float32).expand(batch))),
         }
         self.result = KernelResult(
             num_accepted=torch.empty(batch, dtype=torch.int32, device=device),
