@@ -6,6 +6,7 @@ exists, its captured graphs replay to the same tokens as its eager steps, for wi
 from __future__ import annotations
 
 import copy
+import gc
 
 import pytest
 import torch
@@ -73,9 +74,11 @@ def test_rows_that_end_early_leave_and_the_caches_are_reused(pair):
     want = eager.generate_batch(PROMPTS, config, eos_token_ids=eos)
     assert len({len(r.token_ids) for r in want}) > 1  # rows really end at different cycles
     same_results(graphed.generate_batch(PROMPTS, config, eos_token_ids=eos), want)
+    gc.collect()  # a finished batch returns its caches when it is collected
     idle = graphed.backend._idle[(len(PROMPTS), True)]
     assert len(idle) == 1  # the batch's caches went back to the backend
     same_results(graphed.generate_batch(PROMPTS, config, eos_token_ids=eos), want)  # reused, reset
+    gc.collect()
     assert len(idle) == 1
 
 
@@ -138,4 +141,5 @@ def test_captured_graphs_replay_what_the_eager_steps_compute(pair, window):
     assert graphed.backend.graphs
     for prompts in (PROMPTS[:1], PROMPTS):
         same_results(graphed.generate_batch(prompts, config), eager.generate_batch(prompts, config))
+    gc.collect()
     assert len(graphed.backend._idle[(1, True)][0][0].graphs) >= 1  # the target's verification was captured
