@@ -1,6 +1,6 @@
 """Issue 21 on one GPU: build, check parity, measure; each part under its own time limit.
 
-    python benchmarks/bench_gpu_h200.py --json-out benchmarks/results/gpu_h200.json   # on the GPU (< 10 min)
+    python benchmarks/bench_gpu_h200.py --json-out benchmarks/results/gpu_h200.json   # on the GPU (~7 min)
     python benchmarks/bench_gpu_h200.py --dry-run                                      # CPU smoke test (~1 min)
 
 Parts, in order (``--parts`` picks some; ``--budget PART=SECONDS`` changes a limit; a part
@@ -62,8 +62,8 @@ from autojudge.testing.forced_acceptance import ForcedAcceptance, agreement_for_
 
 WINDOWS = (1, 2, 4, 8, 16, 32, 64)
 TAUS = (2.0, 3.0, 5.0)
-BUDGETS_S = {"build": 60, "op_parity": 25, "graph_parity": 40, "cycle_cost": 90, "judge_op": 10,
-             "kernel_worst": 15, "end_to_end": 110, "hf_assisted": 40, "mining": 25}  # 415 s + ~30 s of set-up
+BUDGETS_S = {"build": 45, "op_parity": 20, "graph_parity": 35, "cycle_cost": 80, "judge_op": 10,
+             "kernel_worst": 15, "end_to_end": 100, "hf_assisted": 35, "mining": 20}  # 360 s + ~30 s of set-up
 
 
 class OutOfTime(Exception):
