@@ -149,7 +149,8 @@ MIXED = [  # one request each, as a server's clients send them: every mode, its 
 def test_requests_that_join_and_leave_a_running_batch_get_what_they_get_alone(pair, chunk):
     """Continuous batching: requests with different modes, windows, thresholds and budgets join
     a running batch at different cycles (their prompts fed whole, or 4 tokens a cycle), one is
-    cancelled on the way; every other request equals its batch-1 decode, metrics included."""
+    cancelled on the way (while its prompt is fed, when chunked); every other request equals its
+    batch-1 decode, metrics included."""
     from autojudge.decoding.loop import Running
 
     target, draft = pair
@@ -161,8 +162,8 @@ def test_requests_that_join_and_leave_a_running_batch_get_what_they_get_alone(pa
         if cycle % 2 == 0 and len(index) < len(MIXED):  # a request joins every other cycle
             i = len(index)
             index[i] = running.join([prompts[i]], MIXED[i])[0]
-        if cycle == 5:
-            cancelled = index[1]
+        if cycle == 5:  # the lossless W7 request, which joined a cycle ago (still feeding its prompt when chunked)
+            cancelled = index[2]
             running.cancel(cancelled)
         ended.update(running.cycle())
         if len(index) == len(MIXED) and not running.active:
@@ -209,3 +210,31 @@ def test_a_long_prompt_is_fed_in_chunks_beside_running_rows(pair):
         want = decoder.generate(prompt, config, eos_token_ids=frozenset())
         got = running.pop(index)
         assert got.token_ids == want.token_ids and got.metrics.num_target_calls == want.metrics.num_target_calls
+
+
+def test_a_batch_that_never_empties_does_not_grow(pair):
+    """Rows keep joining and leaving a running batch for many cycles (a server's life): holes left by
+    departed rows, late joiners and rejected drafts are squeezed out, so the caches stay within twice
+    their longest row (plus HOLE_SLACK), and every request still gets its batch-1 tokens."""
+    from autojudge.decoding.in_process import HOLE_SLACK
+    from autojudge.decoding.loop import Running
+
+    target, draft = pair
+    decoder = SpeculativeDecoder(target, draft)
+    config = DecodeConfig(mode="lossless", window=4, max_new_tokens=12)
+    running = Running(decoder.backend, frozenset())
+    joined, widest = {}, 0
+    for cycle in range(120):
+        if len(running.active) < 3:
+            prompt = PROMPTS[cycle % len(PROMPTS)]
+            joined[running.join([prompt], config)[0]] = prompt
+        running.cycle()
+        if running.active:
+            for cache in (running.state.target_cache, running.state.draft_cache):
+                assert cache.width <= 2 * int(cache.lengths.max()) + HOLE_SLACK
+                widest = max(widest, cache.width)
+    while running.active:
+        running.cycle()
+    alone = {tuple(p): decoder.generate(p, config, eos_token_ids=frozenset()).token_ids for p in PROMPTS}
+    assert len(joined) > 20 and all(running.pop(i).token_ids == alone[tuple(p)] for i, p in joined.items())
+    assert widest > 40  # holes did pile up, and were squeezed out

@@ -73,6 +73,11 @@ def test_a_full_queue_is_refused_at_once_naming_the_limit(decoder):
                                              r"\(max_queue 1\)"):
             batcher.submit(PROMPTS[2], config, lambda r, e: done.append(e))
         hold.set()
+        for _ in range(1200):
+            if len(done) == 2:
+                break
+            threading.Event().wait(0.05)
+        assert done == [None, None]  # the two it took were answered
     finally:
         batcher.close()
 
@@ -135,3 +140,46 @@ def test_bad_requests_and_failing_callbacks_never_stop_the_batch(decoder):
         batcher.close()
     with pytest.raises(AutoJudgeError, match="shutting down"):
         batcher.submit(PROMPTS[0], DecodeConfig(), lambda r, e: None)
+
+
+def test_a_failing_cycle_fails_its_requests_and_the_batch_starts_afresh(decoder, monkeypatch):
+    """A cycle that raises (out of memory, say) fails the requests decoding then, with the error;
+    requests after it get their own right answers from a fresh batch."""
+    from autojudge.decoding.loop import Running
+
+    batcher = ContinuousBatcher(decoder, max_batch=4, max_queue=4)
+    try:
+        real, calls = Running.cycle, {"n": 0}
+
+        def flaky(self):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise RuntimeError("CUDA out of memory (simulated)")
+            return real(self)
+
+        monkeypatch.setattr(Running, "cycle", flaky)
+        with pytest.raises(AutoJudgeError, match="internal error: RuntimeError: CUDA out of memory"):
+            batcher.generate(PROMPTS[0], DecodeConfig(max_new_tokens=400), timeout=60)
+        config = DecodeConfig(mode="lossless", window=3, max_new_tokens=6)
+        after = batcher.generate(PROMPTS[1], config, timeout=60)
+        assert after.token_ids == decoder.generate(PROMPTS[1], config).token_ids
+    finally:
+        batcher.close()
+
+
+def test_generate_from_a_callback_is_refused_not_a_deadlock(decoder):
+    batcher = ContinuousBatcher(decoder, max_batch=2, max_queue=2)
+    try:
+        seen = []
+
+        def nested(ids, metrics):
+            if not seen:
+                try:
+                    batcher.generate(PROMPTS[1], DecodeConfig(max_new_tokens=2))
+                except AutoJudgeError as exc:
+                    seen.append(str(exc))
+
+        batcher.generate(PROMPTS[0], DecodeConfig(max_new_tokens=4), on_tokens=nested, timeout=60)
+        assert seen and "would wait for itself" in seen[0]
+    finally:
+        batcher.close()

@@ -112,6 +112,30 @@ def test_a_batch_through_the_executors_equals_the_in_process_batch(pair64, tmp_p
         assert sum(r.metrics.num_draft_tokens - r.metrics.num_accepted_tokens for r in served) > 0
 
 
+@pytest.mark.parametrize("chunk", [None, 3], ids=["whole-prefill", "chunked-prefill"])
+def test_requests_with_their_own_windows_share_the_executors_and_get_what_they_get_alone(pair64, tmp_path, chunk):
+    """Continuous batching over the executors: a target-only row, a W=4 and a W=1 lossless row and a
+    judge row in one running batch (prompts fed whole or 3 tokens a cycle). A row's pass must carry
+    only its own drafts: a draft past its window equal to the token it then commits would make the
+    next pass reuse that block, whose context state is never written (copyAdditionalOutputs)."""
+    from autojudge.decoding.loop import Running
+
+    target, draft = pair64
+    judge = random_judge(target, draft, "draft+target")
+    backend = emulated_backend(tmp_path, target, draft, judge, dtype="float64")
+    decoder = SpeculativeDecoder(target, draft, judge)
+    requests = [(PROMPT, DecodeConfig(mode="target", max_new_tokens=16)),
+                ([1, 42, 977, 5, 6], DecodeConfig(mode="lossless", window=4, max_new_tokens=16)),
+                (PROMPT, DecodeConfig(mode="lossless", window=1, max_new_tokens=16)),
+                (PROMPT[:6], DecodeConfig(mode="judge", window=3, max_new_tokens=16))]
+    running = Running(backend, frozenset(), prefill_chunk=chunk)
+    index = [running.join([p], c)[0] for p, c in requests]
+    while running.active:
+        running.cycle()
+    for i, (prompt, config) in zip(index, requests):
+        same_run(running.pop(i), decoder.generate(prompt, config, eos_token_ids=frozenset()))
+
+
 def test_every_request_asks_for_what_the_backend_reads(pair, tmp_path):
     """The fields the real executor acts on: greedy sampling, the draft's w (+1) new tokens and its
     generation states, the target's one-token context pass over sequence + drafts with its context

@@ -12,8 +12,9 @@ Glossary
 - **sequence**: a row's prompt and committed tokens (Python ints). Every operation gets them
   all; a backend with caches reads only what its caches have not seen, a stateless one
   sends them whole.
-- **w**: this cycle's window, the same for every row (a row near its budget uses fewer of
-  its positions; the loop clamps its acceptance).
+- **w**: this cycle's window, the widest any row drafts; a row with a smaller window of its
+  own (its request's, its budget's, adaptive, or 0 while its prompt is fed in chunks) uses only
+  its first positions: the loop clamps its acceptance and tells ``verify`` (``windows``).
 """
 
 from __future__ import annotations
@@ -50,8 +51,12 @@ class BatchState(Protocol):
     def propose(self, sequences: Sequence[list[int]], w: int, need_hidden: bool) -> Proposal:
         """Greedy-draft w tokens after each sequence."""
 
-    def verify(self, sequences: Sequence[list[int]], draft_tokens: torch.Tensor, need_logits: bool) -> Verification:
-        """One target pass over each sequence + its draft tokens [B, w]."""
+    def verify(self, sequences: Sequence[list[int]], draft_tokens: torch.Tensor, need_logits: bool,
+               windows: torch.Tensor | None = None) -> Verification:
+        """One target pass over each sequence + its draft tokens [B, w]. ``windows`` [B]: how many
+        of its drafts each row may accept (None: all w); positions past a row's window are never
+        read by the loop, so a backend may skip them (a backend whose caches must not see tokens the
+        row never drafts, as the TensorRT-LLM one, must)."""
 
     def keep(self, lengths: torch.Tensor) -> None:
         """Row b is now ``lengths[b]`` [B] tokens long: forget any state past that."""

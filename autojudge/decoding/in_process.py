@@ -7,7 +7,9 @@ hole (cropped away when no row needs the slot; a batch of one never holds a hole
 
 Cache invariant: after a cycle the target cache holds every committed token but the last
 (which the next verification feeds first); the draft cache holds a prefix of the committed
-tokens and lags by whatever it has not read yet.
+tokens and lags by whatever it has not read yet. Holes left by rows that left, rows that
+joined late and rejected drafts are squeezed out (``compact``) once a cache is more than twice
+as wide as its longest row, so a batch that never empties (a server's) does not grow.
 
 On CPUs a batch is cheap (the weights are read once: a [16, 5] target verification costs
 ~4.5x a [1, 5] one on 2 cores, not 16x). Outputs of a batch equal each row decoded alone up
@@ -27,6 +29,8 @@ from autojudge.decoding.loop import SpeculativeLoop
 from autojudge.judge import Judge
 from autojudge.models import CausalLM
 from autojudge.models.ragged_cache import RaggedCache
+
+HOLE_SLACK = 32  # a cache wider than twice its longest row plus this many slots is compacted
 
 
 class InProcessBackend:
@@ -78,7 +82,8 @@ class InProcessBatch:
             drafted.append(fed)
         return Proposal(torch.cat(drafted, dim=1), torch.cat(states, dim=1) if need_hidden else None)
 
-    def verify(self, sequences: Sequence[list[int]], draft_tokens: torch.Tensor, need_logits: bool) -> Verification:
+    def verify(self, sequences: Sequence[list[int]], draft_tokens: torch.Tensor, need_logits: bool,
+               windows: torch.Tensor | None = None) -> Verification:  # (windows: unread drafts become holes)
         target, w = self.b.target, draft_tokens.shape[1]
         ids, fed = self.target_cache.unread(sequences, self.b.pad_id)  # [B, U]
         block = torch.cat([ids, draft_tokens], dim=1)  # [B, U + w]
@@ -93,10 +98,19 @@ class InProcessBatch:
     def keep(self, lengths: torch.Tensor) -> None:
         for cache in self._caches():
             cache.keep(lengths)
+        self._squeeze()
 
     def select(self, rows: torch.Tensor) -> None:
         for cache in self._caches():
             cache.select(rows)
+        self._squeeze()
+
+    def _squeeze(self) -> None:
+        """A batch that never empties piles holes up: compact a cache grown past twice its longest
+        row (a static cache, autojudge.gpu, has none to squeeze)."""
+        for cache in self._caches():
+            if isinstance(cache, RaggedCache) and cache.width > 2 * int(cache.lengths.max()) + HOLE_SLACK:
+                cache.compact()
 
     def join(self, count: int) -> None:
         for cache in self._caches():

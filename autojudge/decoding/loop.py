@@ -99,6 +99,8 @@ class Running:
             raise AutoJudgeError("every prompt must have at least one token")
         if config.mode != "target" and not self.uses_draft:
             raise AutoJudgeError("this batch was opened without the draft (target mode only)")
+        if self.prefill_chunk is not None and self.prefill_chunk < 1:
+            raise AutoJudgeError(f"prefill_chunk must be >= 1 (or None: whole prompts), got {self.prefill_chunk}")
         if config.adaptive and config.mode != "target" and self.cost is None:
             raise AutoJudgeError("adaptive speculation needs the measured cycle cost (Running(cost=...))")
         now, threshold = time.perf_counter(), config.judge_threshold(backend.judge)
@@ -153,7 +155,7 @@ class Running:
 
         # --- verify: one target pass over each row's unseen tokens + its w draft tokens
         need_logits = bool(w) and any(r.config.mode in LOGIT_MODES for r in rows)
-        verification = state.verify(sequences, draft_tokens, need_logits=need_logits)
+        verification = state.verify(sequences, draft_tokens, need_logits=need_logits, windows=row_w)
 
         # --- accept, each group of rows by its own rule
         num_accepted, mismatch_accepted = self._accept(rows, draft_tokens, draft_hidden, verification)

@@ -199,7 +199,8 @@ class GraphBatch(InProcessBatch):
         n = self.live
         return Proposal(torch.cat(drafted, dim=1)[:n], torch.cat(states, dim=1)[:n] if need_hidden else None)
 
-    def verify(self, sequences: Sequence[list[int]], draft_tokens: torch.Tensor, need_logits: bool) -> Verification:
+    def verify(self, sequences: Sequence[list[int]], draft_tokens: torch.Tensor, need_logits: bool,
+               windows: torch.Tensor | None = None) -> Verification:  # (windows: unread drafts are cropped by keep)
         """As InProcessBatch.verify: one pass over each row's unread tail + its w drafts
         (graphed when the tail is the one last committed token)."""
         target, w = self.target, draft_tokens.shape[1]

@@ -62,6 +62,7 @@ class ContinuousBatcher:
                                uses_draft=backend.has_draft)
         self.queue: deque[_Ticket] = deque()
         self.tickets: dict[int, _Ticket] = {}  # running row index -> its ticket
+        self.pending: list[_Ticket] = []  # taken off the queue, not yet in ``tickets``
         self.cond = threading.Condition()
         self.closed = False
         self.thread = threading.Thread(target=self._serve, name="autojudge-batch", daemon=True)
@@ -84,9 +85,9 @@ class ContinuousBatcher:
         with self.cond:
             if self.closed:
                 raise AutoJudgeError("the model is shutting down")
-            waiting = len(self.queue)
-            if waiting >= max(0, self.max_batch - len(self.tickets)) + self.max_queue:
-                raise ServerFull(f"server is full: {len(self.tickets)} of {self.max_batch} batch rows decoding and "
+            waiting, decoding = len(self.queue), len(self.tickets) + len(self.pending)
+            if waiting >= max(0, self.max_batch - decoding) + self.max_queue:
+                raise ServerFull(f"server is full: {decoding} of {self.max_batch} batch rows decoding and "
                                  f"{waiting} waiting (max_queue {self.max_queue}); retry later, or raise max_queue "
                                  "or the instances")
             self.queue.append(_Ticket(list(prompt), config, on_tokens, on_done, is_cancelled))
@@ -94,7 +95,10 @@ class ContinuousBatcher:
 
     def generate(self, prompt: Sequence[int], config: DecodeConfig, on_tokens: OnTokens | None = None,
                  timeout: float | None = None) -> GenerationResult:
-        """Submit and wait (for callers without a thread of their own)."""
+        """Submit and wait (for callers without a thread of their own; never from a callback, which
+        runs on the batch thread this would wait for)."""
+        if threading.current_thread() is self.thread:
+            raise AutoJudgeError("generate() called from the batch thread (a callback) would wait for itself")
         done = threading.Event()
         box: dict = {}
 
@@ -110,10 +114,11 @@ class ContinuousBatcher:
         return box["result"]
 
     def close(self) -> None:
+        """Stop: requests still decoding or waiting get "the model is shutting down"."""
         with self.cond:
             self.closed = True
             self.cond.notify()
-        self.thread.join(timeout=30)
+        self.thread.join()
 
     @property
     def load(self) -> tuple[int, int]:
@@ -123,33 +128,46 @@ class ContinuousBatcher:
 
     # ------------------------------------------------------------------ the batch thread
     def _serve(self) -> None:
-        running = self.running
         while True:
             with self.cond:
-                while not self.closed and not self.queue and not running.active:
+                while not self.closed and not self.queue and not self.running.active:
                     self.cond.wait()
                 if self.closed:
                     break
-                joining = [self.queue.popleft() for _ in range(min(len(self.queue),
-                                                                   self.max_batch - len(running.active)))]
-            for ticket in joining:
-                self._join(ticket)
-            for index, ticket in list(self.tickets.items()):
-                if ticket.is_cancelled is not None and _quietly(ticket.is_cancelled, failed=True):
-                    running.cancel(index)
+                self._drop_abandoned()
+                room = self.max_batch - len(self.running.active)
+                self.pending = [self.queue.popleft() for _ in range(min(len(self.queue), room))]
             try:
-                ended = running.cycle()
+                self._step()
             except Exception as exc:  # noqa: BLE001 - a failing cycle fails its rows, never the thread
                 self._fail_all(f"internal error: {type(exc).__name__}: {exc}")
-                continue
-            for index in ended:
-                ticket = self.tickets.pop(index)
-                _quietly(ticket.on_done, running.pop(index), None)
         self._fail_all("the model is shutting down")
         with self.cond:
             waiting, self.queue = list(self.queue), deque()
         for ticket in waiting:
             _quietly(ticket.on_done, None, "the model is shutting down")
+
+    def _step(self) -> None:
+        """Let the pending requests in, drop the rows whose clients left, run one cycle, hand out
+        what ended."""
+        while self.pending:
+            self._join(self.pending[0])
+        for index, ticket in list(self.tickets.items()):
+            if ticket.is_cancelled is not None and _quietly(ticket.is_cancelled, failed=True):
+                self.running.cancel(index)
+        ended = self.running.cycle()
+        for index in ended:
+            ticket = self.tickets.pop(index, None)
+            result = self.running.pop(index)
+            if ticket is not None:
+                _quietly(ticket.on_done, result, None)
+
+    def _drop_abandoned(self) -> None:
+        """Waiting requests whose clients have left give up their places (under the lock)."""
+        gone = [t for t in self.queue if t.is_cancelled is not None and _quietly(t.is_cancelled, failed=True)]
+        for ticket in gone:
+            self.queue.remove(ticket)
+            _quietly(ticket.on_done, None, "cancelled while waiting")
 
     def _join(self, ticket: _Ticket) -> None:
         stream = None
@@ -159,22 +177,24 @@ class ContinuousBatcher:
                     on_tokens(ids, metrics)
                 except Exception:  # noqa: BLE001 - a client we cannot send to has gone: its row leaves
                     self.running.cancel(row)
-        try:
+        try:  # (an AutoJudgeError is a refusal, raised before the batch changes; anything else fails it)
             index = self.running.join([ticket.prompt], ticket.config, stream)[0]
         except AutoJudgeError as exc:
+            with self.cond:
+                self.pending.pop(0)
             _quietly(ticket.on_done, None, str(exc))
             return
         with self.cond:
-            self.tickets[index] = ticket
+            self.tickets[index] = self.pending.pop(0)
 
     def _fail_all(self, error: str) -> None:
-        """Every decoding request gets ``error``; the batch starts afresh."""
+        """Every decoding request gets ``error``; the batch starts afresh (new row indices, new caches)."""
         old = self.running
         with self.cond:
-            tickets, self.tickets = self.tickets, {}
+            tickets, self.tickets, pending, self.pending = self.tickets, {}, self.pending, []
         self.running = Running(old.backend, old.eos, old.cost, prefill_chunk=old.prefill_chunk,
                                uses_draft=old.uses_draft)
-        for ticket in tickets.values():
+        for ticket in [*tickets.values(), *pending]:
             _quietly(ticket.on_done, None, error)
 
 

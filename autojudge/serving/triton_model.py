@@ -93,12 +93,15 @@ class TritonPythonModel:
             sender.send(self._response(response_arrays(text, ids, metrics)))
 
         def on_done(answer, error):
-            if sender.is_cancelled():  # nobody is listening: only the final flag
+            try:
+                if sender.is_cancelled():  # nobody is listening: only the final flag
+                    sender.send(flags=final)
+                elif error is not None:
+                    sender.send(self._response(error=error), flags=final)
+                else:
+                    sender.send(self._response(response_arrays(*answer)), flags=final)
+            except Exception:  # noqa: BLE001 - the request must still be completed, or Triton holds it
                 sender.send(flags=final)
-            elif error is not None:
-                sender.send(self._response(error=error), flags=final)
-            else:
-                sender.send(self._response(response_arrays(*answer)), flags=final)
 
         try:
             serve_request = parse_request(self._raw_inputs(request), self.service.defaults)

@@ -59,8 +59,9 @@ class ForcedBatch:
     def __getattr__(self, name: str):  # propose, keep, select, join
         return getattr(self.state, name)
 
-    def verify(self, sequences: Sequence[list[int]], draft_tokens: torch.Tensor, need_logits: bool) -> Verification:
-        verification = self.state.verify(sequences, draft_tokens, need_logits)
+    def verify(self, sequences: Sequence[list[int]], draft_tokens: torch.Tensor, need_logits: bool,
+               windows: torch.Tensor | None = None) -> Verification:
+        verification = self.state.verify(sequences, draft_tokens, need_logits, windows)
         w = draft_tokens.shape[1]
         agree = (torch.rand(draft_tokens.shape, generator=self.generator) < self.p).to(draft_tokens.device)  # [B, w]
         tokens = verification.tokens.clone()  # [B, w+1]

@@ -32,7 +32,8 @@ not already hold, and the rows of reused tokens are left unwritten (inflightBatc
 tokens). So the target returns final-norm states, not logits, and each row's requests carry a
 cache salt of their own: a row then only ever reuses its own earlier requests, none of which held
 its last committed token at that position (the token a cycle commits last is the target's, where
-the request had a different draft or nothing), so the last w+1 rows are always computed.
+the request had a different draft or nothing: each pass carries only the drafts its row may
+accept, ``verify(windows=)``), so the last w+1 rows are always computed.
 """
 
 from __future__ import annotations
@@ -171,12 +172,17 @@ class _Batch:
         hidden = pad_sequence(states, batch_first=True) if need_hidden else None  # [B, w', Hd]
         return Proposal(tokens.to(b.device), hidden, lengths.to(b.device))
 
-    def verify(self, sequences: Sequence[list[int]], draft_tokens: torch.Tensor, need_logits: bool) -> Verification:
+    def verify(self, sequences: Sequence[list[int]], draft_tokens: torch.Tensor, need_logits: bool,
+               windows: torch.Tensor | None = None) -> Verification:
+        """Each row's pass carries only the drafts it may accept: a draft past its window could equal
+        the token the row commits there, and the next pass would then reuse that block unwritten."""
         b = self.b
         w = draft_tokens.shape[1]
-        passes = [list(seq) + row for seq, row in zip(sequences, draft_tokens.tolist())]
-        hidden = torch.stack([verified_rows(states, w) for states in b.target.context_states(passes, self.salts)])
-        hidden = hidden.to(b.device)  # [B, w+1, Ht]
+        own = [w] * len(sequences) if windows is None else windows.tolist()  # [B] drafts per row
+        passes = [list(seq) + row[:k] for seq, row, k in zip(sequences, draft_tokens.tolist(), own)]
+        states = [verified_rows(s, k) for s, k in zip(b.target.context_states(passes, self.salts), own)]
+        states[0] = torch.cat([states[0], states[0].new_zeros(w + 1 - len(states[0]), states[0].shape[1])])
+        hidden = pad_sequence(states, batch_first=True).to(b.device)  # [B, w+1, Ht] (zeros past a row's window)
         logits = b.lm_head(hidden)[..., : b.vocab].float()  # [B, w+1, V]
         return Verification(logits.argmax(-1), hidden, logits[:, :w] if need_logits else None)
 
