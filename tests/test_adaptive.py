@@ -7,7 +7,7 @@ import pytest
 from conftest import perturbed, tiny_model
 
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder
-from autojudge.decoding.adaptive import CycleCost, WindowController, expected_tokens
+from autojudge.decoding.adaptive import BatchProbes, CycleCost, ObservedCost, WindowController, expected_tokens
 
 PROMPT = [1, 504, 3458, 314, 253, 1234, 17, 2800, 30]
 
@@ -73,3 +73,33 @@ def test_the_cycle_cost_is_measured_with_the_backends_own_steps(lm, make_lm):
     cost = decoder.cycle_cost(PROMPT, 8)
     assert cost.target > 0 and cost.draft > 0 and cost.target_per_token >= 0
     assert decoder.cycle_cost(PROMPT, 8) is cost  # measured once
+
+
+def test_a_batch_probes_together_and_backs_off():
+    """Several hopeless rows: one row's probe would make the whole batch wait for a draft step, so
+    the batch grants probes together after its wait, and doubles the wait while they do not pay."""
+    cost = CycleCost(1.0, 0.1, 0.3)
+    rows = [(WindowController(8, cost, prior=0.05, prior_weight=100, probe_every=1), 8, True) for _ in range(3)]
+    for ctl, _, _ in rows:
+        ctl.update(0, 0)  # idle: every row would like to probe now
+    probes, granted = BatchProbes(probe_every=2, max_probe_every=8), []
+    for cycle in range(30):
+        windows = probes.windows(rows, cost)
+        granted.append(max(windows))
+        for (ctl, _, _), w in zip(rows, windows):
+            ctl.update(w, 0)  # nothing is ever accepted
+    probe_cycles = [i for i, w in enumerate(granted) if w]
+    assert probe_cycles[:4] == [2, 7, 16, 25]  # waits of 2, 4, 8, 8 idle cycles
+    assert all(granted[i] == 1 for i in probe_cycles)  # one token, every row at once (its windows: [1, 1, 1])
+
+
+def test_the_observed_cost_corrects_the_start_up_model():
+    model = CycleCost(target=1.0, target_per_token=0.1, draft=0.1, target_per_row=0.5)
+    cost = ObservedCost(model)
+    assert cost.cycle(2, 4) == model.cycle(2, 4)  # nothing seen: the model
+    cost.observe(0, 4, 3 * model.cycle(0, 4))  # this batch's cycles cost 3x what start-up measured
+    assert cost.cycle(2, 4) == pytest.approx(3 * model.cycle(2, 4)) and cost.cycle(2, 1) == model.cycle(2, 1)
+    cost.observe(2, 4, 10.0)  # a window already run costs what it cost
+    assert cost.cycle(2, 4) == 10.0
+    cost.observe(2, 4, 20.0)
+    assert cost.cycle(2, 4) == pytest.approx(0.8 * 10 + 0.2 * 20)

@@ -133,11 +133,14 @@ class WindowController:
         self.trials = self.memory * self.trials + accepted + rejected
 
 
-def batch_windows(rows: list[tuple[WindowController, int, bool]], cost: CycleCost) -> list[int]:
+def batch_windows(rows: list[tuple[WindowController, int, bool]], cost: CycleCost, probe: bool = True) -> list[int]:
     """Each row's window for the next cycle. ``rows``: (its estimate, the most it may draft now,
-    whether it adapts). A fixed row drafts its most; a probing row one token; the other adaptive
-    rows share the cap c that maximises the batch's expected tokens per unit of its cycle cost."""
-    fixed = [most if not adaptive else (min(1, most) if ctl.probing else None) for ctl, most, adaptive in rows]
+    whether it adapts). A fixed row drafts its most; a probing row one token (when ``probe``:
+    in a batch one row's probe makes every row wait for a draft step, so the batch grants probes
+    together, :class:`BatchProbes`); the other adaptive rows share the cap c that maximises the
+    batch's expected tokens per unit of its cycle cost."""
+    fixed = [most if not adaptive else (min(1, most) if probe and ctl.probing else None)
+             for ctl, most, adaptive in rows]
     choices = range(max((most for _, most, adaptive in rows if adaptive), default=0) + 1)
 
     def windows(c: int) -> list[int]:
@@ -149,3 +152,47 @@ def batch_windows(rows: list[tuple[WindowController, int, bool]], cost: CycleCos
             max(ws, default=0), len(rows))
 
     return windows(max(choices, key=value))
+
+
+class BatchProbes:
+    """When a batch of several rows may probe: after ``probe_every`` cycles without drafting, all
+    its probing rows look at once; while the batch's probes do not make it draft by choice, the
+    wait doubles (up to ``max_probe_every``). A batch of one leaves it to its row's controller."""
+
+    def __init__(self, probe_every: int = 8, max_probe_every: int = 128):
+        self.probe_every, self.max_probe_every = probe_every, max_probe_every
+        self.wait, self.idle = probe_every, 0
+
+    def windows(self, rows: list[tuple[WindowController, int, bool]], cost: CycleCost) -> list[int]:
+        if len(rows) == 1:
+            return batch_windows(rows, cost)
+        chosen = batch_windows(rows, cost, probe=False)  # what the batch drafts by choice
+        if max(chosen, default=0) > 0:
+            self.wait, self.idle = self.probe_every, 0
+            return chosen
+        if self.idle >= self.wait and any(ctl.probing for ctl, _, adaptive in rows if adaptive):
+            self.wait, self.idle = min(2 * self.wait, self.max_probe_every), 0
+            return batch_windows(rows, cost, probe=True)
+        self.idle += 1
+        return chosen
+
+
+class ObservedCost:
+    """The start-up :class:`CycleCost`, corrected by what this batch's cycles really cost (a served
+    batch has holes, longer contexts and per-row I/O the start-up measurement does not see): a
+    (batch size, window) already run costs its decayed measured mean; another is the model's
+    figure scaled as the measured ones at that batch size compare with the model's."""
+
+    def __init__(self, model: CycleCost, memory: float = 0.8):
+        self.model, self.memory = model, memory
+        self.seen: dict[tuple[int, int], float] = {}  # (batch, w) -> seconds per cycle
+
+    def observe(self, w: int, batch: int, seconds: float) -> None:
+        old = self.seen.get((batch, w))
+        self.seen[(batch, w)] = seconds if old is None else self.memory * old + (1 - self.memory) * seconds
+
+    def cycle(self, w: int, batch: int = 1) -> float:
+        if (batch, w) in self.seen:
+            return self.seen[(batch, w)]
+        ratios = [s / self.model.cycle(v, b) for (b, v), s in self.seen.items() if b == batch]
+        return self.model.cycle(w, batch) * (sum(ratios) / len(ratios) if ratios else 1.0)

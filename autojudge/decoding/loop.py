@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from autojudge.acceptance import Acceptance, accept, fly_mismatch_ok, judge_mismatch_ok, topk_mismatch_ok
-from autojudge.decoding.adaptive import CycleCost, WindowController, batch_windows
+from autojudge.decoding.adaptive import BatchProbes, CycleCost, ObservedCost, WindowController
 from autojudge.decoding.backend import Backend, BatchState, Verification
 from autojudge.decoding.config import LOGIT_MODES, DecodeConfig, GenerationResult
 from autojudge.decoding.metrics import SpecDecodeMetrics
@@ -80,13 +80,19 @@ class Running:
 
     backend: Backend
     eos: frozenset[int]
-    cost: CycleCost | None = None
+    cost: CycleCost | ObservedCost | None = None
     prefill_chunk: int | None = None
     uses_draft: bool = True  # False: the batch never drafts (target mode only), no draft cache
+    observe_costs: bool = False  # adaptive rows: correct ``cost`` by timing the batch's own cycles (a server)
     rows: dict[int, _Row] = field(default_factory=dict)  # every row not yet popped, by index
     active: list[_Row] = field(default_factory=list)  # batch row -> its _Row
     state: BatchState | None = None
     joined: int = 0  # rows that ever joined
+    probes: BatchProbes = field(default_factory=BatchProbes)  # when adaptive rows of a batch may probe
+
+    def __post_init__(self) -> None:
+        if self.observe_costs and isinstance(self.cost, CycleCost):
+            self.cost = ObservedCost(self.cost)
 
     @torch.inference_mode()
     def join(self, prompts: Sequence[Sequence[int]], config: DecodeConfig = DecodeConfig(),
@@ -133,7 +139,7 @@ class Running:
         if not self.active:
             return ended
         backend, rows, state = self.backend, self.active, self.state
-        device = backend.device
+        device, started = backend.device, time.perf_counter()
         chunk = self.prefill_chunk or 0
         fed = [min(row.prompt_len, row.fed + chunk) if row.prefilling else len(row.tokens) for row in rows]
         sequences = [row.tokens[:n] for row, n in zip(rows, fed)]
@@ -183,17 +189,19 @@ class Running:
             else:
                 ended.append(row.index)
         self._keep_rows(still)
+        if isinstance(self.cost, ObservedCost):
+            self.cost.observe(w, len(rows), time.perf_counter() - started)
         return ended
 
     def _windows(self, rows: list[_Row], feeding: list[bool]) -> list[int]:
         """Each row's window this cycle: 0 while feeding its prompt; never past its budget; adaptive
-        rows by :func:`batch_windows` over the whole batch."""
+        rows by :func:`~autojudge.decoding.adaptive.batch_windows` over the whole batch."""
         most = [0 if part else max(0, min(row.window, row.config.max_new_tokens - len(row.generated) - 1))
                 for row, part in zip(rows, feeding)]
         if not any(row.config.adaptive and row.window for row in rows):
             return most
-        return batch_windows([(row.controller, m, row.config.adaptive and bool(row.window))
-                              for row, m in zip(rows, most)], self.cost)
+        return self.probes.windows([(row.controller, m, row.config.adaptive and bool(row.window))
+                                    for row, m in zip(rows, most)], self.cost)
 
     def _accept(self, rows: list[_Row], draft_tokens: torch.Tensor, draft_hidden: torch.Tensor | None,
                 verification: Verification) -> tuple[torch.Tensor, torch.Tensor]:

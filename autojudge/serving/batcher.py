@@ -2,13 +2,14 @@
 
 A request joins the running batch at the next cycle (its prompt fed ``prefill_chunk`` tokens a
 cycle, so a long prompt never stalls the others for long), streams its tokens as cycles commit
-them, and leaves when it ends, or at the next cycle after its client went away. Each keeps its
+them, and leaves when it ends, or within ``CANCEL_CHECK_S`` of its client going away. Each keeps its
 own mode, window, threshold, stop strings and budget (:class:`autojudge.decoding.loop.Running`).
 
 Admission: at most ``max_batch`` requests decode at once; up to ``max_queue`` more wait, and
 one more is refused at once with :class:`ServerFull`, naming the limit (never a hang).
 Adaptive requests are scheduled with a cycle cost measured when the batcher starts, at one
-row and at ``max_batch`` rows (:func:`autojudge.decoding.adaptive.batch_windows`).
+row and at ``max_batch`` rows, corrected by the batch's own timed cycles
+(:class:`autojudge.decoding.adaptive.ObservedCost`, :func:`~autojudge.decoding.adaptive.batch_windows`).
 
 Glossary
 - **ticket**: a submitted request's callbacks; it lives until ``on_done`` has been called.
@@ -20,6 +21,7 @@ Glossary
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from autojudge.decoding.metrics import SpecDecodeMetrics
 from autojudge.errors import AutoJudgeError
 
 OnTokens = Callable[[list[int], SpecDecodeMetrics], None]
+CANCEL_CHECK_S = 0.2  # how often the batch asks whether decoding requests' clients are still there
 OnDone = Callable[[GenerationResult | None, str | None], None]
 
 
@@ -59,10 +62,11 @@ class ContinuousBatcher:
         if backend.has_draft and cost_prompt:  # the machine's cycle cost, at 1 and at max_batch rows
             cost = loop.cycle_cost(list(cost_prompt), min(cost_window, backend.max_window), batch=max_batch)
         self.running = Running(backend, backend.eos_token_ids, cost, prefill_chunk=prefill_chunk,
-                               uses_draft=backend.has_draft)
+                               uses_draft=backend.has_draft, observe_costs=True)
         self.queue: deque[_Ticket] = deque()
         self.tickets: dict[int, _Ticket] = {}  # running row index -> its ticket
         self.pending: list[_Ticket] = []  # taken off the queue, not yet in ``tickets``
+        self.checked = 0.0  # when clients were last asked whether they are still there
         self.cond = threading.Condition()
         self.closed = False
         self.thread = threading.Thread(target=self._serve, name="autojudge-batch", daemon=True)
@@ -152,9 +156,12 @@ class ContinuousBatcher:
         what ended."""
         while self.pending:
             self._join(self.pending[0])
-        for index, ticket in list(self.tickets.items()):
-            if ticket.is_cancelled is not None and _quietly(ticket.is_cancelled, failed=True):
-                self.running.cancel(index)
+        now = time.monotonic()
+        if now - self.checked >= CANCEL_CHECK_S:  # each check is a round trip to the server (Triton IPC)
+            self.checked = now
+            for index, ticket in list(self.tickets.items()):
+                if ticket.is_cancelled is not None and _quietly(ticket.is_cancelled, failed=True):
+                    self.running.cancel(index)
         ended = self.running.cycle()
         for index in ended:
             ticket = self.tickets.pop(index, None)
@@ -193,7 +200,7 @@ class ContinuousBatcher:
         with self.cond:
             tickets, self.tickets, pending, self.pending = self.tickets, {}, self.pending, []
         self.running = Running(old.backend, old.eos, old.cost, prefill_chunk=old.prefill_chunk,
-                               uses_draft=old.uses_draft)
+                               uses_draft=old.uses_draft, observe_costs=True)
         for ticket in [*tickets.values(), *pending]:
             _quietly(ticket.on_done, None, error)
 
