@@ -224,8 +224,11 @@ class Gateway:
         except BadRequest as exc:
             await response.write(f"data: {json.dumps({'error': {'message': str(exc), 'param': exc.param}})}\n\n"
                                  .encode())
-        except (ConnectionResetError, asyncio.CancelledError):
-            await pieces.aclose()  # the client left: cancel its decoding
+        except ConnectionResetError:  # the client left (aiohttp's ClientConnectionResetError is one)
+            await pieces.aclose()  # cancel its decoding; nobody is left to answer
+            return response
+        except asyncio.CancelledError:
+            await pieces.aclose()
             raise
         return response
 
