@@ -158,8 +158,12 @@ def test_every_request_asks_for_what_the_backend_reads(pair, tmp_path):
         assert request.max_tokens == 1
         assert [(o.name, o.gather_context) for o in request.output_config.additional_model_outputs] == [
             ("autojudge_hidden_states", True)]
-    proposed = [r.input_token_ids for r in drafts]  # each context pass = a draft request's input + its 3 drafts
-    assert sum(r.input_token_ids[:-3] in proposed for r in targets) == len(drafts)
+    # each draft request's input is verified by a context pass over it + the drafts its row may accept
+    # (3, fewer near its budget)
+    proposed, passes = [r.input_token_ids for r in drafts], [r.input_token_ids for r in targets]
+    extra = [min((len(t) - len(p) for t in passes if t[:len(p)] == p and len(t) - len(p) <= 3), default=None)
+             for p in proposed]
+    assert None not in extra and extra.count(3) > len(extra) // 2
     rows = {}
     for request in targets:
         rows.setdefault(request.cache_salt_id, []).append(request.input_token_ids)
