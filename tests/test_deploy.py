@@ -15,6 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from autojudge.cli import main
+from autojudge.deploy import lines as lines_module
 from autojudge.deploy import preflight as preflight_module
 from autojudge.deploy.config import DeployConfigError, load_config
 from autojudge.deploy.plan import OUTPUT, Step
@@ -206,7 +207,7 @@ def test_a_judge_for_other_hidden_sizes_is_caught_before_any_build(deployment, t
 
 def test_without_a_gpu_or_tensorrt_llm_the_build_stops_saying_what_to_install(deployment, tmp_path, monkeypatch):
     monkeypatch.setattr(preflight_module, "detect_gpus", lambda: [])
-    monkeypatch.setattr(preflight_module, "installed_version", lambda module: None)
+    monkeypatch.setattr(lines_module, "installed_version", lambda module: None)
     path, _ = deployment
     result = CliRunner().invoke(main, ["build", "--config", str(path)])
     assert result.exit_code == 2, result.output
@@ -219,7 +220,7 @@ def test_without_a_gpu_or_tensorrt_llm_the_build_stops_saying_what_to_install(de
 
 def test_preflight_names_a_wrong_tensorrt_llm_line_and_a_gpu_that_is_too_small(deployment, monkeypatch):
     path, write = deployment
-    monkeypatch.setattr(preflight_module, "installed_version",
+    monkeypatch.setattr(lines_module, "installed_version",
                         lambda module: {"tensorrt": "10.14.1", "tensorrt_llm": "1.3.0"}[module])
     monkeypatch.setattr(preflight_module, "detect_gpus",
                         lambda: [preflight_module.GpuInfo("Tesla T4", (7, 5), 15360)])
@@ -242,7 +243,7 @@ def test_an_installed_line_without_engines_plans_checkpoints_the_op_and_the_repo
     """trtllm_line: auto follows the installed TensorRT-LLM: after 1.2 there are no engines to build, and the
     preflight says exactly what today's line lacks for the judge, and where."""
     path, _ = deployment
-    monkeypatch.setattr(preflight_module, "installed_version", lambda module: {"tensorrt_llm": "1.4.0"}.get(module))
+    monkeypatch.setattr(lines_module, "installed_version", lambda module: {"tensorrt_llm": "1.4.0"}.get(module))
     result, report = dry_run(path)
     assert result.exit_code == 0, result.output
     steps = {step["step"]: step for step in report["plan"]}
@@ -254,7 +255,7 @@ def test_an_installed_line_without_engines_plans_checkpoints_the_op_and_the_repo
     hidden = checks["hidden states"]
     assert hidden["status"] == "unknown" and "tensorrt_llm/_torch/models/modeling_utils.py" in hidden["detail"]
     assert "handle_additional_outputs.py" in hidden["detail"] and "register_hidden_state_model" in hidden["detail"]
-    monkeypatch.setattr(preflight_module, "installed_version", lambda module: None)
+    monkeypatch.setattr(lines_module, "installed_version", lambda module: None)
     result, report = dry_run(path)  # without TensorRT-LLM: the engine line, said so
     assert [step["step"] for step in report["plan"]][:2] == ["draft-checkpoint", "draft-engine"]
     line = next(c for c in report["preflight"] if c["name"] == "TensorRT-LLM line")

@@ -12,6 +12,8 @@ line and says so.
 
 from __future__ import annotations
 
+import importlib.metadata
+
 from autojudge.serving.trtllm.contract import ENGINE_LINE
 
 LINES = ("engine", "pytorch")
@@ -24,8 +26,27 @@ def resolve_line(requested: str, installed: str | None) -> tuple[str, str]:
     if installed is None:
         return "engine", (f"TensorRT-LLM is not installed here: planning the engine line "
                           f"({ENGINE_LINE['tensorrt_llm']}); set trtllm_line: pytorch for today's line")
-    from autojudge.deploy.preflight import _version_tuple
-
-    if _version_tuple(installed)[:2] <= (1, 2):
+    if version_tuple(installed)[:2] <= (1, 2):
         return "engine", f"TensorRT-LLM {installed} is installed: the engine line"
     return "pytorch", f"TensorRT-LLM {installed} is installed: a line without TensorRT engines (PyTorch backend)"
+
+
+def installed_version(module: str) -> str | None:
+    for distribution in (module, module.replace("_", "-")):
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+        if len(digits) != len(piece):
+            break
+    return tuple(parts) + (0,) * (2 - len(parts)) if len(parts) < 2 else tuple(parts)

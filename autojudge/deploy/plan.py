@@ -63,10 +63,9 @@ def engine_paths(config: DeployConfig) -> dict[str, Path]:
 
 def plan_line(config: DeployConfig) -> tuple[str, str]:
     """(line, why): the TensorRT-LLM line this build is for (:mod:`autojudge.deploy.lines`)."""
-    from autojudge.deploy.lines import resolve_line
-    from autojudge.deploy.preflight import installed_version
+    from autojudge.deploy import lines
 
-    return resolve_line(config.trtllm_line, installed_version("tensorrt_llm"))
+    return lines.resolve_line(config.trtllm_line, lines.installed_version("tensorrt_llm"))
 
 
 def make_plan(config: DeployConfig, config_path: Path) -> list[Step]:

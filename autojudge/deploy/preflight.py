@@ -14,12 +14,13 @@ A check whose input is not available offline (a hub model never downloaded) is
 
 from __future__ import annotations
 
-import importlib.metadata
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass
 
+from autojudge.deploy import lines
 from autojudge.deploy.config import DeployConfig
+from autojudge.deploy.lines import version_tuple
 from autojudge.deploy.model_info import SUPPORTED_ARCHITECTURES, ModelInfo, read_model_info
 
 TENSORRT_LLM_LINE = (1, 2)  # the last line with the TensorRT-engine (trtllm-build) workflow
@@ -215,11 +216,11 @@ class Preflight:
 
     @staticmethod
     def _package(module: str, minimum: tuple[int, int], line: tuple[int, int] | None) -> Check:
-        version = installed_version(module)
+        version = lines.installed_version(module)
         wanted = f"{'.'.join(map(str, line))}.x" if line else f">= {'.'.join(map(str, minimum))}"
         if version is None:
             return Check(module, "host", "fail", f"{module} is not installed (needed: {wanted})", TRT_INSTALL)
-        parts = _version_tuple(version)
+        parts = version_tuple(version)
         if parts < minimum or (line is not None and parts[:2] != line):
             note = (" - later lines dropped the TensorRT-engine workflow this build uses" if module == "tensorrt_llm"
                     else "")
@@ -265,29 +266,8 @@ def detect_gpus() -> list[GpuInfo]:
     gpus = []
     for line in done.stdout.splitlines() if done.returncode == 0 else []:
         name, cc, memory = (part.strip() for part in line.split(","))
-        gpus.append(GpuInfo(name, _version_tuple(cc)[:2], int(float(memory))))
+        gpus.append(GpuInfo(name, version_tuple(cc)[:2], int(float(memory))))
     return gpus
-
-
-def installed_version(module: str) -> str | None:
-    for distribution in (module, module.replace("_", "-")):
-        try:
-            return importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def _version_tuple(version: str) -> tuple[int, ...]:
-    parts = []
-    for piece in version.split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        if not digits:
-            break
-        parts.append(int(digits))
-        if len(digits) != len(piece):
-            break
-    return tuple(parts) + (0,) * (2 - len(parts)) if len(parts) < 2 else tuple(parts)
 
 
 def checks_as_json(checks: list[Check]) -> list[dict]:

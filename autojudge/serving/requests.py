@@ -140,8 +140,6 @@ def parse_request(raw: dict[str, np.ndarray | None], defaults: ServeDefaults) ->
     if form not in FORMATS:
         raise RequestError("format", f"unknown format {form!r}; choose one of {', '.join(FORMATS)}")
     if form == "messages":
-        from autojudge.serving.service import messages_of
-
         messages_of(prompt)  # refused here, naming the field, not deep in decoding
     adaptive = _scalar(raw, "adaptive")
     if adaptive is not None:
@@ -152,3 +150,17 @@ def parse_request(raw: dict[str, np.ndarray | None], defaults: ServeDefaults) ->
     return ServeRequest(prompt, max_tokens, mode, window, threshold, stop, form, bool(adaptive))
 
 
+def messages_of(text: str) -> list[dict]:
+    """A request's ``prompt`` in format "messages": a JSON list of {"role", "content"} (RequestError otherwise)."""
+    import json
+
+    try:
+        messages = json.loads(text)
+    except ValueError as exc:
+        raise RequestError("prompt", f"format 'messages' needs a JSON list of messages ({exc})") from None
+    if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
+            for m in messages):
+        raise RequestError("prompt", "format 'messages' needs a non-empty JSON list of {\"role\": system|user|"
+                                     "assistant, \"content\": string}")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]

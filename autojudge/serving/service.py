@@ -13,7 +13,7 @@ from autojudge.decoding import DecodeConfig, GenerationResult, SpeculativeLoop
 from autojudge.decoding.metrics import SpecDecodeMetrics
 from autojudge.errors import AutoJudgeError
 from autojudge.serving.batcher import ContinuousBatcher
-from autojudge.serving.requests import ServeDefaults, ServeRequest
+from autojudge.serving.requests import ServeDefaults, ServeRequest, messages_of
 
 # A streamed piece: (new text, new token ids, metrics so far)
 OnPiece = Callable[[str, list[int], dict], None]
@@ -210,21 +210,3 @@ def _tensorrt_llm_loop(params: dict[str, str], judge, model_dir: str | Path) -> 
     from autojudge.serving.trtllm.loader import open_backend
 
     return SpeculativeLoop(open_backend(params, judge, Path(model_dir)))
-
-
-def messages_of(text: str) -> list[dict]:
-    """A request's ``prompt`` in format "messages": a JSON list of {"role", "content"} (RequestError otherwise)."""
-    import json
-
-    from autojudge.serving.requests import RequestError
-
-    try:
-        messages = json.loads(text)
-    except ValueError as exc:
-        raise RequestError("prompt", f"format 'messages' needs a JSON list of messages ({exc})") from None
-    if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
-            for m in messages):
-        raise RequestError("prompt", "format 'messages' needs a non-empty JSON list of {\"role\": system|user|"
-                                     "assistant, \"content\": string}")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
