@@ -83,7 +83,7 @@ def test_written_configs_parse_as_triton_model_configs(deployment):
         assert config.model_transaction_policy.decoupled is decoupled
         assert [i.name for i in config.input] == list(INPUTS)
         assert [o.name for o in config.output] == list(OUTPUTS)
-        assert config.instance_group[0].count == (2 if decoupled else 8)  # decoders; light unary forwarders
+        assert config.instance_group[0].count == (2 if decoupled else 4)  # decoders; light unary forwarders
         assert config.parameters["forward_to"].string_value == ("" if decoupled else "autojudge_stream")
         assert config.parameters["max_batch"].string_value == "16"
         assert config.parameters["judge"].string_value == "../../artifacts/judge"

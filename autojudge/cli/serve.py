@@ -37,7 +37,7 @@ from autojudge.errors import AutoJudgeError
               help="Requests waiting per instance beyond a full batch; one more gets a 'server is full' error.")
 @click.option("--prefill-chunk", type=click.IntRange(1), default=64, show_default=True,
               help="Prompt tokens fed per cycle while a request joins (a long prompt never stalls the others).")
-@click.option("--unary-instances", type=click.IntRange(1), default=8, show_default=True,
+@click.option("--unary-instances", type=click.IntRange(1), default=4, show_default=True,
               help="Forwarding instances of the unary model `autojudge` (light: no model): unary requests in "
                    "flight; streaming and the OpenAI endpoint are not bounded by it.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N] (KIND_GPU).")

@@ -76,7 +76,7 @@ def write_trtllm_repo(out: str | Path, config: DeployConfig, force: bool = False
                             window=config.window, default_mode=default_mode, max_tokens=max_tokens,
                             max_tokens_limit=config.max_seq_len - 1, instances=1, device=device,
                             dtype=config.dtype, torch_threads=1, backend="tensorrt-llm",
-                            max_window=config.window, max_batch=config.max_batch_size)
+                            max_window=config.window, max_batch=config.max_batch_size, unary_instances=2)
     out = Path(out)
     details = {"trtllm_line": line, "engines" if line == "engine" else "checkpoints": {k: str(p) for k, p in paths.items()},
                "serve": serve_command(out.resolve() / "models")}

@@ -45,7 +45,7 @@ class RepoSettings:
     max_batch: int = 16  # requests decoded together per instance (1 = one request at a time)
     max_queue: int = 64  # requests waiting per instance beyond a full batch; one more is refused
     prefill_chunk: int = 64  # prompt tokens fed per cycle while a request joins
-    unary_instances: int = 8  # forwarding instances of "autojudge": unary requests in flight
+    unary_instances: int = 4  # forwarding instances of "autojudge": unary requests in flight (each a process)
     device: str = "cpu"
     dtype: str = "float32"
     torch_threads: int = 0  # per model instance; 0 = the machine's cores / instances
