@@ -11,7 +11,6 @@ from pathlib import Path
 
 from autojudge.decoding import DecodeConfig, GenerationResult, SpeculativeLoop
 from autojudge.decoding.metrics import SpecDecodeMetrics
-from autojudge.errors import AutoJudgeError
 from autojudge.serving.batcher import ContinuousBatcher
 from autojudge.serving.requests import ServeDefaults, ServeRequest, messages_of
 
@@ -137,47 +136,44 @@ class DecodeService:
         return DecodeConfig(mode=request.mode, window=request.window, max_new_tokens=request.max_tokens,
                             adaptive=request.adaptive, threshold=request.threshold, stop=request.stop)
 
-    def submit(self, request: ServeRequest, on_done: Callable[[tuple[str, list[int], dict] | None, str | None], None],
-               on_piece: OnPiece | None = None, is_cancelled: Callable[[], bool] | None = None) -> None:
-        """Queue one request in the running batch. ``on_piece(text, ids, metrics)`` gets each piece
-        as cycles commit (see :class:`PieceStream`); ``on_done((text, ids, metrics), None)`` the
-        last one (the whole answer without ``on_piece``), or ``on_done(None, error)``. Raises
-        AutoJudgeError for a refused request (ServerFull when the queue is at its limit)."""
+    def _prepared(self, request: ServeRequest, on_piece: OnPiece | None):
+        """(prompt ids, config, on_tokens for the batcher, answer(result) -> (text, ids, metrics))."""
         config = self.config_of(request)
         threshold = config.judge_threshold(self.decoder.backend.judge)
         prompt = self.prompt_ids(request.prompt, request.format)
         tokenizer = self.decoder.backend.tokenizer
         stream = PieceStream(tokenizer, request.stop, threshold, len(prompt), on_piece) if on_piece else None
 
+        def answer(result: GenerationResult) -> tuple[str, list[int], dict]:
+            if stream is not None:
+                return stream.finish(result)
+            return result.text, result.token_ids, metrics_dict(result.metrics, threshold, result.finish_reason,
+                                                               len(prompt))
+
+        return prompt, config, stream.on_tokens if stream else None, answer
+
+    def submit(self, request: ServeRequest, on_done: Callable[[tuple[str, list[int], dict] | None, str | None], None],
+               on_piece: OnPiece | None = None, is_cancelled: Callable[[], bool] | None = None) -> None:
+        """Queue one request in the running batch. ``on_piece(text, ids, metrics)`` gets each piece
+        as cycles commit (see :class:`PieceStream`); ``on_done((text, ids, metrics), None)`` the
+        last one (the whole answer without ``on_piece``), or ``on_done(None, error)``. Raises
+        AutoJudgeError for a refused request (ServerFull when the queue is at its limit)."""
+        prompt, config, on_tokens, answer = self._prepared(request, on_piece)
+
         def done(result: GenerationResult | None, error: str | None) -> None:
             if error is not None:
                 on_done(None, error)
-            elif stream is not None:
-                on_done(stream.finish(result), None)
             else:
-                on_done((result.text, result.token_ids,
-                         metrics_dict(result.metrics, threshold, result.finish_reason, len(prompt))), None)
+                on_done(answer(result), None)
 
-        self.batcher.submit(prompt, config, done, stream.on_tokens if stream else None, is_cancelled)
+        self.batcher.submit(prompt, config, done, on_tokens, is_cancelled)
 
     def run(self, request: ServeRequest, on_piece: OnPiece | None = None,
             timeout: float | None = None) -> tuple[str, list[int], dict]:
         """Decode one request and wait for it (it still shares the running batch with the others);
         with ``on_piece``, stream pieces as cycles commit and return the last one."""
-        import threading
-
-        finished, box = threading.Event(), {}
-
-        def on_done(answer, error):
-            box.update(answer=answer, error=error)
-            finished.set()
-
-        self.submit(request, on_done, on_piece)
-        if not finished.wait(timeout):
-            raise AutoJudgeError(f"no answer within {timeout} s")
-        if box["error"] is not None:
-            raise AutoJudgeError(box["error"])
-        return box["answer"]
+        prompt, config, on_tokens, answer = self._prepared(request, on_piece)
+        return answer(self.batcher.generate(prompt, config, on_tokens, timeout))
 
 
 def _judge(params: dict[str, str], model_dir: str | Path):
