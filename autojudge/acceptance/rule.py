@@ -115,11 +115,12 @@ def judge_accept(
     target_tokens: torch.Tensor,  # [B, W+1] int64
     draft_hidden: torch.Tensor,  # [B, W, Hd] draft last-layer state at the position of d_k
     target_hidden: torch.Tensor,  # [B, W, Ht] target last-layer state at the position of d_k
-    weight: torch.Tensor,  # [Hd + Ht] fp32
+    weight: torch.Tensor,  # [Hd + Ht + E] fp32
     bias: float,
     threshold: float,
+    scalars: torch.Tensor | None = None,  # [B, W, E] fp32 scalar features (autojudge.features.scalars)
 ) -> tuple[Acceptance, torch.Tensor]:
     """The whole AutoJudge step as the plugin kernel computes it: (acceptance, probs [B, W])."""
-    features = concat(DRAFT_TARGET, draft_hidden, target_hidden)  # [B, W, Hd+Ht]
+    features = concat(DRAFT_TARGET, draft_hidden, target_hidden, scalars)  # [B, W, Hd+Ht+E]
     probabilities = judge_probabilities(features, weight, bias)
     return accept(draft_tokens, target_tokens, judge_mismatch_ok(probabilities, threshold)), probabilities
