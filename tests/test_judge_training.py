@@ -106,3 +106,48 @@ def test_cross_validated_auc_is_grouped_by_prompt_and_tracks_signal():
     # ... and cv_folds=0 skips it
     _, report = train_judge(data, TrainConfig(cv_folds=0), progress=False)
     assert report.cv_auc is None and report.cv_folds == 0
+
+
+def test_auto_scalar_features_keeps_the_informative_one_and_deploys_it(tmp_path):
+    """Labels depend on the hidden states and on one scalar (target_logprob); the other scalars are
+    noise. Forward selection by grouped CV AUC adds exactly that one, and the exported judge computes
+    the training formula over [h_draft ; h_target ; scalars]."""
+    from autojudge.features.scalars import SCALAR_FEATURES, TARGET_LOGPROB
+    from autojudge.mining.scalars import MinedScalars
+
+    rng = np.random.default_rng(7)
+    data, rule, _ = synthetic(n_prompts=40, per_prompt=30, seed=7, rule=np.r_[np.zeros(15), 0.3])
+    n = len(data.labels)
+    values = rng.normal(size=(n, len(SCALAR_FEATURES))).astype(np.float32) * 4 - 6
+    column = SCALAR_FEATURES.index(TARGET_LOGPROB)
+    signal = (values[:, column] + 6) / 4  # standardised: the planted scalar
+    x_hidden = torch.cat([data.draft_hidden, data.target_hidden], 1).float().numpy()
+    hidden_part = ((x_hidden - x_hidden.mean(0)) / x_hidden.std(0)) @ rule[:16]
+    important = rng.random(n) < 1 / (1 + np.exp(-3 * (hidden_part + 1.5 * signal)))
+    for label, imp in zip(data.labels, important):
+        label["important"] = bool(imp)
+    scalars = MinedScalars(torch.from_numpy(values), 1.0, 8)
+    judge, report = train_judge(data, TrainConfig(scalar_features="auto", cv_folds=4), progress=False,
+                                scalars=scalars)
+    assert report.scalar_features == (TARGET_LOGPROB,) and judge.scalar_features == (TARGET_LOGPROB,)
+    assert report.selection[0]["scalar_features"] == [] and len(report.selection) == 1 + 5 + 4  # two rounds
+    with_it = next(r for r in report.selection if r["scalar_features"] == [TARGET_LOGPROB])
+    assert with_it["cv_auc"] > report.selection[0]["cv_auc"] + 0.05
+    loaded = Judge.load(judge.save(tmp_path / "judge"))
+    assert loaded.scalar_features == (TARGET_LOGPROB,) and loaded.weight.shape == (6 + 10 + 1,)
+    assert loaded.meta.extra["scalar_selection"] == report.selection
+    rows = torch.arange(5)
+    got = loaded.probabilities(data.draft_hidden[rows][None], data.target_hidden[rows][None],
+                               torch.from_numpy(values[:5, [column]])[None])[0]
+    x = np.concatenate([x_hidden[:5], values[:5, [column]]], axis=1)
+    want = 1 / (1 + np.exp(-(x @ judge.weight.numpy() + judge.bias)))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="reads 1 scalar features"):
+        loaded.probabilities(data.draft_hidden[rows][None], data.target_hidden[rows][None])
+    # the scalars carry nothing: none is added
+    for label, imp in zip(data.labels, rng.random(n) < 1 / (1 + np.exp(-3 * hidden_part))):
+        label["important"] = bool(imp)
+    _, report = train_judge(data, TrainConfig(scalar_features="auto", cv_folds=4), progress=False, scalars=scalars)
+    assert report.scalar_features == ()
+    with pytest.raises(AutoJudgeError, match="need the labels' scalars"):
+        train_judge(data, TrainConfig(scalar_features="auto"), progress=False)

@@ -8,8 +8,19 @@ from pathlib import Path
 
 import click
 
-from autojudge.cli.options import json_option, load_pair, model_options, number_list, progress_option, window_option
+from autojudge.cli.options import (
+    DTYPES,
+    json_option,
+    load_pair,
+    model_options,
+    number_list,
+    progress_option,
+    status,
+    window_option,
+)
+from autojudge.decoding.config import MAX_WINDOW, DecodeConfig
 from autojudge.features.layout import DRAFT_TARGET, LAYOUTS
+from autojudge.features.scalars import SCALAR_FEATURES
 
 
 @click.command()
@@ -103,19 +114,50 @@ def merge(mining_dir, out):
 @click.option("--cv-folds", type=click.IntRange(0), default=5, show_default=True,
               help="Also report the ROC-AUC at the chosen C cross-validated over this many "
                    "prompt-grouped folds (steadier than one split when prompts are few); 0 skips.")
+@click.option("--scalar-features", default="none", show_default=True,
+              help="Cheap features after the hidden states: 'none', 'auto' (forward selection by the "
+                   "prompt-grouped cross-validated AUC), or a comma list of " + ", ".join(SCALAR_FEATURES)
+                   + ". They are computed from one target pass per mined prompt (needs --target, the model "
+                     "the labels were mined with) and cached in the mining directory.")
+@click.option("--scalar-window", type=click.IntRange(1, MAX_WINDOW), default=DecodeConfig.window, show_default=True,
+              help="The decode window whose positions window_agreement is computed at.")
+@click.option("--target", default="embedded", show_default=True,
+              help="The target the labels were mined with (only read for scalar features).")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
+@click.option("--device", default="auto", show_default=True)
 @json_option("Print the training report as JSON.")
 @progress_option()
-def train(data_dir, out, layout, target_recall, val_fraction, seed, cv_folds, as_json, progress):
+def train(data_dir, out, layout, target_recall, val_fraction, seed, cv_folds, scalar_features, scalar_window,
+          target, dtype, device, as_json, progress):
     """Train the judge (scaler + logistic regression, C by validation AUC) and export it."""
     from dataclasses import asdict
 
+    from autojudge.features.scalars import check_names
     from autojudge.judge.training import TrainConfig, train_judge
     from autojudge.mining import read_mined
 
+    names = scalar_features.strip()
+    if names not in ("none", "auto"):
+        try:
+            names = check_names([n.strip() for n in names.split(",") if n.strip()])
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--scalar-features") from exc
     data = read_mined(data_dir)
+    scalars = None
+    if names != "none":
+        from autojudge.mining.scalars import mined_scalar_features, task_prompts
+        from autojudge.models import load_target, quiet_transformers
+        from autojudge.tasks import get_task
+
+        quiet_transformers()
+        status(f"Loading target {target} for the scalar features ...")
+        target_lm = load_target(target, dtype=dtype, device=device)
+        prompts = task_prompts(target_lm, get_task(data.manifest["task"]), data)
+        scalars = mined_scalar_features(target_lm, data, prompts, scalar_window, data_dir, progress=progress)
     judge, report = train_judge(data, TrainConfig(layout=layout, target_recall=target_recall,
-                                                  val_fraction=val_fraction, seed=seed, cv_folds=cv_folds),
-                                 progress=progress)
+                                                  val_fraction=val_fraction, seed=seed, cv_folds=cv_folds,
+                                                  scalar_features=() if names == "none" else names),
+                                progress=progress, scalars=scalars)
     path = judge.save(out)
     if as_json:
         summary = {k: v for k, v in asdict(report).items() if k != "curve"}
@@ -130,6 +172,11 @@ def train(data_dir, out, layout, target_recall, val_fraction, seed, cv_folds, as
     if report.cv_auc is not None:
         click.echo(f"cross-validated ROC-AUC {report.cv_auc:.3f} +/- {report.cv_auc_std:.3f} "
                    f"({report.cv_folds} prompt-grouped folds, C={report.best_c:.0e})")
+    for tried in report.selection:
+        click.echo(f"  hidden states + [{', '.join(tried['scalar_features'])}]: cross-validated ROC-AUC "
+                   f"{tried['cv_auc']:.3f} +/- {tried['cv_auc_std']:.3f}")
+    if names != "none":
+        click.echo(f"scalar features: {', '.join(report.scalar_features) or 'none'}")
 
 
 @click.command()

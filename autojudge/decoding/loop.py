@@ -160,7 +160,8 @@ class Running:
         w = draft_tokens.shape[1]
 
         # --- verify: one target pass over each row's unseen tokens + its w draft tokens
-        need_logits = bool(w) and any(r.config.mode in LOGIT_MODES for r in rows)
+        need_logits = bool(w) and any(r.config.mode in LOGIT_MODES or (r.config.mode == "judge"
+                                                                        and backend.judge.needs_logits) for r in rows)
         verification = state.verify(sequences, draft_tokens, need_logits=need_logits, windows=row_w)
 
         # --- accept, each group of rows by its own rule
@@ -234,8 +235,10 @@ class Running:
         fused judge-accept step."""
         judge_accept = self.backend.judge_accept
         if row.config.mode == "judge" and draft_tokens.shape[1] and judge_accept is not None:
+            scalars = judge_scalars(self.backend.judge, draft_tokens, verification)
+            extra = {} if scalars is None else {"scalars": scalars}
             return judge_accept(draft_tokens, verification.tokens, draft_hidden, verification.hidden[:, 1:],
-                                row.threshold)
+                                row.threshold, **extra)
         return accept(draft_tokens, verification.tokens.to(draft_tokens.device),
                       mismatch_ok(row.config, self.backend, row.threshold, draft_tokens, draft_hidden, verification))
 
@@ -304,8 +307,19 @@ def mismatch_ok(config: DecodeConfig, backend: Backend, threshold: float | None,
     if config.mode == "fly":
         return fly_mismatch_ok(draft_tokens, verification.tokens.to(draft_tokens.device),
                                verification.logits.to(draft_tokens.device), config.fly_entropy, config.fly_window)
-    probabilities = backend.judge.probabilities(draft_hidden, verification.hidden[:, 1:])  # [B, w]
+    scalars = judge_scalars(backend.judge, draft_tokens, verification)  # [B, w, E] | None
+    probabilities = backend.judge.probabilities(draft_hidden, verification.hidden[:, 1:], scalars)  # [B, w]
     return judge_mismatch_ok(probabilities, threshold).to(draft_tokens.device)
+
+
+def judge_scalars(judge, draft_tokens: torch.Tensor, verification: Verification) -> torch.Tensor | None:
+    """[B, w, E] fp32 scalar features of ``judge`` (from the verification's logits and tokens), on
+    the device of the target's hidden states; None for a judge that uses none."""
+    if not judge.scalar_features:
+        return None
+    device = verification.hidden.device
+    logits = None if verification.logits is None else verification.logits.to(device)
+    return judge.scalars(draft_tokens.to(device), verification.tokens.to(device), logits)
 
 
 class SpeculativeLoop:

@@ -28,8 +28,10 @@ of each label from the decode a perfect judge would make at a given window
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported on use: the CLI reads SCALAR_FEATURES at start-up
+    import torch
 
 TARGET_LOGPROB = "target_logprob"
 TARGET_TOP_LOGPROB = "target_top_logprob"
@@ -69,6 +71,8 @@ def logit_statistics(
 
 def window_agreement(draft_tokens: torch.Tensor, target_tokens: torch.Tensor) -> torch.Tensor:
     """[B, W], [B, W+1] -> [B, W] fp32: the fraction of earlier positions in the window that match."""
+    import torch
+
     w = draft_tokens.shape[-1]
     match = (draft_tokens == target_tokens[..., :w]).float()  # [B, W]
     before = match.cumsum(dim=-1) - match  # [B, W] matches among 0..k-1
@@ -82,6 +86,8 @@ def scalar_features(
     target_tokens: torch.Tensor,  # [B, W+1] int64
     target_logits: torch.Tensor | None,  # [B, W, V], needed when a logit feature is named
 ) -> torch.Tensor:  # [B, W, E] fp32 in ``names``' order
+    import torch
+
     names = check_names(names)
     columns: dict[str, torch.Tensor] = {}
     if any(name in LOGIT_FEATURES for name in names):
@@ -101,13 +107,14 @@ def perfect_judge_windows(answer_len: int, mismatches: dict[int, bool], window: 
 
     ``mismatches``: answer position -> important, for every position (below the last one listed)
     where the draft's greedy token differs from the answer's; every other position there matches.
-    The decode: the target's first token comes from the prompt's pass; each cycle then drafts
-    ``window`` positions, accepts matches and unimportant mismatches up to the first important one
-    (where the target's token is emitted) or the end of the window (then a bonus token).
+    The decode (:mod:`autojudge.decoding.loop`): the first cycle drafts from position 0 (the
+    target reads the prompt and the drafts in one pass); each cycle drafts ``window`` positions,
+    accepts matches and unimportant mismatches up to the first important one (where the target's
+    token is emitted) or the end of the window (then a bonus token, which nothing drafts).
     Returns position -> (k, matches among the k drafted positions before it) for every mismatch;
-    a mismatch at a position no cycle drafts (the first token, a bonus) gets (0, 0)."""
+    a mismatch at a bonus position gets (0, 0)."""
     where: dict[int, tuple[int, int]] = {}
-    start = 1
+    start = 0
     last = max(mismatches, default=-1)
     while start <= min(last, answer_len - 1):
         matches = 0

@@ -10,6 +10,12 @@
   threshold is the largest one whose recall still reaches the target (most acceptance).
   The whole recall/acceptance curve is stored in the artifact for users to pick another.
 
+Scalar features (:mod:`autojudge.features.scalars`: the target's log-probability, rank and
+entropy at the draft token, agreement so far in the window) may follow the hidden states.
+``scalar_features="auto"`` picks them by forward selection on the cross-validated AUC over
+prompt-grouped folds: each round adds the candidate that raises it most, while it rises by at
+least ``min_auc_gain``; every set tried is reported (``selection``).
+
 Glossary: **recall** = important mismatches rejected / all important mismatches;
 **acceptance** = mismatches accepted / all mismatches.
 """
@@ -23,8 +29,10 @@ import torch
 
 from autojudge.errors import AutoJudgeError
 from autojudge.features import DRAFT_TARGET, LAYOUTS, concat
+from autojudge.features.scalars import SCALAR_FEATURES, check_names
 from autojudge.judge.artifact import Judge, JudgeMetadata
 from autojudge.mining import MinedDataset
+from autojudge.mining.scalars import MinedScalars
 
 DEFAULT_C_GRID = tuple(float(c) for c in np.logspace(-5, 1, 7))
 
@@ -38,6 +46,8 @@ class TrainConfig:
     seed: int = 0
     max_iter: int = 2000
     cv_folds: int = 5  # prompt-grouped folds for the cross-validated AUC; 0 = skip
+    scalar_features: tuple[str, ...] | str = ()  # names (in order), or "auto": chosen by CV AUC
+    min_auc_gain: float = 0.005  # "auto" adds a feature only when the CV AUC rises by this much
 
 
 @dataclass
@@ -57,13 +67,43 @@ class TrainReport:
     cv_auc: float | None = None  # mean ROC-AUC over prompt-grouped folds at best_c
     cv_auc_std: float | None = None
     cv_folds: int = 0  # folds actually used (fewer when there are fewer prompts)
+    scalar_features: tuple[str, ...] = ()  # after the hidden states
+    selection: list[dict] = field(default_factory=list)  # {"scalar_features", "cv_auc", "cv_auc_std"} tried
 
 
-def feature_matrix(data: MinedDataset, layout: str) -> np.ndarray:
-    """[N, F] float32 in the judge's layout: [h_draft ; h_target] or h_target."""
+def feature_matrix(data: MinedDataset, layout: str, scalars: torch.Tensor | None = None) -> np.ndarray:
+    """[N, F] float32 in the judge's layout: [h_draft ; h_target] or h_target, then ``scalars`` [N, E]."""
     if layout not in LAYOUTS:
         raise AutoJudgeError(f"unknown feature layout {layout!r}; use one of {LAYOUTS}")
-    return concat(layout, data.draft_hidden, data.target_hidden).numpy()
+    return concat(layout, data.draft_hidden, data.target_hidden, scalars).numpy()
+
+
+def select_scalar_features(hidden: np.ndarray, scalars: MinedScalars, y: np.ndarray, groups: np.ndarray,
+                           c: float, config: TrainConfig, progress: bool = True) -> tuple[tuple[str, ...], list[dict]]:
+    """Forward selection of scalar features by prompt-grouped CV AUC at ``c`` (the sets tried, in order)."""
+    from tqdm import tqdm
+
+    def score(names: tuple[str, ...]) -> dict:
+        x = np.concatenate([hidden, scalars.columns(names).numpy()], axis=1) if names else hidden
+        cv = cross_validated_auc(x, y, groups, c, config.cv_folds or 5, config.max_iter)
+        if cv is None:
+            raise AutoJudgeError("too few prompts with both classes to cross-validate the scalar features; mine more")
+        return {"scalar_features": list(names), "cv_auc": cv[0], "cv_auc_std": cv[1]}
+
+    bar = tqdm(desc="choosing scalar features", unit="fit", disable=not progress, dynamic_ncols=True)
+    chosen: tuple[str, ...] = ()
+    tried = [score(chosen)]
+    best = tried[0]["cv_auc"]
+    while len(chosen) < len(SCALAR_FEATURES):
+        round_ = [score((*chosen, name)) for name in SCALAR_FEATURES if name not in chosen]
+        bar.update(len(round_))
+        tried += round_
+        top = max(round_, key=lambda r: r["cv_auc"])
+        if top["cv_auc"] < best + config.min_auc_gain:
+            break
+        chosen, best = tuple(top["scalar_features"]), top["cv_auc"]
+    bar.close()
+    return chosen, tried
 
 
 def split_by_prompt(prompt_index: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
@@ -141,19 +181,37 @@ def cross_validated_auc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: flo
     return float(np.mean(aucs)), float(np.std(aucs)), len(aucs)
 
 
-def train_judge(data: MinedDataset, config: TrainConfig = TrainConfig(), progress: bool = True
-                ) -> tuple[Judge, TrainReport]:
+def train_judge(data: MinedDataset, config: TrainConfig = TrainConfig(), progress: bool = True,
+                scalars: MinedScalars | None = None) -> tuple[Judge, TrainReport]:
+    """``scalars``: every scalar feature of every label (:mod:`autojudge.mining.scalars`), needed
+    when ``config.scalar_features`` names any or is "auto"."""
+    y = data.important.numpy()  # [N] True = important
+    if len(np.unique(y)) < 2:
+        raise AutoJudgeError(f"all {len(y)} labels are {'important' if y.all() else 'unimportant'}: "
+                             "mine more prompts to get both classes")
+    names, selection = config.scalar_features, []
+    if (names == "auto" or names) and scalars is None:
+        raise AutoJudgeError("scalar features need the labels' scalars (autojudge.mining.scalars)")
+    if names == "auto":
+        hidden = feature_matrix(data, config.layout)
+        val = split_by_prompt(data.prompt_index.numpy(), config.val_fraction, config.seed)
+        c = _best_c(hidden, y, val, config, progress)[0]
+        names, selection = select_scalar_features(hidden, scalars, y, data.prompt_index.numpy(), c, config, progress)
+    names = check_names(names)
+    x = feature_matrix(data, config.layout, scalars.columns(names) if names else None)  # [N, F]
+    extra = {"scalar_window": scalars.window, "scalar_selection": selection} if names or selection else {}
+    judge, report = _train(data, x, y, names, config, progress, extra)
+    report.selection = selection
+    return judge, report
+
+
+def _best_c(x: np.ndarray, y: np.ndarray, val: np.ndarray, config: TrainConfig, progress: bool):
+    """(best C, AUC by C, the fitted models by C, the scaler) on the train/validation split ``val``."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
     from tqdm import tqdm
 
-    x = feature_matrix(data, config.layout)  # [N, F]
-    y = data.important.numpy()  # [N] True = important
-    if len(np.unique(y)) < 2:
-        raise AutoJudgeError(f"all {len(y)} labels are {'important' if y.all() else 'unimportant'}: "
-                             "mine more prompts to get both classes")
-    val = split_by_prompt(data.prompt_index.numpy(), config.val_fraction, config.seed)
     train = ~val
     if len(np.unique(y[train])) < 2 or len(np.unique(y[val])) < 2:
         raise AutoJudgeError("the train or validation split has only one class; mine more prompts")
@@ -165,6 +223,14 @@ def train_judge(data: MinedDataset, config: TrainConfig = TrainConfig(), progres
         auc_by_c[f"{c:.0e}"] = float(roc_auc_score(y[val], model.predict_proba(xs_val)[:, 1]))
         models[c] = model
     best_c = max(config.c_grid, key=lambda c: auc_by_c[f"{c:.0e}"])
+    return best_c, auc_by_c, models, scaler
+
+
+def _train(data: MinedDataset, x: np.ndarray, y: np.ndarray, names: tuple[str, ...], config: TrainConfig,
+           progress: bool, extra: dict) -> tuple[Judge, TrainReport]:
+    val = split_by_prompt(data.prompt_index.numpy(), config.val_fraction, config.seed)
+    train = ~val
+    best_c, auc_by_c, models, scaler = _best_c(x, y, val, config, progress)
     model = models[best_c]
     w, b = fold_scaler(model.coef_[0], float(model.intercept_[0]), scaler.mean_, scaler.scale_)
     weight = torch.from_numpy(w.astype(np.float32))
@@ -179,7 +245,7 @@ def train_judge(data: MinedDataset, config: TrainConfig = TrainConfig(), progres
         val_auc=auc_by_c[f"{best_c:.0e}"], threshold=threshold,
         val_recall=float((~accepted & y[val]).sum() / max(y[val].sum(), 1)),
         val_acceptance=float(accepted.mean()),
-        curve=recall_acceptance_curve(prob, y[val]),
+        curve=recall_acceptance_curve(prob, y[val]), scalar_features=names,
     )
     if config.cv_folds and (cv := cross_validated_auc(x, y, data.prompt_index.numpy(), best_c,
                                                       config.cv_folds, config.max_iter)):
@@ -188,11 +254,12 @@ def train_judge(data: MinedDataset, config: TrainConfig = TrainConfig(), progres
     meta = JudgeMetadata(
         target_model=manifest["target"], target_hidden_size=manifest["target_hidden_size"],
         draft_model=manifest["draft"], draft_hidden_size=manifest["draft_hidden_size"],
-        feature_layout=config.layout, threshold=threshold,
+        feature_layout=config.layout, threshold=threshold, scalar_features=names,
         extra={"task": manifest["task"], "target_recall": config.target_recall, "C": best_c,
                "val_auc": report.val_auc, "val_recall": report.val_recall,
                "val_acceptance": report.val_acceptance, "train_labels": report.train_labels,
                "val_labels": report.val_labels, "cv_auc": report.cv_auc, "cv_auc_std": report.cv_auc_std,
-               "cv_folds": report.cv_folds, "recall_acceptance_curve": report.curve},
+               "cv_folds": report.cv_folds, "recall_acceptance_curve": report.curve,
+               **extra},
     )
     return Judge(weight=weight, bias=b, meta=meta), report
