@@ -1,4 +1,5 @@
-"""The plugin kernel's per-sequence rule (host build, g++) against the PyTorch oracle."""
+"""The plugin kernel's per-sequence rule (host build, g++) against the PyTorch oracle, with and
+without the scalar-feature segment (x = [h_draft ; h_target ; scalars], E = 0 or 5)."""
 
 from __future__ import annotations
 
@@ -25,25 +26,56 @@ def make_case(batch, window, draft_size, target_size, dtype=torch.float32, vocab
     return draft_tokens, target_tokens, draft_hidden, target_hidden, weight
 
 
+SCALARS = 5  # as many scalar features as autojudge.features.scalars offers
+
+
+def with_scalars(inputs, size=SCALARS, seed=0, scale=0.15):
+    """``inputs`` (as make_case) with E = ``size`` scalar features: (inputs with the weight
+    extended by E entries, scalars [B, W, E]). The values are of the real features' scale: log
+    probabilities in [-20, 0], the last in [0, 1] (window_agreement); their part of the logit is
+    a few units, enough to flip decisions (see assert_scalars_flip)."""
+    draft_tokens, target_tokens, draft_hidden, target_hidden, weight = inputs
+    g = torch.Generator().manual_seed(1000 + seed)
+    batch, window = draft_tokens.shape
+    scalars = -20.0 * torch.rand(batch, window, size, generator=g)
+    if size:
+        scalars[..., -1] = torch.rand(batch, window, generator=g)
+    scalar_weight = scale * torch.randn(size, generator=g)
+    return (draft_tokens, target_tokens, draft_hidden, target_hidden, torch.cat([weight, scalar_weight])), scalars
+
+
+def assert_scalars_flip(inputs, scalars, bias, thresholds):
+    """The scalar segment changes some decision: a kernel that skipped it would not pass."""
+    hidden_only = (*inputs[:4], inputs[4][:inputs[4].numel() - scalars.shape[-1]])
+    flips = 0
+    for threshold in thresholds:
+        with_segment, _ = oracle(*inputs, bias, threshold, scalars=scalars)
+        without, _ = oracle(*hidden_only, bias, threshold)
+        flips += int((with_segment.num_accepted != without.num_accepted).sum())
+    assert flips > 0, "the scalar features decide nothing in this case"
+
+
 def float32_below(x: torch.Tensor) -> torch.Tensor:
     """The next float32 towards zero (math.nextafter would step in float64)."""
     x = x.float()
     return torch.nextafter(x, torch.zeros_like(x))
 
 
-def oracle(draft_tokens, target_tokens, draft_hidden, target_hidden, weight, bias, threshold):
+def oracle(draft_tokens, target_tokens, draft_hidden, target_hidden, weight, bias, threshold, scalars=None):
     if draft_hidden is None:  # target-only layout: no draft features
         draft_hidden = target_hidden[..., :0]
     threshold = torch.as_tensor(threshold, dtype=torch.float32).expand(draft_tokens.shape[0]).unsqueeze(1)
-    return judge_accept(draft_tokens, target_tokens, draft_hidden, target_hidden, weight, bias, threshold)
+    return judge_accept(draft_tokens, target_tokens, draft_hidden, target_hidden, weight, bias, threshold,
+                        scalars=scalars)
 
 
-def assert_same_as_oracle(inputs, bias, threshold, team=None):
-    """``team``: (groups, lanes) runs the threaded host team instead of the one-thread one."""
+def assert_same_as_oracle(inputs, bias, threshold, team=None, scalars=None):
+    """``team``: (groups, lanes) runs the threaded host team instead of the one-thread one;
+    ``scalars``: [B, W, E] scalar features (the weight in ``inputs`` then has E more entries)."""
     draft_tokens, target_tokens = inputs[0], inputs[1]
-    call = KernelCall(*inputs, bias=bias, threshold=threshold)
+    call = KernelCall(*inputs, bias=bias, threshold=threshold, scalars=scalars)
     got = call.run() if team is None else call.run_host_team(*team)
-    want, want_probabilities = oracle(*inputs, bias, threshold)
+    want, want_probabilities = oracle(*inputs, bias, threshold, scalars=scalars)
     assert got.num_accepted.tolist() == want.num_accepted.tolist()
     assert got.next_tokens.tolist() == want.next_tokens.tolist()
     # Evaluated positions: the accepted mismatches, and the rejected position if n < W.
@@ -73,6 +105,38 @@ def test_random_inputs_match_the_oracle(dtype, window, draft_size, target_size):
     assert_same_as_oracle(inputs, bias=-0.2, threshold=per_row)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("window,draft_size,target_size", [
+    (1, 8, 16), (4, 64, 64), (64, 24, 40), (7, 13, 29), (16, 0, 32)])
+def test_with_scalar_features_the_kernel_matches_the_oracle(dtype, window, draft_size, target_size):
+    """E = 5 after the hidden states; E = 0 given as an empty [B, W, 0] tensor is the hidden-only judge."""
+    base = make_case(6, window, draft_size, target_size, dtype, seed=window + draft_size)
+    inputs, scalars = with_scalars(base, seed=window)
+    thresholds = (0.0, 0.3, 0.5, 0.7, 1.0)
+    for threshold in thresholds:
+        assert_same_as_oracle(inputs, bias=0.1, threshold=threshold, scalars=scalars)
+        assert_same_as_oracle(base, bias=0.1, threshold=threshold, scalars=scalars[..., :0])
+    assert_same_as_oracle(inputs, bias=-0.2, threshold=torch.linspace(0, 1, 6), scalars=scalars)
+    if window > 1:
+        assert_scalars_flip(inputs, scalars, 0.1, thresholds)
+
+
+def test_the_scalar_segment_alone_can_decide():
+    """Hidden weights zero: p = sigmoid(w_s . s), so the scalars alone accept one row and reject the other."""
+    draft_tokens, target_tokens, draft_hidden, target_hidden, weight = make_case(2, 6, 16, 16, vocab=2, seed=5)
+    target_tokens[:, :6] = 1 - draft_tokens  # every position a mismatch
+    scalars = torch.zeros(2, 6, SCALARS)
+    scalars[0, :, 0] = -12.0  # row 0: a draft token the target finds unlikely ...
+    scalars[1, :, 0] = -0.5  # ... row 1: one it finds likely
+    weight = torch.cat([torch.zeros_like(weight), torch.tensor([-0.5, 0.0, 0.0, 0.0, 0.0])])
+    inputs = (draft_tokens, target_tokens, draft_hidden, target_hidden, weight)
+    got = assert_same_as_oracle(inputs, bias=-2.0, threshold=0.5, scalars=scalars)
+    assert got.num_accepted.tolist() == [0, 6]  # logit 6 - 2 > 0 rejects; 0.25 - 2 < 0 accepts
+    for team in ((3, 2), (32, 1)):
+        got = assert_same_as_oracle(inputs, bias=-2.0, threshold=0.5, scalars=scalars, team=team)
+        assert got.num_accepted.tolist() == [0, 6]
+
+
 @pytest.mark.parametrize("team", [(2, 1), (3, 2), (32, 1), (40, 2), (256, 1)])
 @pytest.mark.parametrize("window,draft_size,target_size", [(1, 8, 16), (33, 24, 40), (64, 0, 32)])
 def test_a_cooperative_team_equals_the_oracle(team, window, draft_size, target_size):
@@ -82,6 +146,24 @@ def test_a_cooperative_team_equals_the_oracle(team, window, draft_size, target_s
     for threshold in (0.0, 0.4, 0.7, 1.0):
         assert_same_as_oracle(inputs, bias=0.1, threshold=threshold, team=team)
     assert_same_as_oracle(inputs, bias=-60.0, threshold=0.5, team=team)  # every mismatch accepted
+
+
+@pytest.mark.parametrize("team", [(2, 1), (3, 2), (32, 1), (40, 2), (256, 1)])
+@pytest.mark.parametrize("window,draft_size,target_size", [(1, 8, 16), (33, 24, 40), (64, 0, 32)])
+def test_a_cooperative_team_with_scalar_features_equals_the_oracle_and_the_serial_team(team, window, draft_size,
+                                                                                       target_size):
+    """The scalar part is added the same way in every team (the first group, one lane per position,
+    in feature order): the oracle's decisions, and the one-thread team's."""
+    base = make_case(3, window, draft_size, target_size, torch.bfloat16, seed=window + team[0])
+    inputs, scalars = with_scalars(base, seed=team[0])
+    thresholds = (0.0, 0.4, 0.7, 1.0)
+    for threshold in thresholds:
+        got = assert_same_as_oracle(inputs, bias=0.1, threshold=threshold, team=team, scalars=scalars)
+        serial = assert_same_as_oracle(inputs, bias=0.1, threshold=threshold, scalars=scalars)
+        assert got.num_accepted.tolist() == serial.num_accepted.tolist()
+        assert_same_as_oracle(base, bias=0.1, threshold=threshold, team=team, scalars=scalars[..., :0])
+    if window > 1:
+        assert_scalars_flip(inputs, scalars, 0.1, thresholds)
 
 
 def test_all_match_takes_the_bonus_token_without_evaluating_the_judge():
@@ -142,6 +224,21 @@ def test_bad_arguments_are_reported():
         judge_accept_native(draft_tokens, target_tokens[:, :4], draft_hidden, target_hidden, weight, 0.0, 0.5)
     with pytest.raises(ValueError, match="Hd \\+ Ht"):
         judge_accept_native(draft_tokens, target_tokens, draft_hidden, target_hidden, weight[:-1], 0.0, 0.5)
+    _, scalars = with_scalars((draft_tokens, target_tokens, draft_hidden, target_hidden, weight))
+    with pytest.raises(ValueError, match="Hd \\+ Ht \\+ E"):  # a hidden-only weight with 5 scalar features
+        judge_accept_native(draft_tokens, target_tokens, draft_hidden, target_hidden, weight, 0.0, 0.5, scalars=scalars)
+    with pytest.raises(ValueError, match="\\[B, W, E\\]"):
+        judge_accept_native(draft_tokens, target_tokens, draft_hidden, target_hidden, torch.cat([weight, weight[:5]]),
+                            0.0, 0.5, scalars=scalars[:, :3])
+    call = KernelCall(draft_tokens, target_tokens, draft_hidden, target_hidden, weight, 0.0, 0.5)
+    call.args.scalarFeatureSize = -1
+    with pytest.raises(ValueError, match="scalarFeatureSize must be >= 0"):
+        call.run()
+    call.args.scalarFeatureSize = 5  # and scalarFeatures still null
+    with pytest.raises(ValueError, match="scalarFeatures is null"):
+        call.run()
+    with pytest.raises(ValueError, match="scalarFeatures is null"):
+        call.run_host_team(2, 2)
     with pytest.raises(ValueError, match="window must be in 1..1024"):
         judge_accept_native(draft_tokens[:, :0], target_tokens[:, :1], draft_hidden[:, :0], target_hidden[:, :0],
                             weight, 0.0, 0.5)

@@ -37,12 +37,12 @@ class JudgeAcceptArgs(ctypes.Structure):
 
     _fields_ = [
         ("draftTokens", ctypes.c_void_p), ("targetTokens", ctypes.c_void_p),
-        ("draftHidden", ctypes.c_void_p), ("targetHidden", ctypes.c_void_p),
+        ("draftHidden", ctypes.c_void_p), ("targetHidden", ctypes.c_void_p), ("scalarFeatures", ctypes.c_void_p),
         ("weight", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("threshold", ctypes.c_void_p),
         ("numAccepted", ctypes.c_void_p), ("nextTokens", ctypes.c_void_p), ("probabilities", ctypes.c_void_p),
         ("batch", ctypes.c_int32), ("window", ctypes.c_int32),
         ("draftHiddenSize", ctypes.c_int32), ("targetHiddenSize", ctypes.c_int32),
-        ("hiddenType", ctypes.c_int32),
+        ("scalarFeatureSize", ctypes.c_int32), ("hiddenType", ctypes.c_int32),
     ]
 
 
@@ -114,10 +114,11 @@ class KernelCall:
         target_tokens: torch.Tensor,  # [B, W+1] integer
         draft_hidden: torch.Tensor | None,  # [B, W, Hd] fp32/fp16/bf16; None for the target-only layout
         target_hidden: torch.Tensor,  # [B, W, Ht], same dtype as draft_hidden
-        weight: torch.Tensor,  # [Hd + Ht] (or [Ht])
+        weight: torch.Tensor,  # [Hd + Ht + E] (or [Ht + E])
         bias: float,
         threshold: float | torch.Tensor,  # scalar or [B]
         cuda_library: Path | None = None,  # a build_cuda_library() variant [default: the default build]
+        scalars: torch.Tensor | None = None,  # [B, W, E] scalar features (fp32); None or [B, W, 0]: E = 0
     ) -> None:
         batch, window = draft_tokens.shape
         device = target_hidden.device
@@ -129,8 +130,14 @@ class KernelCall:
             raise ValueError("draft and target hidden states must share one dtype")
         draft_size = 0 if draft_hidden is None else draft_hidden.shape[-1]
         target_size = target_hidden.shape[-1]
-        if weight.numel() != draft_size + target_size:
-            raise ValueError(f"weight has {weight.numel()} entries, expected Hd + Ht = {draft_size + target_size}")
+        if scalars is not None and (scalars.dim() != 3 or tuple(scalars.shape[:2]) != (batch, window)):
+            raise ValueError(f"scalars must be [B, W, E] = {[batch, window, 'E']}, got {list(scalars.shape)}")
+        if scalars is not None and not scalars.is_floating_point():
+            raise ValueError(f"scalars must be floating point (read as float32), not {scalars.dtype}")
+        scalar_size = 0 if scalars is None else scalars.shape[-1]
+        if weight.numel() != draft_size + target_size + scalar_size:
+            raise ValueError(f"weight has {weight.numel()} entries, expected Hd + Ht + E = "
+                             f"{draft_size} + {target_size} + {scalar_size}")
 
         def prepared(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
             return t.to(device=device, dtype=dtype or t.dtype).contiguous()
@@ -141,6 +148,7 @@ class KernelCall:
             "targetTokens": prepared(target_tokens, torch.int32),
             "draftHidden": None if draft_hidden is None else prepared(draft_hidden),
             "targetHidden": prepared(target_hidden),
+            "scalarFeatures": None if not scalar_size else prepared(scalars, torch.float32),
             "weight": prepared(weight, torch.float32),
             # Scalars by fill kernels, not host-to-device copies, so a call can be made inside CUDA-graph capture.
             "bias": torch.full((1,), float(bias), dtype=torch.float32, device=device),
@@ -158,7 +166,7 @@ class KernelCall:
             numAccepted=self.result.num_accepted.data_ptr(), nextTokens=self.result.next_tokens.data_ptr(),
             probabilities=self.result.probabilities.data_ptr(),
             batch=batch, window=window, draftHiddenSize=draft_size, targetHiddenSize=target_size,
-            hiddenType=HIDDEN_TYPES[target_hidden.dtype],
+            scalarFeatureSize=scalar_size, hiddenType=HIDDEN_TYPES[target_hidden.dtype],
         )
         if device.type == "cpu":
             library = _library(str(build_host_library()))

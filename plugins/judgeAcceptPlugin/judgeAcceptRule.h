@@ -1,8 +1,9 @@
 /*
  * The AutoJudge acceptance rule for one sequence, written once for the host and the GPU.
  *
- * ALGORITHM.md section 4 (the oracle is autojudge/acceptance.py):
- *   ok_k = (d_k == t_k) or (sigmoid(w . [h_draft_k ; h_target_k] + b) <= threshold)
+ * ALGORITHM.md section 4 (the oracle is autojudge/acceptance/rule.py):
+ *   x_k  = [h_draft_k ; h_target_k ; s_k]   (s_k: the E scalar features, fp32; E may be 0)
+ *   ok_k = (d_k == t_k) or (sigmoid(w . x_k + b) <= threshold)
  *   n    = length of the leading run of ok
  *   emit d_0 .. d_{n-1}, then t_n (correction when n < W, bonus when n == W)
  *
@@ -10,7 +11,10 @@
  * evaluates mismatched positions in rounds of team.groups() positions (one warp each on the
  * GPU), then the team's first thread walks the round in order and stops at the first
  * rejection. Judge dot products are computed only at mismatches, and never past the round
- * that holds the first rejection. Everything here is plain C++ apart from the marked loads.
+ * that holds the first rejection. The hidden states' part of w . x is shared out over the
+ * team; the scalar part (E floats) is added by the first group, one lane per position, in
+ * feature order, after the hidden part: the same sum in every team. Everything here is plain
+ * C++ apart from the marked loads.
  */
 #pragma once
 
@@ -55,7 +59,8 @@ struct JudgeAcceptArgs
     int32_t const* targetTokens; //!< [B, W+1]
     void const* draftHidden;     //!< [B, W, Hd], hiddenType; unused when Hd == 0
     void const* targetHidden;    //!< [B, W, Ht], hiddenType
-    float const* weight;         //!< [Hd + Ht], the scaler already folded in
+    float const* scalarFeatures; //!< [B, W, E] fp32; unused when E == 0
+    float const* weight;         //!< [Hd + Ht + E], the scaler already folded in
     float const* bias;           //!< [1]
     float const* threshold;      //!< [B], one per sequence
     // Outputs
@@ -67,6 +72,7 @@ struct JudgeAcceptArgs
     int32_t window;
     int32_t draftHiddenSize;
     int32_t targetHiddenSize;
+    int32_t scalarFeatureSize; //!< E, the scalar features after the hidden states (0: none)
     HiddenType hiddenType;
 };
 
@@ -169,6 +175,18 @@ AJ_UNROLL
     return acc;
 }
 
+//! w_s . s over the E scalar features of one position, serially in feature order (every team
+//! computes it the same way: one lane, the same sequence of fp32 operations).
+AJ_HD float scalarDot(float const* s, float const* w, int32_t size)
+{
+    float acc = 0.F;
+    for (int32_t e = 0; e < size; ++e)
+    {
+        acc += s[e] * w[e];
+    }
+    return acc;
+}
+
 //! sigmoid(logit + bias) in fp32; exp overflow gives exactly 0, as torch.sigmoid does.
 AJ_HD float judgeProbability(float logit, float bias)
 {
@@ -243,9 +261,9 @@ AJ_HD void listRound(ScanState& s, int32_t W, int32_t roundSize)
  * min(groups, 32) mismatches from the cursor on. Per round, after one team sync, the groups
  * split evenly over the listed positions (`share` groups per position: several groups, even
  * several blocks of a cluster, share one position's dot product when the round is short) and
- * each writes its partial sum; after a second sync the first group adds each position's
- * partials in a fixed order (lane i takes position i: deterministic), walks them in order to
- * the first rejection and lists the next round. Two team syncs per round, one before: an
+ * each writes its partial sum (hidden states only); after a second sync the first group adds
+ * each position's partials in a fixed order, then its scalar features' w_s . s (lane i takes
+ * position i: deterministic), walks them in order to the first rejection and lists the next round. Two team syncs per round, one before: an
  * all-match window costs one sync, a window whose first mismatch is rejected three.
  */
 AJ_HD_TEMPLATE_CHECK
@@ -255,10 +273,12 @@ AJ_HD void acceptSequence(Team const& team, JudgeAcceptArgs const& a, int32_t b,
     int32_t const W = a.window;
     int32_t const Hd = a.draftHiddenSize;
     int32_t const Ht = a.targetHiddenSize;
+    int32_t const E = a.scalarFeatureSize;
     int32_t const* draft = a.draftTokens + static_cast<int64_t>(b) * W;       // [W]
     int32_t const* target = a.targetTokens + static_cast<int64_t>(b) * (W + 1); // [W+1]
     T const* draftHidden = static_cast<T const*>(a.draftHidden) + static_cast<int64_t>(b) * W * Hd;   // [W, Hd]
     T const* targetHidden = static_cast<T const*>(a.targetHidden) + static_cast<int64_t>(b) * W * Ht; // [W, Ht]
+    float const* scalars = E > 0 ? a.scalarFeatures + static_cast<int64_t>(b) * W * E : nullptr; // [W, E]
     float* probabilities = a.probabilities + static_cast<int64_t>(b) * W; // [W]
     int32_t const groups = team.groups() < kMaxGroups ? team.groups() : kMaxGroups;
     int32_t const roundSize = groups < kMaxRoundSize ? groups : kMaxRoundSize;
@@ -323,7 +343,8 @@ AJ_HD void acceptSequence(Team const& team, JudgeAcceptArgs const& a, int32_t b,
         }
         team.sync();
 
-        if (first) // lane i adds position i's partials; walk the round in order; stop at the first rejection
+        if (first) // lane i adds position i's partials, then its scalar part; walk the round in order; stop at
+                   // the first rejection
         {
             float const bias = a.bias[0];
             float const threshold = a.threshold[b];
@@ -339,6 +360,10 @@ AJ_HD void acceptSequence(Team const& team, JudgeAcceptArgs const& a, int32_t b,
                     for (int32_t j = 0; j < share; ++j)
                     {
                         logit += s.partials[i * share + j];
+                    }
+                    if (E > 0)
+                    {
+                        logit += scalarDot(scalars + static_cast<int64_t>(s.positions[i]) * E, a.weight + Hd + Ht, E);
                     }
                     p = judgeProbability(logit, bias);
                     reject = !judgeAccepts(p, threshold);
@@ -410,6 +435,10 @@ inline char const* validateArgs(JudgeAcceptArgs const& a)
         return "window must be in 1..1024";
     if (a.draftHiddenSize < 0 || a.targetHiddenSize < 1)
         return "hidden sizes must be draft >= 0 and target >= 1";
+    if (a.scalarFeatureSize < 0)
+        return "scalarFeatureSize must be >= 0";
+    if (a.scalarFeatureSize > 0 && a.scalarFeatures == nullptr)
+        return "scalarFeatures is null but scalarFeatureSize > 0";
     if (a.hiddenType != HiddenType::kFLOAT && a.hiddenType != HiddenType::kHALF && a.hiddenType != HiddenType::kBF16)
         return "hiddenType must be 0 (float32), 1 (float16) or 2 (bfloat16)";
     return nullptr;
