@@ -2,7 +2,8 @@
 same rule). Equal to the oracle (autojudge.acceptance) over random batches, windows, layouts and
 dtypes; its fake kernel and schema pass torch.library.opcheck; it traces under torch.compile.
 Where a CUDA device exists, the kernel itself equals the oracle at 32, 256 and 1024 threads per
-block, one block or a cluster per sequence, in the worst case's shapes too, and replays in a graph."""
+block, one block or a cluster per sequence, in the worst case's shapes too, and replays in a graph.
+All of it with and without the judge's scalar features (E = 0 or 5, an optional last input)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from autojudge.acceptance import accept, judge_mismatch_ok
+from autojudge.acceptance import accept, judge_accept, judge_mismatch_ok
 from autojudge.acceptance.torch_op import TorchJudgeAccept
 from autojudge.decoding.in_process import InProcessBackend
+from autojudge.features.scalars import SCALAR_FEATURES
 from autojudge.judge import Judge, JudgeMetadata
 
 
@@ -30,15 +32,84 @@ def case(seed: int, batch: int, window: int, layout: str, dtype: torch.dtype):
     return judge, draft, target, draft_hidden, target_hidden
 
 
+def with_scalars(judge: Judge, batch: int, window: int, seed: int, size: int = 5):
+    """(``judge`` with the first ``size`` scalar features, their weights appended; scalars [B, W, E])
+    of the real features' scale: log probabilities in [-20, 0], the last in [0, 1]."""
+    g = torch.Generator().manual_seed(100 + seed)
+    meta = JudgeMetadata(judge.meta.target_model, judge.meta.target_hidden_size, judge.meta.draft_model,
+                         judge.meta.draft_hidden_size, judge.meta.feature_layout, threshold=judge.meta.threshold,
+                         scalar_features=SCALAR_FEATURES[:size])
+    scalars = -20.0 * torch.rand(batch, window, size, generator=g)
+    scalars[..., -1] = torch.rand(batch, window, generator=g)
+    weight = torch.cat([judge.weight, 0.15 * torch.randn(size, generator=g)])
+    return Judge(weight, judge.bias, meta), scalars
+
+
+def oracle(judge: Judge, draft, target, draft_hidden, target_hidden, threshold, scalars=None):
+    """autojudge.acceptance.rule.judge_accept (the target-only layout as zero draft features)."""
+    if draft_hidden is None:
+        draft_hidden = target_hidden[..., :0]
+    return judge_accept(draft, target, draft_hidden, target_hidden, judge.weight, judge.bias, threshold,
+                        scalars=scalars)
+
+
+@pytest.mark.parametrize("layout", ["draft+target", "target"])
+def test_the_op_follows_the_scalar_features_where_they_flip_decisions(layout):
+    """E = 5 against the same judge without them (E = 0, given None or an empty [B, W, 0]): the
+    scalar part turns decisions around, and the op takes every one as the oracle does."""
+    flips = 0
+    for seed in range(4):
+        batch, window = 2 + seed, 4 + 5 * seed
+        plain, draft, target, draft_hidden, target_hidden = case(seed, batch, window, layout, torch.bfloat16)
+        judge, scalars = with_scalars(plain, batch, window, seed)
+        for threshold in (0.2, 0.5, 0.8):
+            want, _ = oracle(judge, draft, target, draft_hidden, target_hidden, threshold, scalars)
+            got = TorchJudgeAccept(judge, "cpu")(draft, target, draft_hidden, target_hidden, threshold,
+                                                 scalars=scalars)
+            assert (got.num_accepted.tolist(), got.next_tokens.tolist()) == (want.num_accepted.tolist(),
+                                                                             want.next_tokens.tolist())
+            want0, _ = oracle(plain, draft, target, draft_hidden, target_hidden, threshold)
+            for empty in (None, scalars[..., :0]):
+                got0 = TorchJudgeAccept(plain, "cpu")(draft, target, draft_hidden, target_hidden, threshold,
+                                                      scalars=empty)
+                assert got0.num_accepted.tolist() == want0.num_accepted.tolist()
+            flips += int((want.num_accepted != want0.num_accepted).sum())
+    assert flips > 0, "the scalar features decide nothing here: a kernel that ignored them would pass"
+
+
+def test_a_scalar_feature_mismatch_with_the_judge_is_refused():
+    plain, draft, target, draft_hidden, target_hidden = case(0, 2, 4, "draft+target", torch.float32)
+    judge, scalars = with_scalars(plain, 2, 4, 0)
+    with pytest.raises(ValueError, match="reads 5 scalar features .*target_logprob.*given None"):
+        TorchJudgeAccept(judge, "cpu")(draft, target, draft_hidden, target_hidden, 0.5)
+    with pytest.raises(ValueError, match="reads 5 scalar features .*given 4"):
+        TorchJudgeAccept(judge, "cpu")(draft, target, draft_hidden, target_hidden, 0.5, scalars=scalars[..., :4])
+    with pytest.raises(ValueError, match="reads 0 scalar features .*given 5"):
+        TorchJudgeAccept(plain, "cpu")(draft, target, draft_hidden, target_hidden, 0.5, scalars=scalars)
+    with pytest.raises(ValueError, match="must be \\[B, w, E\\]"):
+        TorchJudgeAccept(judge, "cpu")(draft, target, draft_hidden, target_hidden, 0.5, scalars=scalars[:1])
+    with pytest.raises(ValueError, match="Hd \\+ Ht \\+ E"):  # the op itself: a weight without the scalar part
+        torch.ops.autojudge.judge_accept(draft.int(), target.int(), draft_hidden, target_hidden, plain.weight, 0.1,
+                                         torch.full((2,), 0.5), 0, 0, scalars)
+
+
+@pytest.mark.parametrize("scalar_count", [0, 5])
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("layout", ["draft+target", "target"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_op_equals_the_oracle(seed, layout, dtype):
+def test_the_op_equals_the_oracle(seed, layout, dtype, scalar_count):
     batch, window = 1 + seed % 4, 1 + 3 * seed
     judge, draft, target, draft_hidden, target_hidden = case(seed, batch, window, layout, dtype)
+    scalars = None
+    if scalar_count:
+        judge, scalars = with_scalars(judge, batch, window, seed, scalar_count)
     threshold = 0.3 + 0.1 * seed
-    want = accept(draft, target, judge_mismatch_ok(judge.probabilities(draft_hidden, target_hidden), threshold))
-    got = TorchJudgeAccept(judge, "cpu")(draft, target, draft_hidden, target_hidden, threshold)
+    want = accept(draft, target, judge_mismatch_ok(judge.probabilities(draft_hidden, target_hidden, scalars),
+                                                   threshold))
+    rule, _ = oracle(judge, draft, target, draft_hidden, target_hidden, threshold, scalars)
+    assert torch.equal(rule.num_accepted, want.num_accepted)
+    extra = {} if scalars is None else {"scalars": scalars}  # the loop passes scalars only when the judge has some
+    got = TorchJudgeAccept(judge, "cpu")(draft, target, draft_hidden, target_hidden, threshold, **extra)
     assert got.num_accepted.tolist() == want.num_accepted.tolist()
     assert got.next_tokens.tolist() == want.next_tokens.tolist()
     assert torch.equal(got.mismatch_accepted, want.mismatch_accepted)
@@ -52,6 +123,24 @@ def test_the_op_passes_opcheck_and_compiles():
     eager = torch.ops.autojudge.judge_accept(*args)
     compiled = torch.compile(lambda *a: torch.ops.autojudge.judge_accept(*a), fullgraph=True)(*args)
     assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
+
+
+def test_the_op_with_scalar_features_passes_opcheck_and_compiles():
+    plain, draft, target, draft_hidden, target_hidden = case(1, 3, 5, "draft+target", torch.float32)
+    judge, scalars = with_scalars(plain, 3, 5, 1)
+    args = (draft.int(), target.int(), draft_hidden, target_hidden, judge.weight.float(), 0.1, torch.full((3,), 0.5))
+    utils = ("test_schema", "test_faketensor", "test_autograd_registration")
+    op = torch.ops.autojudge.judge_accept.default
+    torch.library.opcheck(op, (*args, 0, 0, scalars), test_utils=utils)  # positional, after threads and blocks
+    torch.library.opcheck(op, args, {"scalars": scalars}, test_utils=utils)  # by keyword
+    eager = torch.ops.autojudge.judge_accept(*args, scalars=scalars)
+    compiled = torch.compile(lambda *a, s: torch.ops.autojudge.judge_accept(*a, scalars=s), fullgraph=True)(
+        *args, s=scalars)
+    assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
+    want, probabilities = oracle(judge, draft, target, draft_hidden, target_hidden, 0.5, scalars)
+    assert eager[0].tolist() == want.num_accepted.tolist() and eager[1].tolist() == want.next_tokens.tolist()
+    evaluated = eager[2] != -1.0
+    torch.testing.assert_close(eager[2][evaluated], probabilities[evaluated], rtol=2e-5, atol=1e-6)
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -106,6 +195,34 @@ def test_the_cuda_op_equals_the_oracle(threads, scenario, batch, window, hd, ht)
                 draft.cuda().int(), target.cuda().int(), draft_hidden.cuda(), target_hidden.cuda(),
                 judge.weight.float().cuda(), float(judge.bias), torch.full((batch,), threshold, device="cuda"),
                 threads, blocks)
+            positions = torch.arange(window)
+            evaluated = (draft != target[:, :window]) & (positions <= want.num_accepted[:, None])
+            assert torch.equal(kernel_p.cpu() == -1.0, ~evaluated)
+            torch.testing.assert_close(kernel_p.cpu()[evaluated], probabilities[evaluated], rtol=1e-4, atol=1e-5)
+
+
+@cuda
+@pytest.mark.parametrize("threads", [32, 1024])
+@pytest.mark.parametrize("scenario,batch,window,hd,ht", [
+    ("random", 5, 7, 24, 40), ("random", 2, 33, 13, 29), ("reject", 1, 32, 4096, 8192),
+    ("accept_all", 1, 32, 4096, 8192), ("accept_all", 8, 64, 2048, 4096),
+])
+def test_the_cuda_op_with_scalar_features_equals_the_oracle(threads, scenario, batch, window, hd, ht):
+    """E = 5: every team (one block, a cluster) adds the scalar part the same way as the oracle."""
+    plain, draft, target, draft_hidden, target_hidden = cuda_case(scenario, batch, window, hd, ht, seed=window)
+    judge, scalars = with_scalars(plain, batch, window, window)  # a few logit units: bias +-50 still decides
+    for threshold in (0.2, 0.5, 0.8):
+        want, probabilities = oracle(judge, draft, target, draft_hidden, target_hidden, threshold, scalars)
+        for blocks in cluster_sizes():
+            got = TorchJudgeAccept(judge, "cuda", threads=threads, blocks=blocks)(
+                draft.cuda(), target.cuda(), draft_hidden.cuda(), target_hidden.cuda(), threshold,
+                scalars=scalars.cuda())
+            assert got.num_accepted.tolist() == want.num_accepted.tolist(), (blocks, threshold)
+            assert got.next_tokens.tolist() == want.next_tokens.tolist(), (blocks, threshold)
+            _, _, kernel_p = torch.ops.autojudge.judge_accept(
+                draft.cuda().int(), target.cuda().int(), draft_hidden.cuda(), target_hidden.cuda(),
+                judge.weight.float().cuda(), float(judge.bias), torch.full((batch,), threshold, device="cuda"),
+                threads, blocks, scalars.cuda())
             positions = torch.arange(window)
             evaluated = (draft != target[:, :window]) & (positions <= want.num_accepted[:, None])
             assert torch.equal(kernel_p.cpu() == -1.0, ~evaluated)
