@@ -11,8 +11,12 @@ draft_tokens       [B, W]       int32
 target_tokens      [B, W+1]     int32
 draft_hidden       [B, W, Hd]   float32 / float16 / bfloat16 (draft+target layout only)
 target_hidden      [B, W, Ht]   same dtype
+scalar_features    [B, W, E]    float32, the judge's E scalar features in its order
+                                (:mod:`autojudge.features.scalars`; only when E > 0)
 threshold          [B]          float32, one per sequence
 =================  ===========  ===================================================
+
+The logit is ``w_d . h_draft + w_t . h_target + w_s . s + b`` (one MatMul per input).
 
 Outputs: ``num_accepted`` [B] int32, ``next_tokens`` [B] int32, ``probabilities`` [B, W]
 float32. The judge's weight and bias are initializers (constants): the graph is one judge.
@@ -52,6 +56,8 @@ def judge_accept_graph(judge: Judge, hidden_dtype: str = "float16"):
     meta = judge.meta
     weight = judge.weight.float().numpy()  # [F]
     draft_size = meta.draft_hidden_size if judge.uses_draft_hidden else 0
+    hidden_end = draft_size + meta.target_hidden_size  # weight = [w_draft ; w_target ; w_scalars]
+    scalar_size = len(judge.scalar_features)
     nodes, inits = [], []
 
     def const(name: str, value) -> str:
@@ -68,12 +74,17 @@ def judge_accept_graph(judge: Judge, hidden_dtype: str = "float16"):
 
     inputs = [helper.make_tensor_value_info("draft_tokens", TensorProto.INT32, ["B", "W"]),
               helper.make_tensor_value_info("target_tokens", TensorProto.INT32, ["B", "W_plus_1"])]
-    logit = logit_part("target_hidden", weight[draft_size:], "target")
+    logit = logit_part("target_hidden", weight[draft_size:hidden_end], "target")
     if judge.uses_draft_hidden:
         inputs.append(helper.make_tensor_value_info("draft_hidden", elem, ["B", "W", meta.draft_hidden_size]))
         logit = node("Add", [logit_part("draft_hidden", weight[:draft_size], "draft"), logit], "features_logit")
-    inputs += [helper.make_tensor_value_info("target_hidden", elem, ["B", "W", meta.target_hidden_size]),
-               helper.make_tensor_value_info("threshold", TensorProto.FLOAT, ["B"])]
+    inputs.append(helper.make_tensor_value_info("target_hidden", elem, ["B", "W", meta.target_hidden_size]))
+    if scalar_size:  # fp32 already: no Cast
+        inputs.append(helper.make_tensor_value_info("scalar_features", TensorProto.FLOAT, ["B", "W", scalar_size]))
+        scalar_logit = node("MatMul", ["scalar_features", const("scalar_weight", weight[hidden_end:].astype(np.float32))],
+                            "scalar_logit")
+        logit = node("Add", [logit, scalar_logit], "hidden_and_scalar_logit")
+    inputs.append(helper.make_tensor_value_info("threshold", TensorProto.FLOAT, ["B"]))
 
     # p = sigmoid(w . x + b)                                                     [B, W]
     p = node("Sigmoid", [node("Add", [logit, const("bias", np.float32(judge.bias))], "logit")], "p")
@@ -109,7 +120,9 @@ def judge_accept_graph(judge: Judge, hidden_dtype: str = "float16"):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="autojudge-trt", doc_string=(
                                   f"AutoJudge judge-accept step: judge for target {meta.target_model!r} "
-                                  f"and draft {meta.draft_model!r}, layout {meta.feature_layout}."))
+                                  f"and draft {meta.draft_model!r}, layout {meta.feature_layout}"
+                                  + (f", scalar features {', '.join(judge.scalar_features)}."
+                                     if scalar_size else ".")))
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model, full_check=True)
     return model
