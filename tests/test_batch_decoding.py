@@ -9,6 +9,7 @@ from conftest import perturbed, tiny_model
 
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder
 from autojudge.errors import AutoJudgeError
+from autojudge.features.scalars import SCALAR_FEATURES
 from autojudge.judge import Judge, JudgeMetadata
 
 # Ragged on purpose: lengths 3..12, so prefill and every later block carry holes.
@@ -24,11 +25,12 @@ def pair(make_lm):
 
 def _judge(target, draft, layout="draft+target", threshold=0.5):
     torch.manual_seed(5)
-    width = target.hidden_size + (draft.hidden_size if layout == "draft+target" else 0)
+    scalars = SCALAR_FEATURES if layout.endswith("+scalars") else ()  # "...+scalars": every scalar feature too
     meta = JudgeMetadata(target_model=target.name, target_hidden_size=target.hidden_size,
                          draft_model=draft.name, draft_hidden_size=draft.hidden_size,
-                         feature_layout=layout, threshold=threshold)
-    return Judge(weight=torch.randn(width) * 0.3, bias=0.0, meta=meta)
+                         feature_layout=layout.removesuffix("+scalars"), threshold=threshold,
+                         scalar_features=scalars)
+    return Judge(weight=torch.randn(meta.num_features) * 0.3, bias=0.0, meta=meta)
 
 
 CASES = [  # (config, judge feature layout)
@@ -40,6 +42,7 @@ CASES = [  # (config, judge feature layout)
     (DecodeConfig(mode="judge", window=4, max_new_tokens=30), "draft+target"),
     (DecodeConfig(mode="judge", window=5, threshold=0.3, max_new_tokens=30), "draft+target"),
     (DecodeConfig(mode="judge", window=4, max_new_tokens=30), "target"),
+    (DecodeConfig(mode="judge", window=4, max_new_tokens=31), "draft+target+scalars"),
 ]
 
 

@@ -8,6 +8,7 @@ from conftest import perturbed, tiny_model
 
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder
 from autojudge.errors import AutoJudgeError
+from autojudge.features.scalars import SCALAR_FEATURES
 from autojudge.judge import Judge, JudgeMetadata
 from autojudge.models import encode_prompt, load_draft
 
@@ -142,10 +143,10 @@ def test_kv_caches_are_reused_not_reprefilled(tiny_pairs):
 # ------------------------------------------------------------------ lossy modes
 
 
-def _judge_for(target, draft, weight, bias, threshold, layout="draft+target"):
+def _judge_for(target, draft, weight, bias, threshold, layout="draft+target", scalars=()):
     meta = JudgeMetadata(target_model=target.name, target_hidden_size=target.hidden_size,
                          draft_model=draft.name, draft_hidden_size=draft.hidden_size,
-                         feature_layout=layout, threshold=threshold)
+                         feature_layout=layout, threshold=threshold, scalar_features=scalars)
     return Judge(weight=weight, bias=bias, meta=meta)
 
 
@@ -161,11 +162,13 @@ def _reference_judge_decode(target, draft, judge, window, max_new_tokens):
         for _ in range(w):
             drafts.append(int(draft.logits(states(draft, seq + drafts)[-1]).argmax()))
         h_target = states(target, seq + drafts)[-(w + 1):]  # [w+1, Ht]
-        t = target.logits(h_target).argmax(-1).tolist()
+        logits = target.logits(h_target)  # [w+1, V]
+        t = logits.argmax(-1).tolist()
         n = 0
         if w:
             h_draft = states(draft, seq + drafts)[-w:]  # state after reading each d_k
-            probs = judge.probabilities(h_draft[None], h_target[None, 1:])[0]
+            scalars = judge.scalars(torch.tensor([drafts]), torch.tensor([t]), logits[None, :w])  # [1, w, E] | None
+            probs = judge.probabilities(h_draft[None], h_target[None, 1:], scalars)[0]
             while n < w and (drafts[n] == t[n] or probs[n] <= judge.meta.threshold):
                 n += 1
         seq += drafts[:n] + [t[n]]
@@ -173,16 +176,27 @@ def _reference_judge_decode(target, draft, judge, window, max_new_tokens):
 
 
 @pytest.mark.parametrize("window", [2, 5])
-@pytest.mark.parametrize("layout", ["draft+target", "target"])
-def test_judge_mode_matches_cache_free_reference(tiny_pairs, window, layout):
+@pytest.mark.parametrize("layout, scalars", [("draft+target", ()), ("target", ()),
+                                             ("draft+target", SCALAR_FEATURES), ("target", ("target_logprob",))])
+def test_judge_mode_matches_cache_free_reference(tiny_pairs, window, layout, scalars):
     target, draft = tiny_pairs["noisy-1"]
     gen = torch.Generator().manual_seed(3)
     features = target.hidden_size + (draft.hidden_size if layout == "draft+target" else 0)
-    judge = _judge_for(target, draft, torch.randn(features, generator=gen) * 0.1, 0.0, 0.5, layout)
+    weight = torch.randn(features + len(scalars), generator=gen) * 0.1
+    if scalars:  # the scalars alone decide: a decoder that misreads them fails the reference
+        weight[:features] = 0
+        weight[features:] = torch.randn(len(scalars), generator=gen)
+    # centred on their values at this pair's mismatches: their variation, not their level, decides
+    typical = {"target_logprob": -5.0, "target_top_logprob": -4.3, "target_entropy": 8.85, "target_rank": 1.0,
+               "window_agreement": 0.7}
+    bias = -sum(float(w) * typical[name] for w, name in zip(weight[features:], scalars))
+    judge = _judge_for(target, draft, weight, bias, 0.5, layout, scalars)
     result = SpeculativeDecoder(target, draft, judge).generate(
         PROMPT, DecodeConfig(mode="judge", window=window, max_new_tokens=30), eos_token_ids=frozenset())
     assert result.token_ids == _reference_judge_decode(target, draft, judge, window, 30)
     assert result.metrics.num_accepted_mismatches > 0  # the judge really accepted some
+    if scalars:  # and rejected others
+        assert result.metrics.num_draft_tokens > result.metrics.num_accepted_tokens
 
 
 def test_judge_that_rejects_everything_is_lossless(tiny_pairs):
