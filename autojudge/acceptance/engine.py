@@ -7,6 +7,10 @@ Two paths to the same engine, both with dynamic batch B and window W:
 - ``onnx``: the standard-op graph of :mod:`autojudge.acceptance.onnx`, parsed by TensorRT's ONNX
   parser: for TensorRT builds that may not load custom plugins.
 
+A judge with E scalar features (``judge.scalar_features``) gets one more input on either path,
+``scalar_features`` [B, W, E] fp32, after the hidden states (the plugin: field
+``scalar_feature_size`` = E).
+
 TensorRT is an optional dependency (``pip install 'autojudge[trt]'`` on a GPU host, or an NGC
 container). Without it, :func:`require_tensorrt` says exactly what is missing; nothing is
 faked.
@@ -76,7 +80,8 @@ def build_plugin_library(build_dir: Path) -> Path:
 
 def _profile(builder, judge: Judge, spec: EngineSpec, input_names: list[str]):
     """One optimization profile over B in 1..max_batch and W in 1..max_window."""
-    sizes = {"draft_hidden": judge.meta.draft_hidden_size, "target_hidden": judge.meta.target_hidden_size}
+    sizes = {"draft_hidden": judge.meta.draft_hidden_size, "target_hidden": judge.meta.target_hidden_size,
+             "scalar_features": len(judge.scalar_features)}
     profile = builder.create_optimization_profile()
     for name in input_names:
         def shape(b: int, w: int, name: str = name) -> tuple[int, ...]:
@@ -93,8 +98,10 @@ def _profile(builder, judge: Judge, spec: EngineSpec, input_names: list[str]):
 
 
 def _input_names(judge: Judge) -> list[str]:
+    """The engine's inputs in order (the ONNX graph's, and the plugin's before its constants)."""
     hidden = ["draft_hidden", "target_hidden"] if judge.uses_draft_hidden else ["target_hidden"]
-    return ["draft_tokens", "target_tokens", *hidden, "threshold"]
+    scalars = ["scalar_features"] if judge.scalar_features else []
+    return ["draft_tokens", "target_tokens", *hidden, *scalars, "threshold"]
 
 
 def _plugin_network(trt, builder, judge: Judge, spec: EngineSpec, library: Path):
@@ -114,13 +121,21 @@ def _plugin_network(trt, builder, judge: Judge, spec: EngineSpec, library: Path)
     if judge.uses_draft_hidden:
         tensors["draft_hidden"] = network.add_input("draft_hidden", hidden_type, (-1, -1, judge.meta.draft_hidden_size))
     tensors["target_hidden"] = network.add_input("target_hidden", hidden_type, (-1, -1, judge.meta.target_hidden_size))
+    scalar_size = len(judge.scalar_features)
+    if scalar_size:
+        tensors["scalar_features"] = network.add_input("scalar_features", trt.float32, (-1, -1, scalar_size))
     weight = judge.weight.float().numpy()
     bias = np.array([judge.bias], dtype=np.float32)
     constants = [network.add_constant(weight.shape, trt.Weights(weight)).get_output(0),
                  network.add_constant(bias.shape, trt.Weights(bias)).get_output(0)]
     tensors["threshold"] = network.add_input("threshold", trt.float32, (-1,))
-    fields = trt.PluginFieldCollection([trt.PluginField("threads", np.array([0], np.int32), trt.PluginFieldType.INT32)])
+    fields = trt.PluginFieldCollection([
+        trt.PluginField("threads", np.array([0], np.int32), trt.PluginFieldType.INT32),
+        trt.PluginField("scalar_feature_size", np.array([scalar_size], np.int32), trt.PluginFieldType.INT32)])
     plugin = creator.create_plugin("judge_accept", fields, trt.TensorRTPhase.BUILD)
+    if plugin is None:
+        raise AutoJudgeError(f"the AutoJudgeJudgeAccept creator of {library} refused the fields threads=0, "
+                             f"scalar_feature_size={scalar_size} (see the TensorRT log above).")
     inputs = [tensors[n] for n in _input_names(judge)[:-1]] + constants + [tensors["threshold"]]
     layer = network.add_plugin_v3(inputs, [], plugin)
     for i, name in enumerate(("num_accepted", "next_tokens", "probabilities")):
@@ -171,6 +186,7 @@ def build_judge_engine(judge: Judge, out_dir: str | Path, spec: EngineSpec,
             "plugin_library": str(library) if library else None, "inputs": _input_names(judge),
             "outputs": ["num_accepted", "next_tokens", "probabilities"],
             "judge": {"target_model": judge.meta.target_model, "draft_model": judge.meta.draft_model,
-                      "feature_layout": judge.meta.feature_layout, "threshold": judge.meta.threshold}}
+                      "feature_layout": judge.meta.feature_layout,
+                      "scalar_features": list(judge.scalar_features), "threshold": judge.meta.threshold}}
     (out_dir / "judge_accept.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta

@@ -26,9 +26,14 @@ def main(library: str) -> None:
     print("creator:", creator.name, creator.plugin_version, creator.plugin_namespace, type(creator).__name__)
     print("fields:", [f.name for f in creator.field_names])
 
-    def fields(threads: int):
-        return trt.PluginFieldCollection(
-            [trt.PluginField("threads", np.array([threads], np.int32), trt.PluginFieldType.INT32)])
+    assert [f.name for f in creator.field_names] == ["threads", "scalar_feature_size"], "unexpected fields"
+
+    def fields(threads: int, scalar_feature_size: int | None = None):
+        given = [trt.PluginField("threads", np.array([threads], np.int32), trt.PluginFieldType.INT32)]
+        if scalar_feature_size is not None:
+            given.append(trt.PluginField("scalar_feature_size", np.array([scalar_feature_size], np.int32),
+                                         trt.PluginFieldType.INT32))
+        return trt.PluginFieldCollection(given)
 
     plugin = creator.create_plugin("judge_accept", fields(256), trt.TensorRTPhase.BUILD)
     assert plugin is not None, "create_plugin returned None"
@@ -36,6 +41,9 @@ def main(library: str) -> None:
     print("plugin:", core.plugin_name, core.plugin_version, core.plugin_namespace)
     assert creator.create_plugin("bad", fields(100), trt.TensorRTPhase.BUILD) is None, "threads=100 was accepted"
     print("threads=100 refused, as it should be")
+    assert creator.create_plugin("scalars", fields(0, 5), trt.TensorRTPhase.BUILD) is not None, "E=5 was refused"
+    assert creator.create_plugin("bad", fields(0, -1), trt.TensorRTPhase.BUILD) is None, "E=-1 was accepted"
+    print("scalar_feature_size=5 created, -1 refused, as it should be")
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ class JudgeAcceptPlugin : public nvinfer1::IPluginV3,
                           public nvinfer1::IPluginV3OneRuntime
 {
 public:
-    //! `threads`: CUDA threads per block (multiple of 32, at most 1024; 0 = the kernel's default).
-    explicit JudgeAcceptPlugin(int32_t threads);
+    //! `threads`: CUDA threads per block (multiple of 32, at most 1024; 0 = the kernel's default);
+    //! `scalarFeatureSize`: E, the judge's scalar features (0: none, and no scalar_features input).
+    JudgeAcceptPlugin(int32_t threads, int32_t scalarFeatureSize);
 
     // IPluginV3
     nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
@@ -62,7 +63,8 @@ public:
 
 private:
     int32_t mThreads;
-    int32_t mNbInputs{7}; //!< 7 with draft hidden states, 6 without
+    int32_t mScalarFeatureSize;
+    int32_t mNbInputs{7}; //!< 6, + 1 with draft hidden states, + 1 with scalar features (E > 0)
     std::vector<nvinfer1::PluginField> mFieldsToSerialize;
     nvinfer1::PluginFieldCollection mFieldCollection{};
 };
