@@ -14,7 +14,16 @@ API docs, and triton-inference-server/tensorrt_backend ``src/shared_library.cc``
   from static initializers;
 - ``deserialize_cuda_engine`` returns None when a plugin layer's creator is not registered;
 - ``execute_async_v3`` reads inputs and writes outputs at the addresses given by
-  ``set_tensor_address``, with the shapes given by ``set_input_shape``.
+  ``set_tensor_address``, with the shapes given by ``set_input_shape``;
+- ``set_input_shape`` returns False for a name that is not an input, or a shape whose rank or
+  static dimensions differ from the network's (NvInferRuntime.h ``IExecutionContext::setInputShape``:
+  "Each dimension must agree with the network dimension unless the latter was -1");
+- ``get_tensor_shape`` gives the network's shape, -1 in place of each dynamic dimension
+  (NvInferRuntime.h ``ICudaEngine::getTensorShape``).
+
+A judge with E scalar features gets the input ``scalar_features`` [B, W, E] fp32 after the hidden
+states on both paths, as :mod:`autojudge.acceptance.engine` builds it (the plugin path with the
+plugin field ``scalar_feature_size`` = E, which the plan records).
 """
 
 from __future__ import annotations
@@ -99,16 +108,28 @@ class Runtime:
         return _Engine(plan)
 
 
+OUTPUTS = ("num_accepted", "next_tokens", "probabilities")
+
+
 class _Engine:
     def __init__(self, plan: dict):
         self.plan = plan
         hidden = _TYPES[plan["hidden_dtype"]]
+        self.scalar_feature_size = plan.get("scalar_feature_size", 0)  # E; plans without the key: 0
+        # I/O tensors in the order the network declares them, inputs first; their network shapes
         self.tensors = {"draft_tokens": int32, "target_tokens": int32}
+        self.shapes = {"draft_tokens": (-1, -1), "target_tokens": (-1, -1)}
         if plan["uses_draft_hidden"]:
             self.tensors["draft_hidden"] = hidden
-        self.tensors.update(target_hidden=hidden, threshold=float32, num_accepted=int32, next_tokens=int32,
-                            probabilities=float32)
-        self.weight = torch.tensor(plan["weight"], dtype=torch.float32)  # [Hd + Ht] (the network constant)
+            self.shapes["draft_hidden"] = (-1, -1, plan["draft_hidden_size"])
+        self.tensors["target_hidden"] = hidden
+        self.shapes["target_hidden"] = (-1, -1, plan["target_hidden_size"])
+        if self.scalar_feature_size:
+            self.tensors["scalar_features"] = float32
+            self.shapes["scalar_features"] = (-1, -1, self.scalar_feature_size)
+        self.tensors.update(threshold=float32, num_accepted=int32, next_tokens=int32, probabilities=float32)
+        self.shapes.update(threshold=(-1,), num_accepted=(-1,), next_tokens=(-1,), probabilities=(-1, -1))
+        self.weight = torch.tensor(plan["weight"], dtype=torch.float32)  # [Hd + Ht + E] (the network constant)
         self.bias = torch.tensor([plan["bias"]], dtype=torch.float32)
 
     @property
@@ -120,6 +141,9 @@ class _Engine:
 
     def get_tensor_dtype(self, name: str) -> DataType:
         return self.tensors[name]
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return self.shapes[name]
 
     def create_execution_context(self):
         return _Context(self)
@@ -141,6 +165,9 @@ class _Context:
         self.addresses: dict[str, int] = {}
 
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        network = None if name in OUTPUTS else self.engine.shapes.get(name)
+        if network is None or len(shape) != len(network) or any(n not in (-1, d) for n, d in zip(network, shape)):
+            return False
         self.shapes[name] = tuple(shape)
         return True
 
@@ -149,7 +176,7 @@ class _Context:
         return True
 
     def execute_async_v3(self, stream_handle: int) -> bool:
-        inputs = [name for name in self.engine.tensors if name not in ("num_accepted", "next_tokens", "probabilities")]
+        inputs = [name for name in self.engine.tensors if name not in OUTPUTS]
         if any(name not in self.shapes or name not in self.addresses for name in inputs):
             return False
         batch, window = self.shapes["draft_tokens"]
@@ -162,13 +189,20 @@ class _Context:
 
         plan, a = self.engine.plan, self.addresses
         hidden = self.engine.tensors["target_hidden"].torch
-        args = JudgeAcceptArgs(
+        # judgeAcceptPlugin.cpp onShapeChange: inputs must agree on B and W, else -1 and the enqueue fails
+        want = {"target_tokens": (batch, window + 1), "threshold": (batch,)}
+        if any(self.shapes[name][:len(want.get(name, (batch, window)))] != want.get(name, (batch, window))
+               for name in self.engine.shapes if name not in OUTPUTS):
+            return False
+        args = JudgeAcceptArgs(  # what judgeAcceptPlugin.cpp's enqueue passes the kernel
             draftTokens=a["draft_tokens"], targetTokens=a["target_tokens"], draftHidden=a.get("draft_hidden", 0),
-            targetHidden=a["target_hidden"], weight=self.engine.weight.data_ptr(), bias=self.engine.bias.data_ptr(),
+            targetHidden=a["target_hidden"], scalarFeatures=a.get("scalar_features", 0),
+            weight=self.engine.weight.data_ptr(), bias=self.engine.bias.data_ptr(),
             threshold=a["threshold"], numAccepted=a["num_accepted"], nextTokens=a["next_tokens"],
             probabilities=a["probabilities"], batch=batch, window=window,
             draftHiddenSize=plan["draft_hidden_size"] if plan["uses_draft_hidden"] else 0,
-            targetHiddenSize=plan["target_hidden_size"], hiddenType=HIDDEN_TYPES[hidden])
+            targetHiddenSize=plan["target_hidden_size"], scalarFeatureSize=self.engine.scalar_feature_size,
+            hiddenType=HIDDEN_TYPES[hidden])
         host = _library(str(build_host_library())).autojudgeJudgeAcceptHost
         host.restype = ctypes.c_char_p
         return not host(ctypes.byref(args))
@@ -181,8 +215,7 @@ class _Context:
             tensor = _array(self.addresses[name], self.shapes[name], self.engine.tensors[name])
             feeds[name] = (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
         session = onnxruntime.InferenceSession(self.engine.plan["onnx"], providers=["CPUExecutionProvider"])
-        for name, value in zip(("num_accepted", "next_tokens", "probabilities"),
-                               session.run(["num_accepted", "next_tokens", "probabilities"], feeds)):
+        for name, value in zip(OUTPUTS, session.run(list(OUTPUTS), feeds)):
             value = np.ascontiguousarray(value, dtype=np.int32 if name != "probabilities" else np.float32)
             ctypes.memmove(self.addresses[name], value.ctypes.data, value.nbytes)
         return True
@@ -194,6 +227,7 @@ def write_plan(judge, out_dir: Path, path: str = "plugin", hidden_dtype: str = "
     plan = {"format": PLAN_FORMAT, "path": path, "hidden_dtype": hidden_dtype,
             "uses_draft_hidden": judge.uses_draft_hidden, "draft_hidden_size": judge.meta.draft_hidden_size,
             "target_hidden_size": judge.meta.target_hidden_size,
+            "scalar_feature_size": len(judge.scalar_features),  # the plugin field scalar_feature_size
             "weight": judge.weight.float().tolist(), "bias": float(judge.bias)}
     if path == "onnx":
         from autojudge.acceptance.onnx import export_onnx

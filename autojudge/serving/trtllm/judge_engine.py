@@ -13,6 +13,9 @@ cycle. The ONNX build path has no plugin layer and loads no library.
 ``trt`` is the ``tensorrt`` module (TensorRT 10.14 with TensorRT-LLM 1.2.1), or in CI
 :mod:`autojudge.testing.tensorrt_runtime`, which runs the plan with the host build of the
 plugin's kernel (or the ONNX graph in onnxruntime), not with :mod:`autojudge.acceptance`.
+
+An engine built for a judge with E scalar features has the input ``scalar_features`` [B, W, E]
+fp32 (:mod:`autojudge.acceptance.engine`); the call then takes them (``scalars``), else none.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ OUTPUTS = ("num_accepted", "next_tokens", "probabilities")
 
 
 class TensorRTJudgeAccept:
-    """``judge_accept(draft_tokens, target_tokens, draft_hidden, target_hidden, threshold) -> Acceptance``
-    (the loop's fused step, :data:`autojudge.decoding.backend.FusedJudgeAccept`) over one engine."""
+    """``judge_accept(draft_tokens, target_tokens, draft_hidden, target_hidden, threshold, scalars=None)
+    -> Acceptance`` (the loop's fused step, :data:`autojudge.decoding.backend.FusedJudgeAccept`) over one
+    engine."""
 
     def __init__(self, trt, plan: Path, plugin_library: Path | None, device: torch.device):
         self.trt, self.device = trt, device
@@ -49,22 +53,30 @@ class TensorRTJudgeAccept:
         types = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16,
                  trt.int32: torch.int32}
         self.dtypes = {name: types[self.engine.get_tensor_dtype(name)] for name in (*self.inputs, *OUTPUTS)}
+        # E: the static last dimension of scalar_features [-1, -1, E] (get_tensor_shape: -1 where dynamic)
+        self.scalar_feature_size = (int(tuple(self.engine.get_tensor_shape("scalar_features"))[-1])
+                                    if "scalar_features" in self.inputs else 0)
 
     @property
     def uses_draft_hidden(self) -> bool:
         return "draft_hidden" in self.inputs
 
     def __call__(self, draft_tokens: torch.Tensor, target_tokens: torch.Tensor, draft_hidden: torch.Tensor | None,
-                 target_hidden: torch.Tensor, threshold: float) -> Acceptance:
+                 target_hidden: torch.Tensor, threshold: float, scalars: torch.Tensor | None = None) -> Acceptance:
         batch, w = draft_tokens.shape  # [B, w]; target_tokens [B, w+1]; hidden [B, w, H] at the d_k
+        count = None if scalars is None else scalars.shape[-1]  # scalars [B, w, E] fp32
+        if (count or 0) != self.scalar_feature_size:
+            raise ValueError(f"the judge-accept engine reads {self.scalar_feature_size} scalar features, given {count}")
         given = {"draft_tokens": draft_tokens, "target_tokens": target_tokens, "draft_hidden": draft_hidden,
-                 "target_hidden": target_hidden,
+                 "target_hidden": target_hidden, "scalar_features": scalars,
                  "threshold": torch.full((batch,), threshold)}  # [B]
         bound = {name: given[name].to(self.device, self.dtypes[name]).contiguous() for name in self.inputs}
         shapes = {"num_accepted": (batch,), "next_tokens": (batch,), "probabilities": (batch, w)}
         outputs = {name: torch.empty(shapes[name], dtype=self.dtypes[name], device=self.device) for name in OUTPUTS}
         for name, tensor in bound.items():
-            self.context.set_input_shape(name, tuple(tensor.shape))
+            if not self.context.set_input_shape(name, tuple(tensor.shape)):
+                raise AutoJudgeError(f"the judge-accept engine refused {name} of shape {list(tensor.shape)} "
+                                     "(TensorRT set_input_shape)")
             self.context.set_tensor_address(name, tensor.data_ptr())
         for name, tensor in outputs.items():
             self.context.set_tensor_address(name, tensor.data_ptr())
