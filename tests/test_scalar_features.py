@@ -156,3 +156,20 @@ def test_the_judge_reads_the_scalars_training_computes_for_each_mined_label(pair
     assert compared >= 3
     agreement = scalars.columns([WINDOW_AGREEMENT])[:, 0]
     assert (agreement < 1).any(), "some judged mismatch should follow an accepted one in its window"
+
+
+def test_speculate_counts_cycles_and_the_ceiling_reads_the_labels():
+    from autojudge.evaluation.ceiling import ceiling
+    from autojudge.features.scalars import speculate
+
+    assert speculate({}, 10, 4) == (2, {})  # 0..3 + bonus 4, 5..8 + bonus 9
+    assert speculate({2: False}, 10, 4) == (3, {2: (2, 2)})  # rejected at 2; 3..6 + bonus 7; 8..
+    assert speculate({2: True, 9: False}, 10, 4) == (2, {2: (2, 2)})  # accepted; 9 is a bonus: never judged
+    labels = [{"index": 0, "pos": 1, "important": False}, {"index": 0, "pos": 3, "important": False},
+              {"index": 0, "pos": 7, "important": True}, {"index": 1, "pos": 0, "important": True}]
+    data = MinedDataset(labels, torch.zeros(4, 1), torch.zeros(4, 1), {})
+    got = ceiling(data, 4)
+    # prompt 0, positions 0..7: perfect: 0..3 (1, 3 accepted) + bonus 4, then 5..7 (7 rejected): 2 cycles;
+    # lossless: rejected at 1, at 3, at 7: 3 cycles. prompt 1, position 0: one cycle either way
+    assert (got["positions"], got["perfect_judge_tau"], got["lossless_tau"]) == (9, 9 / 3, 9 / 4)
+    assert got["ceiling_over_lossless"] == pytest.approx(4 / 3) and got["unimportant_fraction"] == 0.5

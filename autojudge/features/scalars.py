@@ -22,7 +22,7 @@ cycle, for the whole window; the judge itself still runs only at mismatches).
 Mining has no windows: :func:`autojudge.mining.scalars.mined_scalar_features` computes the same values for mined labels
 from one teacher-forced target pass over each prompt's final answer, with the window position
 of each label from the decode a perfect judge would make at a given window
-(:func:`perfect_judge_windows`).
+(:func:`perfect_judge_windows`, :func:`speculate`).
 """
 
 from __future__ import annotations
@@ -107,29 +107,40 @@ def perfect_judge_windows(answer_len: int, mismatches: dict[int, bool], window: 
 
     ``mismatches``: answer position -> important, for every position (below the last one listed)
     where the draft's greedy token differs from the answer's; every other position there matches.
-    The decode (:mod:`autojudge.decoding.loop`): the first cycle drafts from position 0 (the
-    target reads the prompt and the drafts in one pass); each cycle drafts ``window`` positions,
-    accepts matches and unimportant mismatches up to the first important one (where the target's
-    token is emitted) or the end of the window (then a bonus token, which nothing drafts).
-    Returns position -> (k, matches among the k drafted positions before it) for every mismatch;
-    a mismatch at a bonus position gets (0, 0)."""
+    Returns position -> (k, matches among the k drafted positions before it) for every mismatch
+    (see :func:`speculate`); a mismatch at a bonus position gets (0, 0)."""
+    end = min(max(mismatches, default=-1) + 1, answer_len)
+    where = speculate({pos: not important for pos, important in mismatches.items()}, end, window)[1]
+    return {pos: where.get(pos, (0, 0)) for pos in mismatches}
+
+
+def speculate(accepts: dict[int, bool], end: int, window: int) -> tuple[int, dict[int, tuple[int, int]]]:
+    """The cycles of greedy speculation at ``window`` over answer positions [0, end), where
+    ``accepts`` maps each mismatched position to whether it is accepted (other positions match).
+
+    As the decoder (:mod:`autojudge.decoding.loop`) runs them: the first cycle drafts from
+    position 0 (the target reads the prompt and the drafts in one pass); each cycle drafts
+    ``window`` positions and accepts up to the first rejected mismatch (where the target's token
+    is emitted) or the end of the window (then a bonus token, which nothing drafts).
+    Returns (cycles, position -> (k, matches before it in its window) for each judged mismatch)."""
     where: dict[int, tuple[int, int]] = {}
-    start = 0
-    last = max(mismatches, default=-1)
-    while start <= min(last, answer_len - 1):
+    start = cycles = 0
+    while start < end:
+        cycles += 1
         matches = 0
         for k in range(window):
             pos = start + k
-            if pos in mismatches:
-                where[pos] = (k, matches)
-                if mismatches[pos]:  # rejected: the target's token here, the next cycle after it
-                    start = pos + 1
-                    break
-            else:
+            if pos not in accepts:
                 matches += 1
+                continue
+            if pos < end:
+                where[pos] = (k, matches)
+            if not accepts[pos]:  # rejected: the target's token here, the next cycle after it
+                start = pos + 1
+                break
         else:
             start += window + 1  # the whole window accepted, then the bonus token
-    return {pos: where.get(pos, (0, 0)) for pos in mismatches}
+    return cycles, where
 
 
 def agreement_from_window(k: int, matches: int) -> float:

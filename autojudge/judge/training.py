@@ -85,7 +85,7 @@ def select_scalar_features(hidden: np.ndarray, scalars: MinedScalars, y: np.ndar
 
     def score(names: tuple[str, ...]) -> dict:
         x = np.concatenate([hidden, scalars.columns(names).numpy()], axis=1) if names else hidden
-        cv = cross_validated_auc(x, y, groups, c, config.cv_folds or 5, config.max_iter)
+        cv = cross_validated_auc(x, y, groups, c, config.cv_folds or 5, config.max_iter, len(names))
         if cv is None:
             raise AutoJudgeError("too few prompts with both classes to cross-validate the scalar features; mine more")
         return {"scalar_features": list(names), "cv_auc": cv[0], "cv_auc_std": cv[1]}
@@ -156,8 +156,28 @@ def fold_scaler(coef: np.ndarray, intercept: float, mean: np.ndarray, scale: np.
     return w, float(intercept - np.sum(coef * mean / scale))
 
 
+def scaler_for(num_features: int, num_scalars: int):
+    """StandardScaler whose last ``num_scalars`` columns come out ``sqrt(hidden columns)`` times
+    larger: one L2 penalty (one C) then shrinks a scalar feature about as much as a whole hidden
+    state, instead of as much as one of its hundreds of coordinates. Folding the scaler into the
+    weights (:func:`fold_scaler`) undoes it exactly: the deployed formula is unchanged."""
+    from sklearn.preprocessing import StandardScaler
+
+    boost = np.ones(num_features)
+    if num_scalars:
+        boost[num_features - num_scalars:] = np.sqrt(max(num_features - num_scalars, 1))
+
+    class BoostedScaler(StandardScaler):
+        def fit(self, x, y=None, sample_weight=None):
+            super().fit(x, y, sample_weight)
+            self.scale_ = self.scale_ / boost
+            return self
+
+    return BoostedScaler()
+
+
 def cross_validated_auc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float, folds: int,
-                        max_iter: int) -> tuple[float, float, int] | None:
+                        max_iter: int, num_scalars: int = 0) -> tuple[float, float, int] | None:
     """(mean, std, folds) of the ROC-AUC of scaler + logistic regression at ``c`` over
     prompt-grouped folds (a prompt's labels never straddle train and test); None when
     fewer than 2 folds have both classes."""
@@ -165,7 +185,6 @@ def cross_validated_auc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: flo
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GroupKFold
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     folds = min(folds, len(np.unique(groups)))
     if folds < 2:
@@ -174,7 +193,8 @@ def cross_validated_auc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: flo
     for train, test in GroupKFold(n_splits=folds).split(x, y, groups):
         if len(np.unique(y[train])) < 2 or len(np.unique(y[test])) < 2:
             continue
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter)).fit(x[train], y[train])
+        model = make_pipeline(scaler_for(x.shape[1], num_scalars),
+                              LogisticRegression(C=c, max_iter=max_iter)).fit(x[train], y[train])
         aucs.append(roc_auc_score(y[test], model.predict_proba(x[test])[:, 1]))
     if len(aucs) < 2:
         return None
@@ -205,17 +225,16 @@ def train_judge(data: MinedDataset, config: TrainConfig = TrainConfig(), progres
     return judge, report
 
 
-def _best_c(x: np.ndarray, y: np.ndarray, val: np.ndarray, config: TrainConfig, progress: bool):
+def _best_c(x: np.ndarray, y: np.ndarray, val: np.ndarray, config: TrainConfig, progress: bool, num_scalars: int = 0):
     """(best C, AUC by C, the fitted models by C, the scaler) on the train/validation split ``val``."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
-    from sklearn.preprocessing import StandardScaler
     from tqdm import tqdm
 
     train = ~val
     if len(np.unique(y[train])) < 2 or len(np.unique(y[val])) < 2:
         raise AutoJudgeError("the train or validation split has only one class; mine more prompts")
-    scaler = StandardScaler().fit(x[train])
+    scaler = scaler_for(x.shape[1], num_scalars).fit(x[train])
     xs_train, xs_val = scaler.transform(x[train]), scaler.transform(x[val])
     auc_by_c, models = {}, {}
     for c in tqdm(config.c_grid, desc="choosing C", disable=not progress):
@@ -230,7 +249,7 @@ def _train(data: MinedDataset, x: np.ndarray, y: np.ndarray, names: tuple[str, .
            progress: bool, extra: dict) -> tuple[Judge, TrainReport]:
     val = split_by_prompt(data.prompt_index.numpy(), config.val_fraction, config.seed)
     train = ~val
-    best_c, auc_by_c, models, scaler = _best_c(x, y, val, config, progress)
+    best_c, auc_by_c, models, scaler = _best_c(x, y, val, config, progress, len(names))
     model = models[best_c]
     w, b = fold_scaler(model.coef_[0], float(model.intercept_[0]), scaler.mean_, scaler.scale_)
     weight = torch.from_numpy(w.astype(np.float32))
@@ -248,7 +267,7 @@ def _train(data: MinedDataset, x: np.ndarray, y: np.ndarray, names: tuple[str, .
         curve=recall_acceptance_curve(prob, y[val]), scalar_features=names,
     )
     if config.cv_folds and (cv := cross_validated_auc(x, y, data.prompt_index.numpy(), best_c,
-                                                      config.cv_folds, config.max_iter)):
+                                                      config.cv_folds, config.max_iter, len(names))):
         report.cv_auc, report.cv_auc_std, report.cv_folds = cv
     manifest = data.manifest
     meta = JudgeMetadata(
