@@ -23,13 +23,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from autojudge.evaluation.ceiling import ceiling  # noqa: E402
-from autojudge.features.scalars import SCALAR_FEATURES  # noqa: E402
-from autojudge.judge.training import TrainConfig, cross_validated_auc, train_judge  # noqa: E402
-from autojudge.mining import read_mined  # noqa: E402
-from autojudge.mining.scalars import mined_scalar_features, task_prompts  # noqa: E402
-from autojudge.models import load_target, quiet_transformers  # noqa: E402
-from autojudge.tasks import get_task  # noqa: E402
+from autojudge.evaluation.ceiling import ceiling
+from autojudge.features.scalars import SCALAR_FEATURES
+from autojudge.judge.training import TrainConfig, cross_validated_auc, train_judge
+from autojudge.mining import read_mined
+from autojudge.mining.scalars import mined_scalar_features, task_prompts
+from autojudge.models import load_target, quiet_transformers
+from autojudge.tasks import get_task
 
 
 def main() -> None:
