@@ -18,6 +18,7 @@ from conftest import perturbed, tiny_model
 
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder, SpeculativeLoop
 from autojudge.errors import AutoJudgeError
+from autojudge.features.scalars import SCALAR_FEATURES
 from autojudge.judge import Judge, JudgeMetadata
 from autojudge.serving.trtllm import backend as trtllm_backend
 from autojudge.testing import tensorrt_runtime, trtllm_executor
@@ -39,9 +40,17 @@ def pair64(make_lm):
 
 
 def random_judge(target, draft, layout: str, seed: int = 1) -> Judge:
+    """``layout`` may end in "+scalars": every scalar feature after the hidden states, weighted
+    enough to sway decisions (they read the target logits the backend's LM head gives)."""
     torch.manual_seed(seed)
-    meta = JudgeMetadata(target.name, target.hidden_size, draft.name, draft.hidden_size, layout, threshold=0.5)
-    return Judge(torch.randn(meta.num_features) * 0.3, 0.0, meta)
+    scalars = SCALAR_FEATURES if layout.endswith("+scalars") else ()
+    meta = JudgeMetadata(target.name, target.hidden_size, draft.name, draft.hidden_size,
+                         layout.removesuffix("+scalars"), threshold=0.5, scalar_features=scalars)
+    weight, bias = torch.randn(meta.num_features) * 0.3, 0.0
+    if scalars:  # centred on typical values at this pair's mismatches: their variation decides
+        weight[-len(scalars):] = torch.randn(len(scalars))
+        bias = -float(weight[-len(scalars):] @ torch.tensor([-5.0, -4.3, 8.85, 1.0, 0.7]))
+    return Judge(weight, bias, meta)
 
 
 def both_ways(tmp_path, pair, judge, config, judge_path="plugin"):
@@ -71,7 +80,8 @@ def test_lossless_through_the_executors_is_the_targets_greedy_output(pair, tmp_p
 
 
 @pytest.mark.parametrize("layout, judge_path", [("draft+target", "plugin"), ("target", "plugin"),
-                                                ("draft+target", "onnx")])
+                                                ("draft+target", "onnx"), ("draft+target+scalars", "plugin"),
+                                                ("target+scalars", "onnx")])
 def test_judge_mode_through_the_judge_accept_engine_matches_the_in_process_decoder(pair, tmp_path, layout,
                                                                                    judge_path, monkeypatch):
     judge = random_judge(*pair, layout)
@@ -85,6 +95,10 @@ def test_judge_mode_through_the_judge_accept_engine_matches_the_in_process_decod
     assert served.metrics.num_accepted_mismatches > 0  # the judge accepted some mismatches ...
     assert served.metrics.num_draft_tokens - served.metrics.num_accepted_tokens > 0  # ... and rejected others
     assert served.metrics.num_target_calls - 1 <= len(calls) <= served.metrics.num_target_calls  # the engine decided
+    if judge.scalar_features:  # the scalars (from the backend's logits) swayed decisions
+        blind = Judge(torch.cat([judge.weight[:-5], torch.zeros(5)]), judge.bias, judge.meta)
+        assert SpeculativeDecoder(*pair, blind).generate(PROMPT, config, eos_token_ids=frozenset()).token_ids \
+            != in_process.token_ids
 
 
 def test_topk_through_the_executors_matches_the_in_process_decoder(pair, tmp_path):

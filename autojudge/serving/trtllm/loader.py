@@ -114,9 +114,12 @@ def open_backend(params: dict[str, str], judge, model_dir: Path) -> TensorRTLLMB
         plugin = params.get("plugin_library") or None
         judge_accept = TensorRTJudgeAccept(trt, model_dir / params["judge_plan"], plugin and model_dir / plugin,
                                            device)
-        if judge_accept.uses_draft_hidden != judge.uses_draft_hidden:
+        if judge_accept.uses_draft_hidden != judge.uses_draft_hidden \
+                or judge_accept.scalar_feature_size != len(judge.scalar_features):
             raise AutoJudgeError(f"the judge-accept engine {params['judge_plan']} was built for another judge "
-                                 "layout than the deployment's judge: rebuild it (autojudge-trt build judge)")
+                                 f"layout ({judge_accept.scalar_feature_size} scalar features) than the "
+                                 f"deployment's judge ({len(judge.scalar_features)}): rebuild it "
+                                 "(autojudge-trt build judge)")
     end_id = min(eos) if eos else None
     return TensorRTLLMBackend(ExecutorClient(api, executors["draft"], end_id),
                               ExecutorClient(api, executors["target"], end_id), lm_head,
