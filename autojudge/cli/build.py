@@ -94,7 +94,8 @@ def export_onnx_command(judge_path, out, hidden_dtype, as_json):
 
     \b
     Inputs: draft_tokens [B, W] int32, target_tokens [B, W+1] int32, draft_hidden [B, W, Hd]
-    (draft+target layout), target_hidden [B, W, Ht], threshold [B] fp32. Outputs:
+    (draft+target layout), target_hidden [B, W, Ht], scalar_features [B, W, E] fp32 (a judge
+    with scalar features), threshold [B] fp32. Outputs:
     num_accepted [B], next_tokens [B] (int32) and probabilities [B, W] (-1 where the judge
     was not needed) - exactly the plugin kernel's. For TensorRT without custom plugins,
     onnxruntime, or any ONNX consumer.
@@ -105,5 +106,6 @@ def export_onnx_command(judge_path, out, hidden_dtype, as_json):
     path = export_onnx(judge, out, hidden_dtype)
     info = {"onnx": str(path), "opset": OPSET, "ir_version": IR_VERSION, "hidden_dtype": hidden_dtype,
             "feature_layout": judge.meta.feature_layout, "draft_hidden_size": judge.meta.draft_hidden_size,
-            "target_hidden_size": judge.meta.target_hidden_size}
+            "target_hidden_size": judge.meta.target_hidden_size,
+            "scalar_features": list(judge.meta.scalar_features)}
     click.echo(json.dumps(info) if as_json else f"wrote {path} (opset {OPSET}, IR {IR_VERSION}, {hidden_dtype})")
