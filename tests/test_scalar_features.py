@@ -23,6 +23,7 @@ from autojudge.features.scalars import (
 from autojudge.judge import Judge, JudgeMetadata
 from autojudge.mining import MinedDataset, mine_example
 from autojudge.mining.scalars import mined_scalar_features
+from autojudge.models import encode_prompt
 from autojudge.tasks import Example, Task
 
 
@@ -173,3 +174,54 @@ def test_speculate_counts_cycles_and_the_ceiling_reads_the_labels():
     # lossless: rejected at 1, at 3, at 7: 3 cycles. prompt 1, position 0: one cycle either way
     assert (got["positions"], got["perfect_judge_tau"], got["lossless_tau"]) == (9, 9 / 3, 9 / 4)
     assert got["ceiling_over_lossless"] == pytest.approx(4 / 3) and got["unimportant_fraction"] == 0.5
+
+
+def test_mined_scalars_on_the_testbed_from_a_merged_directory_and_the_train_cli(tmp_path, monkeypatch):
+    """The real path: mine testbed problems, merge (which keeps each prompt's final answer), re-encode
+    the prompts from the task's split, compute and cache the scalars, train with them from the CLI,
+    and decode with the judge."""
+    import json
+
+    from click.testing import CliRunner
+
+    from autojudge.cli import main
+    from autojudge.errors import AutoJudgeError
+    from autojudge.mining import merge, mine, read_mined
+    from autojudge.mining.scalars import task_prompts
+    from autojudge.models import load_draft, load_target
+    from autojudge.testbed.task import Testbed
+
+    target = load_target("testbed")
+    draft = load_draft("testbed", target)
+    task = Testbed()
+    mine(target, draft, task, task.load("train", limit=12, offset=3), tmp_path / "mined", split="train@3",
+         batch_size=4, progress=False)
+    merged = merge(tmp_path / "mined", tmp_path / "merged")
+    data = read_mined(tmp_path / "merged")
+    assert data.prompts == merged.prompts and len(data.prompts) == 12
+    prompts = task_prompts(target, task, data)
+    scalars = mined_scalar_features(target, data, prompts, 4, tmp_path / "merged", progress=False)
+    assert scalars.values.shape == (len(data.labels), len(SCALAR_FEATURES)) and scalars.greedy_agreement == 1.0
+    assert (tmp_path / "merged" / "scalars-w4.safetensors").exists()
+    monkeypatch.setattr(type(target), "hidden_states", lambda *a, **k: pytest.fail("recomputed, not cached"))
+    again = mined_scalar_features(target, data, prompts, 4, tmp_path / "merged", progress=False)
+    assert torch.equal(again.values, scalars.values)
+    monkeypatch.undo()
+    data.prompts[min(data.prompts)]["example_id"] = "elsewhere"
+    with pytest.raises(AutoJudgeError, match="was mined from example 'elsewhere'"):
+        task_prompts(target, task, data)
+
+    out = CliRunner().invoke(main, ["train", "--data", str(tmp_path / "mined"), "--out", str(tmp_path / "judge"),
+                                    "--scalar-features", "target_logprob,window_agreement", "--scalar-window", "4",
+                                    "--target", "testbed", "--cv-folds", "3", "--json", "--no-progress"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output[out.output.index("{"):])["scalar_features"] == ["target_logprob", "window_agreement"]
+    judge = Judge.load(tmp_path / "judge")
+    assert judge.scalar_features == ("target_logprob", "window_agreement")
+    result = SpeculativeDecoder(target, draft, judge).generate(
+        encode_prompt(target.tokenizer, task.prompt(task.load("test", limit=1)[0]), system=task.system),
+        DecodeConfig(mode="judge", window=4, max_new_tokens=48))
+    assert result.metrics.num_generated_tokens > 0
+    bad = CliRunner().invoke(main, ["train", "--data", str(tmp_path / "mined"), "--out", str(tmp_path / "j2"),
+                                    "--scalar-features", "logit"])
+    assert bad.exit_code != 0 and "unknown scalar feature 'logit'" in bad.output
