@@ -62,11 +62,11 @@ def judge_inputs(decoder, prompt, monkeypatch) -> dict[int, tuple[int, torch.Ten
         cycle_start["first"] = (int(differs[0]), int(draft_tokens[0, int(differs[0])])) if len(differs) else None
         return real_mismatch_ok(config, backend, threshold, draft_tokens, draft_hidden, verification)
 
-    def probabilities(judge, draft_hidden, target_hidden):  # [1, w, Hd], [1, w, Ht]: what the judge reads
+    def probabilities(judge, draft_hidden, target_hidden, scalars=None):  # [1, w, Hd], [1, w, Ht]: what it reads
         if cycle_start["first"] is not None:
             k, token = cycle_start["first"]
             seen[cycle_start["generated"] + k] = (token, draft_hidden[0, k].clone(), target_hidden[0, k].clone())
-        return real_probabilities(judge, draft_hidden, target_hidden)
+        return real_probabilities(judge, draft_hidden, target_hidden, scalars)
 
     monkeypatch.setattr(decoding_loop.Running, "cycle", cycle)
     monkeypatch.setattr(decoding_loop, "mismatch_ok", mismatch_ok)
