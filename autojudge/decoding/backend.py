@@ -41,8 +41,10 @@ class Verification(NamedTuple):
 
 
 # judge_accept(draft_tokens [B, w], target_tokens [B, w+1], draft_hidden [B, w, Hd] | None,
-#              target_hidden [B, w, Ht], threshold) -> Acceptance: the judge and the rule in one step
-FusedJudgeAccept = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, float], Acceptance]
+#              target_hidden [B, w, Ht], threshold, scalars [B, w, E] fp32 | None) -> Acceptance:
+# the judge and the rule in one step (scalars: the judge's scalar features, autojudge.features.scalars)
+FusedJudgeAccept = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, float,
+                             torch.Tensor | None], Acceptance]
 
 
 class BatchState(Protocol):

@@ -32,6 +32,7 @@ from autojudge.decoding.config import LOGIT_MODES, DecodeConfig, GenerationResul
 from autojudge.decoding.metrics import SpecDecodeMetrics
 from autojudge.decoding.stops import StopStrings, first_stop
 from autojudge.errors import AutoJudgeError
+from autojudge.judge import Judge
 
 # on_tokens(row, new token ids, metrics so far): each cycle's committed tokens (for streaming)
 OnTokens = Callable[[int, list[int], SpecDecodeMetrics], None]
@@ -235,10 +236,8 @@ class Running:
         fused judge-accept step."""
         judge_accept = self.backend.judge_accept
         if row.config.mode == "judge" and draft_tokens.shape[1] and judge_accept is not None:
-            scalars = judge_scalars(self.backend.judge, draft_tokens, verification)
-            extra = {} if scalars is None else {"scalars": scalars}
             return judge_accept(draft_tokens, verification.tokens, draft_hidden, verification.hidden[:, 1:],
-                                row.threshold, **extra)
+                                row.threshold, judge_scalars(self.backend.judge, draft_tokens, verification))
         return accept(draft_tokens, verification.tokens.to(draft_tokens.device),
                       mismatch_ok(row.config, self.backend, row.threshold, draft_tokens, draft_hidden, verification))
 
@@ -312,7 +311,7 @@ def mismatch_ok(config: DecodeConfig, backend: Backend, threshold: float | None,
     return judge_mismatch_ok(probabilities, threshold).to(draft_tokens.device)
 
 
-def judge_scalars(judge, draft_tokens: torch.Tensor, verification: Verification) -> torch.Tensor | None:
+def judge_scalars(judge: Judge, draft_tokens: torch.Tensor, verification: Verification) -> torch.Tensor | None:
     """[B, w, E] fp32 scalar features of ``judge`` (from the verification's logits and tokens), on
     the device of the target's hidden states; None for a judge that uses none."""
     if not judge.scalar_features:
