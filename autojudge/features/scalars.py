@@ -56,17 +56,24 @@ def check_names(names: Sequence[str]) -> tuple[str, ...]:
 def logit_statistics(
     target_logits: torch.Tensor,  # [..., V] target logits at the position of each draft token
     draft_tokens: torch.Tensor,  # [...] int64
+    names: Sequence[str] = LOGIT_FEATURES,
 ) -> dict[str, torch.Tensor]:  # each [...] fp32
-    """The four logit features, in fp32 whatever the logits' dtype."""
+    """The logit features among ``names``, in fp32 whatever the logits' dtype; only those are
+    computed (each is a pass over V, once per cycle on the decoder's path)."""
     z = target_logits.float()
-    log_p = z.log_softmax(dim=-1)  # [..., V]
-    draft_z = z.gather(-1, draft_tokens.unsqueeze(-1))  # [..., 1]
-    return {
-        TARGET_LOGPROB: log_p.gather(-1, draft_tokens.unsqueeze(-1)).squeeze(-1),
-        TARGET_TOP_LOGPROB: log_p.max(dim=-1).values,
-        TARGET_ENTROPY: -(log_p.exp() * log_p).sum(dim=-1),
-        TARGET_RANK: (z > draft_z).sum(dim=-1).float().log1p(),
-    }
+    draft = draft_tokens.unsqueeze(-1)  # [..., 1]
+    out = {}
+    if TARGET_RANK in names:
+        out[TARGET_RANK] = (z > z.gather(-1, draft)).sum(dim=-1).float().log1p()
+    if any(name in names for name in (TARGET_LOGPROB, TARGET_TOP_LOGPROB, TARGET_ENTROPY)):
+        log_p = z.log_softmax(dim=-1)  # [..., V]
+        if TARGET_LOGPROB in names:
+            out[TARGET_LOGPROB] = log_p.gather(-1, draft).squeeze(-1)
+        if TARGET_TOP_LOGPROB in names:
+            out[TARGET_TOP_LOGPROB] = log_p.max(dim=-1).values
+        if TARGET_ENTROPY in names:
+            out[TARGET_ENTROPY] = -(log_p.exp() * log_p).sum(dim=-1)
+    return out
 
 
 def window_agreement(draft_tokens: torch.Tensor, target_tokens: torch.Tensor) -> torch.Tensor:
@@ -93,7 +100,7 @@ def scalar_features(
     if any(name in LOGIT_FEATURES for name in names):
         if target_logits is None:
             raise ValueError(f"scalar features {names} need the target's logits")
-        columns.update(logit_statistics(target_logits, draft_tokens.to(target_logits.device)))
+        columns.update(logit_statistics(target_logits, draft_tokens.to(target_logits.device), names))
     if WINDOW_AGREEMENT in names:
         columns[WINDOW_AGREEMENT] = window_agreement(draft_tokens, target_tokens)
     batch, w = draft_tokens.shape

@@ -26,7 +26,6 @@ from tqdm import tqdm
 
 from autojudge.errors import AutoJudgeError
 from autojudge.features.scalars import (
-    LOGIT_FEATURES,
     SCALAR_FEATURES,
     WINDOW_AGREEMENT,
     agreement_from_window,
@@ -114,10 +113,8 @@ def mined_scalar_features(target: CausalLM, data: MinedDataset, prompts: Mapping
             stats = logit_statistics(logits, drafted)  # each [n]
             agree += int((logits.argmax(-1).cpu() == torch.tensor([lb["target_token"] for lb in labels])).sum())
             where = perfect_judge_windows(len(answer), {lb["pos"]: bool(lb["important"]) for lb in labels}, window)
-            for j, (r, label) in enumerate(zip(rows, labels)):
-                for name in LOGIT_FEATURES:
-                    values[r, SCALAR_FEATURES.index(name)] = float(stats[name][j])
-                values[r, SCALAR_FEATURES.index(WINDOW_AGREEMENT)] = agreement_from_window(*where[label["pos"]])
+            stats[WINDOW_AGREEMENT] = torch.tensor([agreement_from_window(*where[lb["pos"]]) for lb in labels])
+            values[rows] = torch.stack([stats[name].cpu() for name in SCALAR_FEATURES], dim=-1)  # [n, 5]
     result = MinedScalars(values, agree / max(len(data.labels), 1), window)
     if cache is not None:
         meta = json.dumps({"digest": digest, "names": list(SCALAR_FEATURES), "window": window,
