@@ -16,10 +16,10 @@ API docs, and triton-inference-server/tensorrt_backend ``src/shared_library.cc``
 - ``execute_async_v3`` reads inputs and writes outputs at the addresses given by
   ``set_tensor_address``, with the shapes given by ``set_input_shape``;
 - ``set_input_shape`` returns False for a name that is not an input, or a shape whose rank or
-  static dimensions differ from the network's (NvInferRuntime.h ``IExecutionContext::setInputShape``:
+  static dimensions differ from the network's (NvInferRuntime.h, TensorRT 10.14, ``IExecutionContext::setInputShape``:
   "Each dimension must agree with the network dimension unless the latter was -1");
 - ``get_tensor_shape`` gives the network's shape, -1 in place of each dynamic dimension
-  (NvInferRuntime.h ``ICudaEngine::getTensorShape``).
+  (NvInferRuntime.h, TensorRT 10.14, ``ICudaEngine::getTensorShape``).
 
 A judge with E scalar features gets the input ``scalar_features`` [B, W, E] fp32 after the hidden
 states on both paths, as :mod:`autojudge.acceptance.engine` builds it (the plugin path with the
@@ -142,7 +142,7 @@ class _Engine:
     def get_tensor_dtype(self, name: str) -> DataType:
         return self.tensors[name]
 
-    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:  # NvInferRuntime.h (10.14) getTensorShape: -1 if dynamic
         return self.shapes[name]
 
     def create_execution_context(self):
@@ -165,6 +165,7 @@ class _Context:
         self.addresses: dict[str, int] = {}
 
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        # NvInferRuntime.h (10.14) setInputShape: False for a non-input, or a dimension that is not -1 and differs
         network = None if name in OUTPUTS else self.engine.shapes.get(name)
         if network is None or len(shape) != len(network) or any(n not in (-1, d) for n, d in zip(network, shape)):
             return False
