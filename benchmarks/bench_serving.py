@@ -35,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from clients import run_clients
 from prompts import CHAT, gsm8k
 
 from autojudge.decoding import DecodeConfig
@@ -76,13 +77,7 @@ def run_load(server: TritonServer, prompts: list[str], check, fields: dict, clie
             with lock:
                 records.append(record)
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
+    elapsed = run_clients(client, clients)
     done = [r for r in records if r["ok"]]
 
     def mean(key):

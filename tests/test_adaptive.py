@@ -103,3 +103,24 @@ def test_the_observed_cost_corrects_the_start_up_model():
     assert cost.cycle(2, 4) == 10.0
     cost.observe(2, 4, 20.0)
     assert cost.cycle(2, 4) == pytest.approx(0.8 * 10 + 0.2 * 20)
+
+
+def test_a_served_batch_times_only_its_decode_cycles(lm, make_lm):
+    """A cycle that feeds a prompt chunk costs the chunk, not the window: timing it into (batch, w)
+    would make that window look dear whenever requests join."""
+    from autojudge.decoding.loop import Running
+
+    decoder = SpeculativeDecoder(lm, make_lm(tiny_model(0), "tiny-draft"))
+    model = CycleCost(target=1.0, target_per_token=0.02, draft=0.1)
+    running = Running(decoder.backend, frozenset(), model, prefill_chunk=2, observe_costs=True)
+    seen = running.cost.seen
+    running.join([PROMPT], DecodeConfig(mode="lossless", window=3, max_new_tokens=40))
+    while running.active[0].prefilling:  # 9 prompt tokens, 2 a cycle
+        running.cycle()
+        assert seen == {}
+    running.cycle()
+    assert list(seen) == [(1, 3)]  # decoding: timed
+    running.join([PROMPT], DecodeConfig(mode="lossless", window=3, max_new_tokens=40))
+    before = dict(seen)
+    running.cycle()  # the new row feeds its first chunk: the cycle is not timed
+    assert seen == before

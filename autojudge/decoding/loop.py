@@ -145,6 +145,7 @@ class Running:
         fed = [min(row.prompt_len, row.fed + chunk) if row.prefilling else len(row.tokens) for row in rows]
         sequences = [row.tokens[:n] for row, n in zip(rows, fed)]
         feeding = [row.prefilling and n < row.prompt_len for row, n in zip(rows, fed)]  # no token this cycle
+        decode_only = not any(row.prefilling for row in rows)  # every row feeds 1 token + its drafts
         committed = torch.tensor(fed, device=device)  # [B]
         row_w = torch.tensor(self._windows(rows, feeding), device=device)  # [B] each row's window
 
@@ -191,7 +192,7 @@ class Running:
             else:
                 ended.append(row.index)
         self._keep_rows(still)
-        if isinstance(self.cost, ObservedCost):
+        if isinstance(self.cost, ObservedCost) and decode_only:  # a prompt chunk's cost is not the window's
             self.cost.observe(w, len(rows), time.perf_counter() - started)
         return ended
 
