@@ -105,22 +105,34 @@ def test_the_observed_cost_corrects_the_start_up_model():
     assert cost.cycle(2, 4) == pytest.approx(0.8 * 10 + 0.2 * 20)
 
 
-def test_a_served_batch_times_only_its_decode_cycles(lm, make_lm):
-    """A cycle that feeds a prompt chunk costs the chunk, not the window: timing it into (batch, w)
-    would make that window look dear whenever requests join."""
+def test_a_served_batch_times_only_its_steady_decode_cycles(lm, make_lm):
+    """A cycle that feeds a prompt chunk costs the chunk, not the window, and so does one whose draft
+    first catches up on what it has not read (a new row's prompt, or the tokens of idle cycles):
+    timing either into (batch, w) would make that window look dear whenever requests join."""
     from autojudge.decoding.loop import Running
 
     decoder = SpeculativeDecoder(lm, make_lm(tiny_model(0), "tiny-draft"))
     model = CycleCost(target=1.0, target_per_token=0.02, draft=0.1)
     running = Running(decoder.backend, frozenset(), model, prefill_chunk=2, observe_costs=True)
     seen = running.cost.seen
-    running.join([PROMPT], DecodeConfig(mode="lossless", window=3, max_new_tokens=40))
-    while running.active[0].prefilling:  # 9 prompt tokens, 2 a cycle
+    running.join([PROMPT], DecodeConfig(mode="lossless", window=3, max_new_tokens=60))
+    while running.active[0].prefilling:  # 9 prompt tokens, 2 a cycle (the last chunk's cycle drafts)
         running.cycle()
         assert seen == {}
     running.cycle()
-    assert list(seen) == [(1, 3)]  # decoding: timed
-    running.join([PROMPT], DecodeConfig(mode="lossless", window=3, max_new_tokens=40))
+    assert list(seen) == [(1, 3)]  # steady decoding: timed
+    running.join([PROMPT], DecodeConfig(mode="lossless", window=3, max_new_tokens=60, adaptive=True))
     before = dict(seen)
     running.cycle()  # the new row feeds its first chunk: the cycle is not timed
     assert seen == before
+    while running.active[1].prefilling:
+        running.cycle()
+    running.active[0].cancelled = True
+    hopeless = running.active[1].controller
+    hopeless.accepted = 0.0  # the adaptive row now stops drafting, and probes after probe_every idle cycles
+    windows = []
+    for _ in range(hopeless.probe_every + 1):
+        running.cycle()
+        windows.append(running.last_window)
+    assert windows == [0] * hopeless.probe_every + [1] and (1, 0) in seen
+    assert (1, 1) not in seen  # the probe's draft first read the idle cycles' tokens

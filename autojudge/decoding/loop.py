@@ -50,6 +50,7 @@ class _Row:
     on_tokens: OnTokens | None = None
     index: int = 0  # the order it joined in (results come back in this order)
     fed: int = 0  # prompt tokens the caches have been given (chunked prefill; = prompt_len once done)
+    draft_read: int = 0  # tokens of this row the draft had read at the last cycle that drafted
     started: float = 0.0  # perf_counter() at join
     cancelled: bool = False
     finish_reason: str | None = None
@@ -90,6 +91,7 @@ class Running:
     state: BatchState | None = None
     joined: int = 0  # rows that ever joined
     probes: BatchProbes = field(default_factory=BatchProbes)  # when adaptive rows of a batch may probe
+    last_window: int = 0  # the batch's window in its last cycle
 
     def __post_init__(self) -> None:
         if self.observe_costs and isinstance(self.cost, CycleCost):
@@ -153,7 +155,11 @@ class Running:
         need_draft_hidden = any(r.config.mode == "judge" and backend.judge.uses_draft_hidden for r in rows)
         draft_tokens = committed.new_empty((len(rows), 0))  # [B, w]
         draft_hidden = None  # [B, w, Hd]
+        catch_up = 0  # the most tokens a row's draft cache lags by: its first read this cycle is that long
         if int(row_w.max()):
+            catch_up = max(len(seq) - row.draft_read for row, seq in zip(rows, sequences))
+            for row, seq in zip(rows, sequences):
+                row.draft_read = len(seq)
             proposal = state.propose(sequences, int(row_w.max()), need_draft_hidden)
             draft_tokens, draft_hidden = proposal.tokens.to(device), proposal.hidden
             row_w = row_w.clamp(max=draft_tokens.shape[1])  # a backend may draft fewer
@@ -192,8 +198,12 @@ class Running:
             else:
                 ended.append(row.index)
         self._keep_rows(still)
-        if isinstance(self.cost, ObservedCost) and decode_only:  # a prompt chunk's cost is not the window's
+        # A prompt chunk's cost is not the window's, nor is the draft catching up after idle cycles or
+        # on a new row's prompt (a one-off read of the lagging tokens, padded to the longest over the
+        # batch): a steady cycle's draft lags by at most the last cycle's commit (its window + 1) + 1.
+        if isinstance(self.cost, ObservedCost) and decode_only and catch_up <= self.last_window + 2:
             self.cost.observe(w, len(rows), time.perf_counter() - started)
+        self.last_window = w
         return ended
 
     def _windows(self, rows: list[_Row], feeding: list[bool]) -> list[int]:
