@@ -181,7 +181,10 @@ class ObservedCost:
     """The start-up :class:`CycleCost`, corrected by what this batch's cycles really cost (a served
     batch has holes, longer contexts and per-row I/O the start-up measurement does not see): a
     (batch size, window) already run costs its decayed measured mean; another is the model's
-    figure scaled as the measured ones at that batch size compare with the model's."""
+    figure scaled as the measured ones at that batch size compare with the model's. Only steady
+    decode cycles are observed (:meth:`autojudge.decoding.loop.Running.cycle`): one that feeds a
+    prompt chunk, or whose draft first catches up on a new row's prompt or on idle cycles' tokens,
+    pays a one-off the window does not cost again."""
 
     def __init__(self, model: CycleCost, memory: float = 0.8):
         self.model, self.memory = model, memory
