@@ -121,7 +121,7 @@ def test_a_served_batch_times_only_its_steady_decode_cycles(lm, make_lm):
         assert seen == {}
     running.cycle()
     assert list(seen) == [(1, 3)]  # steady decoding: timed
-    running.join([PROMPT], DecodeConfig(mode="lossless", window=3, max_new_tokens=60, adaptive=True))
+    running.join([PROMPT], DecodeConfig(mode="lossless", window=3, max_new_tokens=120, adaptive=True))
     before = dict(seen)
     running.cycle()  # the new row feeds its first chunk: the cycle is not timed
     assert seen == before
@@ -135,4 +135,12 @@ def test_a_served_batch_times_only_its_steady_decode_cycles(lm, make_lm):
         running.cycle()
         windows.append(running.last_window)
     assert windows == [0] * hopeless.probe_every + [1] and (1, 0) in seen
-    assert (1, 1) not in seen  # the probe's draft first read the idle cycles' tokens
+    assert (1, 1) in seen  # a probe after a short wait reads a few tokens more: timed
+    del seen[(1, 1)]
+    hopeless.accepted, hopeless.wait = 0.0, 40
+    windows = []
+    for _ in range(41):
+        running.cycle()
+        windows.append(running.last_window)
+    assert windows == [0] * 40 + [1]
+    assert (1, 1) not in seen  # this probe's draft first read 40 idle cycles' tokens

@@ -36,6 +36,7 @@ from autojudge.judge import Judge
 
 # on_tokens(row, new token ids, metrics so far): each cycle's committed tokens (for streaming)
 OnTokens = Callable[[int, list[int], SpecDecodeMetrics], None]
+SMALL_CATCH_UP = 32  # draft tokens over the batch whose catch-up read costs a few draft steps at most
 
 
 @dataclass
@@ -198,10 +199,13 @@ class Running:
             else:
                 ended.append(row.index)
         self._keep_rows(still)
-        # A prompt chunk's cost is not the window's, nor is the draft catching up after idle cycles or
-        # on a new row's prompt (a one-off read of the lagging tokens, padded to the longest over the
-        # batch): a steady cycle's draft lags by at most the last cycle's commit (its window + 1) + 1.
-        if isinstance(self.cost, ObservedCost) and decode_only and catch_up <= self.last_window + 2:
+        # A prompt chunk's cost is not the window's, nor is the draft catching up after many idle cycles
+        # or on a new row's prompt (a one-off read of the lagging tokens, padded to the longest over the
+        # batch). A steady cycle's draft lags by at most the last cycle's commit (its window + 1) + 1; a
+        # probe after a short wait reads a little more, and is timed, or a batch whose start-up model
+        # says "do not draft" would never learn otherwise.
+        steady = catch_up <= self.last_window + 2 or catch_up * len(rows) <= SMALL_CATCH_UP
+        if isinstance(self.cost, ObservedCost) and decode_only and steady:
             self.cost.observe(w, len(rows), time.perf_counter() - started)
         self.last_window = w
         return ended
