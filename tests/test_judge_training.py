@@ -151,3 +151,22 @@ def test_auto_scalar_features_keeps_the_informative_one_and_deploys_it(tmp_path)
     assert report.scalar_features == ()
     with pytest.raises(AutoJudgeError, match="need the labels' scalars"):
         train_judge(data, TrainConfig(scalar_features="auto"), progress=False)
+
+
+def test_answer_calibration_bisects_the_gap_the_grid_leaves():
+    """A confident judge's grid can jump from a threshold that keeps every answer to one that loses
+    many; bisection between them finds the largest threshold that still keeps the retention."""
+    from autojudge.judge.calibration import choose, refine
+
+    def decode_at(t):  # answers start to change past 0.62; tau rises with the threshold
+        return {"threshold": t, "retention": 1.0 if t <= 0.62 else 0.5, "tau": 2 + 4 * t}
+
+    grid = [decode_at(t) for t in (0.0, 0.003, 0.006, 0.98, 1.0)]
+    assert choose(grid, 0.99)["threshold"] == 0.006
+    decoded = []
+    curve = refine(grid, 0.99, 6, lambda t: decoded.append(t) or decode_at(t))
+    assert len(decoded) == 6 and 0.55 < choose(curve, 0.99)["threshold"] <= 0.62
+    assert [p["threshold"] for p in curve] == sorted(p["threshold"] for p in curve)
+    assert refine(grid, 0.99, 0, decode_at) == grid  # no steps: the grid as it was
+    failing = [decode_at(0.7), decode_at(0.9)]  # even the lowest point fails: nothing to bisect
+    assert refine(failing, 0.99, 3, decode_at) == failing

@@ -6,7 +6,9 @@ held-out prompts (never used to fit it) at a grid of thresholds, beside the targ
 **retention** at a threshold is the share of prompts whose task result equals the target's
 own, and tau the tokens per target call. The answer-calibrated threshold is the largest grid
 threshold up to which every threshold keeps at least the requested retention (so a lucky
-point past a failing one is not taken). It becomes the artifact's ``threshold`` - what
+point past a failing one is not taken), refined by bisection between it and the first grid
+point that fails (``refine`` more decodes: a confident judge's probabilities cluster near 0 and
+1, so the grid, spread over them, can jump from a threshold of 0.006 to 0.98). It becomes the artifact's ``threshold`` - what
 ``calibrated`` means - and the curve is stored in ``judge.json`` beside the token-level one:
 
     extra["answer_calibration"] = {"retention": 0.95, "chosen": {...}, "curve": [
@@ -30,6 +32,7 @@ class AnswerCalibration:
     retention: float = 0.95  # share of the target's answers to keep
     window: int = 8
     points: int = 10  # thresholds decoded (the grid), besides 0 and the token-level one
+    refine: int = 3  # bisection steps between the chosen grid point and the first failing one
 
 
 def threshold_grid(judge: Judge, points: int) -> list[float]:
@@ -51,6 +54,20 @@ def choose(curve: list[dict], retention: float) -> dict:
     return chosen or curve[0]
 
 
+def refine(curve: list[dict], retention: float, steps: int, decode_at) -> list[dict]:
+    """The curve with up to ``steps`` more points, each halfway between the chosen point and the
+    next one above it (the first that fails), decoded by ``decode_at(threshold) -> point``; ascending."""
+    curve = sorted(curve, key=lambda p: p["threshold"])
+    for _ in range(steps):
+        chosen = choose(curve, retention)
+        above = [p for p in curve if p["threshold"] > chosen["threshold"]]
+        if chosen["retention"] < retention or not above:
+            break
+        curve = sorted([*curve, decode_at((chosen["threshold"] + above[0]["threshold"]) / 2)],
+                       key=lambda p: p["threshold"])
+    return curve
+
+
 def token_calibrated(judge: Judge) -> Judge:
     """The judge as training left it (its token-level threshold), whatever calibration came since."""
     token = judge.meta.extra.get("token_threshold")
@@ -70,13 +87,17 @@ def calibrate_answers(target, draft, judge: Judge, task, examples: list, config:
     decoder = SpeculativeDecoder(target, draft, judge)
     if not examples:
         raise AutoJudgeError("answer calibration needs held-out prompts (--calibration-prompts >= 1)")
-    grid = threshold_grid(judge, config.points)
-    runs = [Run("target"), *(Run("judge", config.window, threshold=t) for t in grid)]
-    report = evaluate(decoder, task, examples, runs, out_dir, max_new_tokens=max_new_tokens, progress=progress,
-                      batch_size=batch_size)
-    curve = sorted(({"threshold": row["threshold"], "retention": row["agreement_with_target"], "tau": row["tau"],
-                     "accepted_mismatches": row["accepted_mismatches"]}
-                    for row in report["runs"] if row["mode"] == "judge"), key=lambda p: p["threshold"])
+    def decode(thresholds: list[float]) -> tuple[dict, list[dict]]:
+        runs = [Run("target"), *(Run("judge", config.window, threshold=t) for t in thresholds)]
+        report = evaluate(decoder, task, examples, runs, out_dir, max_new_tokens=max_new_tokens,
+                          progress=progress, batch_size=batch_size)
+        return report, [{"threshold": row["threshold"], "retention": row["agreement_with_target"], "tau": row["tau"],
+                         "accepted_mismatches": row["accepted_mismatches"]}
+                        for row in report["runs"] if row["mode"] == "judge"]
+
+    report, curve = decode(threshold_grid(judge, config.points))
+    curve = refine(curve, config.retention, config.refine, lambda t: decode([t])[1][0])
+    report, _ = decode([p["threshold"] for p in curve])  # all resumed: the folder's report holds every point
     chosen = choose(curve, config.retention)
     record = {"retention": config.retention, "chosen": chosen, "curve": curve, "prompts": len(examples),
               "split": split, "window": config.window, "max_new_tokens": report["max_new_tokens"],
