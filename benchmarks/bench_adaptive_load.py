@@ -88,6 +88,13 @@ def main(target, draft, questions, max_new_tokens, window, concurrency, seconds,
     cost_prompt = encode_prompt(target_lm.tokenizer, "Hello! How are you today?")  # as the served model does
     levels = [int(c) for c in concurrency.split(",")]
     runs: dict[str, dict[str, list[dict]]] = {str(c): {m: [] for m in configs} for c in levels}
+    for config in configs.values():  # unmeasured: a fresh process's first runs are slower (caches, allocator)
+        batcher = ContinuousBatcher(decoder, max_batch=max_batch, max_queue=64, cost_prompt=cost_prompt,
+                                    cost_window=window)
+        try:
+            closed_loop(batcher, prompts, config, max(levels), 2.0, 0.0, None)
+        finally:
+            batcher.close()
     for r in range(rounds):
         for c in levels:
             order = list(configs)[r % len(configs):] + list(configs)[:r % len(configs)]
