@@ -88,28 +88,29 @@ def main(target, draft, questions, max_new_tokens, window, concurrency, seconds,
     cost_prompt = encode_prompt(target_lm.tokenizer, "Hello! How are you today?")  # as the served model does
     levels = [int(c) for c in concurrency.split(",")]
     runs: dict[str, dict[str, list[dict]]] = {str(c): {m: [] for m in configs} for c in levels}
-    for config in configs.values():  # unmeasured: a fresh process's first runs are slower (caches, allocator)
+
+    def measure(config: DecodeConfig, clients: int, seconds: float, warm: float, check) -> tuple[dict, ContinuousBatcher]:
+        """One closed-loop run on a fresh batcher: its observed costs start from the machine's model."""
         batcher = ContinuousBatcher(decoder, max_batch=max_batch, max_queue=64, cost_prompt=cost_prompt,
                                     cost_window=window)
         try:
-            closed_loop(batcher, prompts, config, max(levels), 2.0, 0.0, None)
+            return closed_loop(batcher, prompts, config, clients, seconds, warm, check), batcher
         finally:
             batcher.close()
+
+    for config in configs.values():  # unmeasured: a fresh process's first runs are slower (caches, allocator)
+        measure(config, max(levels), 2.0, 0.0, None)
     for r in range(rounds):
         for c in levels:
             order = list(configs)[r % len(configs):] + list(configs)[:r % len(configs)]
-            for method in order:  # a fresh batcher per run: its observed costs start from the machine's model
-                batcher = ContinuousBatcher(decoder, max_batch=max_batch, max_queue=64, cost_prompt=cost_prompt,
-                                            cost_window=window)
-                try:
-                    run = closed_loop(batcher, prompts, configs[method], c, seconds, warmup, expected)
-                finally:
-                    batcher.close()
+            for method in order:
+                result, batcher = measure(configs[method], c, seconds, warmup, expected)
                 seen = getattr(batcher.cost, "seen", {})  # (batch, w) -> observed seconds per cycle
-                run["observed_cycle_s"] = {f"{b}x{w}": s for (b, w), s in sorted(seen.items())}
-                runs[str(c)][method].append(run)
-                print(f"round {r} clients {c:2d} {method:12s} {run['tokens_per_s']:6.1f} tokens/s  "
-                      f"tau {run['tau']:.2f}  window {run['mean_window']:.2f}  wrong {run['wrong']}", flush=True)
+                result["observed_cycle_s"] = {f"{b}x{w}": s for (b, w), s in sorted(seen.items())}
+                runs[str(c)][method].append(result)
+                print(f"round {r} clients {c:2d} {method:12s} {result['tokens_per_s']:6.1f} tokens/s  "
+                      f"tau {result['tau']:.2f}  window {result['mean_window']:.2f}  wrong {result['wrong']}",
+                      flush=True)
     report = {"cycle_cost": decoder.cycle_cost(cost_prompt, window, batch=max_batch).__dict__, "window": window,
               "max_new_tokens": max_new_tokens, "seconds": seconds, "rounds": rounds, "runs": runs, "summary": {}}
     for c in levels:

@@ -211,8 +211,9 @@ def calibrate(judge_path, task_spec, split, offset, prompts, retention, target, 
     Decodes the prompts with the target and with the judge at a grid of thresholds (window
     --window), stores the curve threshold -> (retention, tau) in judge.json beside the
     token-level one, and sets the threshold to the largest grid point up to which every point
-    keeps the retention, refined by 3 bisection steps toward the first point that does not. `train` chooses its threshold by a token-level recall, which does not
-    bound how many answers change.
+    keeps the retention, refined by 3 bisection steps toward the first point that does not.
+    `train` chooses its threshold by a token-level recall, which does not bound how many answers
+    change.
     """
     from autojudge.judge import Judge
     from autojudge.judge.calibration import AnswerCalibration, calibrate_answers

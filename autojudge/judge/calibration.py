@@ -8,8 +8,9 @@ own, and tau the tokens per target call. The answer-calibrated threshold is the 
 threshold up to which every threshold keeps at least the requested retention (so a lucky
 point past a failing one is not taken), refined by bisection between it and the first grid
 point that fails (``refine`` more decodes: a confident judge's probabilities cluster near 0 and
-1, so the grid, spread over them, can jump from a threshold of 0.006 to 0.98). It becomes the artifact's ``threshold`` - what
-``calibrated`` means - and the curve is stored in ``judge.json`` beside the token-level one:
+1, so the grid, spread over them, can jump from a threshold of 0.006 to 0.98). It becomes the
+artifact's ``threshold`` - what ``calibrated`` means - and the curve is stored in ``judge.json``
+beside the token-level one:
 
     extra["answer_calibration"] = {"retention": 0.95, "chosen": {...}, "curve": [
         {"threshold", "retention", "tau", "accepted_mismatches"}, ...], "prompts", "split", "window", ...}
