@@ -28,6 +28,7 @@ from prompts import gsm8k
 
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder
 from autojudge.models import encode_prompt, load_draft, load_target, quiet_transformers
+from autojudge.models.model_thread import ModelThread
 from autojudge.serving.batcher import ContinuousBatcher
 
 
@@ -77,22 +78,27 @@ def closed_loop(batcher: ContinuousBatcher, prompts: list[list[int]], config: De
 def main(target, draft, questions, max_new_tokens, window, concurrency, seconds, warmup, rounds, max_batch,
          out):
     quiet_transformers()
-    target_lm = load_target(target, device="cpu")
-    decoder = SpeculativeDecoder(target_lm, load_draft(draft, target_lm))
-    prompts = [encode_prompt(target_lm.tokenizer, q) for q in gsm8k(questions)]
+    models = ModelThread()  # loads, checks and decodes: every torch call on one thread, as the server does
+
+    def load() -> SpeculativeDecoder:
+        target_lm = load_target(target, device="cpu")
+        return SpeculativeDecoder(target_lm, load_draft(draft, target_lm))
+
+    decoder = models.call(load)
+    prompts = [encode_prompt(decoder.backend.tokenizer, q) for q in gsm8k(questions)]
     configs = {"target": DecodeConfig(mode="target", max_new_tokens=max_new_tokens),
                f"lossless@{window}": DecodeConfig(mode="lossless", window=window, max_new_tokens=max_new_tokens),
                f"adaptive@{window}": DecodeConfig(mode="lossless", window=window, max_new_tokens=max_new_tokens,
                                                   adaptive=True)}
-    expected = {i: r.token_ids for i, r in enumerate(decoder.generate_batch(prompts, configs["target"]))}
-    cost_prompt = encode_prompt(target_lm.tokenizer, "Hello! How are you today?")  # as the served model does
+    expected = {i: r.token_ids for i, r in enumerate(models.call(decoder.generate_batch, prompts, configs["target"]))}
+    cost_prompt = encode_prompt(decoder.backend.tokenizer, "Hello! How are you today?")  # as the served model does
     levels = [int(c) for c in concurrency.split(",")]
     runs: dict[str, dict[str, list[dict]]] = {str(c): {m: [] for m in configs} for c in levels}
 
     def measure(config: DecodeConfig, clients: int, seconds: float, warm: float, check) -> tuple[dict, ContinuousBatcher]:
         """One closed-loop run on a fresh batcher: its observed costs start from the machine's model."""
         batcher = ContinuousBatcher(decoder, max_batch=max_batch, max_queue=64, cost_prompt=cost_prompt,
-                                    cost_window=window)
+                                    cost_window=window, thread=models)
         try:
             return closed_loop(batcher, prompts, config, clients, seconds, warm, check), batcher
         finally:
@@ -111,7 +117,7 @@ def main(target, draft, questions, max_new_tokens, window, concurrency, seconds,
                 print(f"round {r} clients {c:2d} {method:12s} {result['tokens_per_s']:6.1f} tokens/s  "
                       f"tau {result['tau']:.2f}  window {result['mean_window']:.2f}  wrong {result['wrong']}",
                       flush=True)
-    report = {"cycle_cost": decoder.cycle_cost(cost_prompt, window, batch=max_batch).__dict__, "window": window,
+    report = {"cycle_cost": models.call(decoder.cycle_cost, cost_prompt, window, batch=max_batch).__dict__, "window": window,
               "max_new_tokens": max_new_tokens, "seconds": seconds, "rounds": rounds, "runs": runs, "summary": {}}
     for c in levels:
         base = statistics.median(run["tokens_per_s"] for run in runs[str(c)]["target"])

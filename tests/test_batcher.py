@@ -11,6 +11,7 @@ from conftest import perturbed, tiny_model
 
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder
 from autojudge.errors import AutoJudgeError
+from autojudge.models.model_thread import ModelThread
 from autojudge.serving.batcher import ContinuousBatcher, ServerFull
 
 PROMPTS = [[1, 504, 3458, 314, 253, 1345, 28, 288], [1, 42, 977], [1, 9, 8, 7, 6, 5, 4, 3, 2000, 31, 77, 12],
@@ -183,3 +184,36 @@ def test_generate_from_a_callback_is_refused_not_a_deadlock(decoder):
         assert seen and "would wait for itself" in seen[0]
     finally:
         batcher.close()
+
+
+def test_the_batch_measures_and_decodes_on_the_thread_it_is_given(decoder):
+    models = ModelThread("models")
+    seen, measure = set(), decoder.cycle_cost
+
+    def timed_cost(*args, **kwargs):
+        seen.add(threading.current_thread())
+        return measure(*args, **kwargs)
+
+    decoder.cycle_cost, decoder._costs = timed_cost, {}
+    try:
+        batcher = ContinuousBatcher(decoder, max_batch=2, max_queue=2, cost_prompt=PROMPTS[0], thread=models)
+        batcher.generate(PROMPTS[1], CONFIGS[3], on_tokens=lambda ids, m: seen.add(threading.current_thread()),
+                         timeout=120)
+        batcher.close()
+        assert seen == {models.thread}
+        assert models.call(lambda: threading.current_thread()) is models.thread  # still there: the caller's to close
+    finally:
+        del decoder.cycle_cost
+        models.close()
+
+
+def test_a_model_thread_runs_in_order_and_hands_back_errors():
+    models, order = ModelThread(), []
+    futures = [models.submit(order.append, i) for i in range(5)]
+    assert [f.result(timeout=10) for f in futures] == [None] * 5 and order == list(range(5))
+    with pytest.raises(ZeroDivisionError):
+        models.call(lambda: 1 / 0)
+    assert models.call(sum, [1, 2]) == 3 and models.thread.daemon
+    models.close()
+    models.thread.join(timeout=10)
+    assert not models.thread.is_alive()

@@ -51,6 +51,20 @@ def test_a_recycled_row_and_compaction_change_nothing_a_row_sees(target):
     torch.testing.assert_close(out[1], dense(target, [9, 10, 13, 14])[2:])
 
 
+def test_rows_leave_a_cache_cropped_to_no_slots(target):
+    """Every row gives its tokens up (a draft cache whose rows were all replaced by new, unread
+    ones), the cache crops to 0 slots, one row leaves: the others read on (the batcher met
+    this: "Sizes of tensors must match", a 3-row input against a 4-row cache)."""
+    cache = RaggedCache(target, 3)
+    cache.read(torch.tensor([[1, 2], [3, 4], [5, 6]]), torch.ones(3, 2, dtype=torch.bool))
+    cache.keep(torch.tensor([0, 0, 0]))
+    assert cache.width == 0
+    cache.select(torch.tensor([0, 2]))
+    out = cache.read(torch.tensor([[7, 8], [9, 10]]), torch.ones(2, 2, dtype=torch.bool))
+    torch.testing.assert_close(out[0], dense(target, [7, 8]))
+    torch.testing.assert_close(out[1], dense(target, [9, 10]))
+
+
 def test_gqa_attention_equals_transformers_sdpa_under_a_ragged_mask(target):
     """CPU models run "sdpa_gqa" (grouped KV heads kept grouped under a mask): same states
     as transformers' SDPA, which copies the KV heads first."""

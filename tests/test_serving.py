@@ -458,3 +458,11 @@ def test_bad_openai_requests_get_400s_naming_the_field_and_the_endpoint_keeps_se
         client.chat.completions.create(model="autojudge", messages=[{"role": "user"}], max_tokens=4)
     assert error.value.body["param"] == "messages"
     assert client.completions.create(model="autojudge", prompt="Hi", max_tokens=4).choices[0].text is not None
+
+
+def test_the_service_loads_measures_and_decodes_on_one_thread(in_process):
+    seen = set()
+    request = ServeRequest(prompt="Hi", max_tokens=4, mode="lossless", window=4, threshold=None, stop=())
+    in_process.run(request, on_piece=lambda *a: seen.add(threading.current_thread()))
+    assert in_process.batcher.model_thread is in_process.thread  # the thread from_parameters loaded the models on
+    assert seen == {in_process.thread.thread} and in_process.thread.thread is not threading.current_thread()

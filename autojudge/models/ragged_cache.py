@@ -81,7 +81,9 @@ class RaggedCache:
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only ``rows`` [B'] of the batch."""
-        self.cache.batch_select_indices(rows)
+        for layer in self.cache.layers:  # not Cache.batch_select_indices: a layer cropped to 0 slots
+            if layer.is_initialized:     # keeps every row there (transformers 5.24 cache_utils.DynamicLayer)
+                layer.keys, layer.values = layer.keys[rows], layer.values[rows]
         self.slots, self.lengths = self.slots[rows], self.lengths[rows]
 
     def unread(self, sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,6 +11,10 @@ Adaptive requests are scheduled with a cycle cost measured when the batcher star
 row and at ``max_batch`` rows, corrected by the batch's own timed cycles
 (:class:`autojudge.decoding.adaptive.ObservedCost`, :func:`~autojudge.decoding.adaptive.batch_windows`).
 
+The batch decodes on ``thread``, a :class:`~autojudge.models.model_thread.ModelThread`, which
+should be the thread that loaded the models: torch calls made from two threads of one process
+each run slower (that module says why and by how much).
+
 Glossary
 - **ticket**: a submitted request's callbacks; it lives until ``on_done`` has been called.
 - **on_tokens(ids, metrics)**: called from the batch thread with each cycle's committed tokens.
@@ -31,6 +35,7 @@ from autojudge.decoding.config import GenerationResult
 from autojudge.decoding.loop import Running
 from autojudge.decoding.metrics import SpecDecodeMetrics
 from autojudge.errors import AutoJudgeError
+from autojudge.models.model_thread import ModelThread
 
 OnTokens = Callable[[list[int], SpecDecodeMetrics], None]
 CANCEL_CHECK_S = 0.2  # how often the batch asks whether decoding requests' clients are still there
@@ -51,16 +56,23 @@ class _Ticket:
 
 
 class ContinuousBatcher:
+    """``thread``: the :class:`ModelThread` the batch measures its cycle cost and decodes on (the one
+    the models were loaded on; by default a new one, closed with the batcher). A thread serves one
+    batcher at a time: another one's work waits until that batcher is closed."""
+
     def __init__(self, loop: SpeculativeLoop, max_batch: int = 16, max_queue: int = 64, prefill_chunk: int = 64,
-                 cost_prompt: Sequence[int] | None = None, cost_window: int = 8):
+                 cost_prompt: Sequence[int] | None = None, cost_window: int = 8,
+                 thread: ModelThread | None = None):
         if max_batch < 1 or max_queue < 0 or prefill_chunk < 1:
             raise AutoJudgeError(f"max_batch >= 1, max_queue >= 0 and prefill_chunk >= 1 are needed, got "
                                  f"{max_batch}, {max_queue}, {prefill_chunk}")
         self.loop, self.max_batch, self.max_queue = loop, max_batch, max_queue
+        self.model_thread, self.owns_thread = thread or ModelThread("autojudge-batch"), thread is None
         backend = loop.backend
         cost = None
         if backend.has_draft and cost_prompt:  # the machine's cycle cost, at 1 and at max_batch rows
-            cost = loop.cycle_cost(list(cost_prompt), min(cost_window, backend.max_window), batch=max_batch)
+            cost = self.model_thread.call(loop.cycle_cost, list(cost_prompt), min(cost_window, backend.max_window),
+                                          batch=max_batch)
         self.running = Running(backend, backend.eos_token_ids, cost, prefill_chunk=prefill_chunk,
                                uses_draft=backend.has_draft, observe_costs=True)
         self.queue: deque[_Ticket] = deque()
@@ -69,8 +81,7 @@ class ContinuousBatcher:
         self.checked = 0.0  # when clients were last asked whether they are still there
         self.cond = threading.Condition()
         self.closed = False
-        self.thread = threading.Thread(target=self._serve, name="autojudge-batch", daemon=True)
-        self.thread.start()
+        self.served = self.model_thread.submit(self._serve)  # runs until close()
 
     @property
     def cost(self):
@@ -101,7 +112,7 @@ class ContinuousBatcher:
                  timeout: float | None = None) -> GenerationResult:
         """Submit and wait (for callers without a thread of their own; never from a callback, which
         runs on the batch thread this would wait for)."""
-        if threading.current_thread() is self.thread:
+        if threading.current_thread() is self.model_thread.thread:
             raise AutoJudgeError("generate() called from the batch thread (a callback) would wait for itself")
         done = threading.Event()
         box: dict = {}
@@ -122,7 +133,9 @@ class ContinuousBatcher:
         with self.cond:
             self.closed = True
             self.cond.notify()
-        self.thread.join()
+        self.served.result()
+        if self.owns_thread:
+            self.model_thread.close()
 
     @property
     def load(self) -> tuple[int, int]:

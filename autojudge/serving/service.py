@@ -11,6 +11,7 @@ from pathlib import Path
 
 from autojudge.decoding import DecodeConfig, GenerationResult, SpeculativeLoop
 from autojudge.decoding.metrics import SpecDecodeMetrics
+from autojudge.models.model_thread import ModelThread
 from autojudge.serving.batcher import ContinuousBatcher
 from autojudge.serving.requests import ServeDefaults, ServeRequest, messages_of
 
@@ -82,12 +83,23 @@ class DecodeService:
     defaults: ServeDefaults
     chat: bool = True
     batching: dict = field(default_factory=dict)  # ContinuousBatcher settings: max_batch, max_queue, prefill_chunk
+    thread: ModelThread | None = None  # the thread the models were loaded on (None: the batcher starts one)
     _batcher: ContinuousBatcher | None = None
 
     @classmethod
     def from_parameters(cls, params: dict[str, str], model_dir: str | Path = ".") -> DecodeService:
         """Load what a deployment names (config.pbtxt ``parameters``); relative paths are taken
-        from ``model_dir`` (the model's folder in the repository)."""
+        from ``model_dir`` (the model's folder in the repository). The models are loaded on the
+        thread that will decode with them (:mod:`autojudge.models.model_thread`)."""
+        thread = ModelThread()
+        try:
+            return thread.call(cls._load, params, model_dir, thread)
+        except BaseException:
+            thread.close()
+            raise
+
+    @classmethod
+    def _load(cls, params: dict[str, str], model_dir: str | Path, thread: ModelThread) -> DecodeService:
         from autojudge.models import quiet_transformers
 
         quiet_transformers()
@@ -104,7 +116,7 @@ class DecodeService:
             loop = _in_process_decoder(params, judge)
             defaults = ServeDefaults.from_parameters(params, judge is not None, "lossless", 4)
         batching = {key: int(params[key]) for key in ("max_batch", "max_queue", "prefill_chunk") if params.get(key)}
-        return cls(loop, defaults, chat=params.get("chat", "true") == "true", batching=batching)
+        return cls(loop, defaults, chat=params.get("chat", "true") == "true", batching=batching, thread=thread)
 
     @property
     def batcher(self) -> ContinuousBatcher:
@@ -112,13 +124,16 @@ class DecodeService:
         if self._batcher is None:
             self._batcher = ContinuousBatcher(self.decoder, **self.batching,
                                               cost_prompt=self.prompt_ids("Hello! How are you today?"),
-                                              cost_window=self.defaults.window)
+                                              cost_window=self.defaults.window, thread=self.thread)
         return self._batcher
 
     def close(self) -> None:
         if self._batcher is not None:
             self._batcher.close()
             self._batcher = None
+        if self.thread is not None:
+            self.thread.close()
+            self.thread = None
 
     def prompt_ids(self, prompt: str, form: str = "chat") -> list[int]:
         """The model's input: ``prompt`` as the user message of the chat template ("chat"; the deployment's
