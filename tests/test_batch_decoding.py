@@ -148,18 +148,20 @@ MIXED = [  # one request each, as a server's clients send them: every mode, its 
 ]
 
 
-@pytest.mark.parametrize("chunk", [None, 4], ids=["whole-prefill", "chunked-prefill"])
-def test_requests_that_join_and_leave_a_running_batch_get_what_they_get_alone(pair, chunk):
+@pytest.mark.parametrize("chunk, repeat", [(None, 1), (4, 1), (None, 6), (16, 6)],
+                         ids=["whole-prefill", "chunked-prefill", "long-whole-prefill", "long-chunked-prefill"])
+def test_requests_that_join_and_leave_a_running_batch_get_what_they_get_alone(pair, chunk, repeat):
     """Continuous batching: requests with different modes, windows, thresholds and budgets join
-    a running batch at different cycles (their prompts fed whole, or 4 tokens a cycle), one is
-    cancelled on the way (while its prompt is fed, when chunked); every other request equals its
-    batch-1 decode, metrics included."""
+    a running batch at different cycles (their prompts fed whole, or 4 or 16 tokens a cycle), one
+    is cancelled on the way (while its prompt is fed, when chunked); every other request equals
+    its batch-1 decode, metrics included. Long prompts (18-72 tokens) are read alone beside the
+    decoding rows (:func:`autojudge.models.ragged_cache.block_width`)."""
     from autojudge.decoding.loop import Running
 
     target, draft = pair
     decoder = SpeculativeDecoder(target, draft, _judge(target, draft))
     running = Running(decoder.backend, decoder.backend.eos_token_ids, prefill_chunk=chunk)
-    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(MIXED))]
+    prompts = [PROMPTS[i % len(PROMPTS)] * repeat for i in range(len(MIXED))]
     index, ended, cancelled = {}, set(), None
     for cycle in range(400):
         if cycle % 2 == 0 and len(index) < len(MIXED):  # a request joins every other cycle

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from autojudge.models.ragged_cache import RaggedCache
+from autojudge.models.ragged_cache import RaggedCache, block_width
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,38 @@ def test_rows_leave_a_cache_cropped_to_no_slots(target):
     out = cache.read(torch.tensor([[7, 8], [9, 10]]), torch.ones(2, 2, dtype=torch.bool))
     torch.testing.assert_close(out[0], dense(target, [7, 8]))
     torch.testing.assert_close(out[1], dense(target, [9, 10]))
+
+
+def test_a_row_that_feeds_far_more_reads_its_excess_alone():
+    assert block_width([64] + [1] * 15) == 1  # a prompt chunk beside decoding rows: 79 positions, not 1024
+    assert block_width([5, 5, 5]) == 5 and block_width([7]) == 7
+    assert block_width([20, 18, 19, 17]) == 20  # close lengths: one padded forward is cheaper
+    assert block_width([40, 36, 1, 1]) == 1
+
+
+def test_rows_read_alone_see_what_a_dense_read_of_their_tokens_sees(target):
+    """A row's long prompt chunk (its first, then its second after decode cycles) read alone
+    beside rows that feed one token: every row gets a dense read's states, and so do the
+    cycles after, read together."""
+    g = torch.Generator().manual_seed(3)
+    prompt = torch.randint(3, 400, (50,), generator=g).tolist()
+    cache = RaggedCache(target, 3)
+    cache.read(torch.tensor([[1, 2, 3], [4, 5, 6], [0, 0, 0]]), torch.tensor([[True] * 3, [True] * 3, [False] * 3]))
+    ids = torch.tensor([[0] * 24 + [7], [0] * 24 + [8], prompt[:25]])
+    fed = torch.tensor([[False] * 24 + [True], [False] * 24 + [True], [True] * 25])
+    out = cache.read(ids, fed)  # row 2 reads its first chunk alone
+    assert cache.width == 3 + 24 + 1
+    torch.testing.assert_close(out[2], dense(target, prompt[:25]))
+    torch.testing.assert_close(out[0, -1], dense(target, [1, 2, 3, 7])[-1])
+    cache.keep(torch.tensor([4, 3, 25]))  # row 1 drops its 8
+    ids = torch.tensor([[0] * 24 + [9], [0] * 24 + [10], prompt[25:]])
+    out = cache.read(ids, torch.tensor([[False] * 24 + [True], [False] * 24 + [True], [True] * 25]))
+    torch.testing.assert_close(out[2], dense(target, prompt)[25:])
+    torch.testing.assert_close(out[1, -1], dense(target, [4, 5, 6, 10])[-1])
+    out = cache.read(torch.tensor([[11, 12], [13, 14], [15, 16]]), torch.ones(3, 2, dtype=torch.bool))
+    torch.testing.assert_close(out[0], dense(target, [1, 2, 3, 7, 9, 11, 12])[-2:])
+    torch.testing.assert_close(out[1], dense(target, [4, 5, 6, 10, 13, 14])[-2:])
+    torch.testing.assert_close(out[2], dense(target, [*prompt, 15, 16])[-2:])
 
 
 def test_gqa_attention_equals_transformers_sdpa_under_a_ragged_mask(target):

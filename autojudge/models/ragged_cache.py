@@ -10,6 +10,10 @@ Glossary
   tokens only. ``compact()`` squeezes the holes out when they pile up; slots that are holes in
   every row at the end of the cache are cropped as they appear (a batch of one never holds a
   hole, and reads without a mask, exactly as a plain KV cache does).
+- **read alone**: a read pads every row to the longest one, so one joining prompt chunk of 64
+  tokens beside 15 decoding rows would cost a [16, 64] forward. Rows that feed far more than
+  the others read that excess first, each in a forward of its own over its own tokens; then
+  every row reads the common block (:func:`block_width` picks its width).
 """
 
 from __future__ import annotations
@@ -17,6 +21,20 @@ from __future__ import annotations
 import torch
 
 from autojudge.models.causal_lm import CausalLM
+
+FORWARD_COST = 16  # a forward's fixed cost, in padded token positions (CPU: weights read once per forward)
+
+
+def block_width(counts: list[int]) -> int:
+    """The width of the block all rows read together, given each row's count of tokens: the
+    one that minimises padded positions (rows x width) plus, for each longer row, its excess
+    read alone and ``FORWARD_COST`` for that forward."""
+    rows = len(counts)
+
+    def cost(width: int) -> int:
+        return rows * width + sum(c - width + FORWARD_COST for c in counts if c > width)
+
+    return min(sorted(set(counts), reverse=True), key=cost)
 
 
 class RaggedCache:
@@ -29,7 +47,43 @@ class RaggedCache:
         self.lengths = torch.zeros(batch, dtype=torch.long, device=model.device)  # [B] tokens read per row
 
     def read(self, ids: torch.Tensor, fed: torch.Tensor) -> torch.Tensor:
-        """ids [B, S] with fed [B, S] (False = a hole) -> last-layer states [B, S, H]."""
+        """ids [B, S] with fed [B, S] (False = a hole; each row's tokens right-aligned) ->
+        last-layer states [B, S, H] (zeros at holes read alone; see the glossary)."""
+        width = block_width(fed.sum(dim=1).tolist()) if len(ids) > 1 else ids.shape[1]
+        if width >= ids.shape[1]:
+            return self._read_together(ids, fed)
+        alone = self._read_alone(ids[:, :-width], fed[:, :-width])  # [B, S - width, H]
+        return torch.cat([alone, self._read_together(ids[:, -width:], fed[:, -width:])], dim=1)
+
+    def _read_alone(self, ids: torch.Tensor, fed: torch.Tensor) -> torch.Tensor:
+        """Each row with tokens in ids [B, P] / fed [B, P] reads them in a forward of its own, after
+        its own cached tokens; their keys and values join the cache as P new slots."""
+        layers = self.cache.layers
+        states = None  # [B, P, H]
+        keys = values = None  # per layer [B, heads, P, D]
+        for b in fed.any(dim=1).nonzero()[:, 0].tolist():
+            n, held = int(fed[b].sum()), self.slots[b]  # its tokens here; its slots [L]
+            own = self.model.new_cache()
+            for i, layer in enumerate(layers):  # the row's cached tokens, without its holes
+                if layer.is_initialized and bool(held.any()):
+                    own.update(layer.keys[b:b + 1, :, held], layer.values[b:b + 1, :, held], i)
+            positions = self.lengths[b] + torch.arange(n, device=ids.device)
+            hidden = self.model.hidden_states(ids[b:b + 1, -n:], own, position_ids=positions[None])  # [1, n, H]
+            if states is None:
+                states = hidden.new_zeros(len(ids), ids.shape[1], hidden.shape[-1])
+                keys = [own.layers[i].keys.new_zeros(len(ids), *own.layers[i].keys.shape[1:2], ids.shape[1],
+                                                     own.layers[i].keys.shape[-1]) for i in range(len(layers))]
+                values = [k.clone() for k in keys]
+            states[b, -n:] = hidden[0]
+            for i in range(len(layers)):
+                keys[i][b, :, -n:], values[i][b, :, -n:] = own.layers[i].keys[0, :, -n:], own.layers[i].values[0, :, -n:]
+        for i, layer in enumerate(layers):
+            layer.update(keys[i], values[i])  # initialises a layer not yet read
+        self.slots = torch.cat([self.slots, fed], dim=1)
+        self.lengths = self.lengths + fed.sum(dim=1)
+        return states
+
+    def _read_together(self, ids: torch.Tensor, fed: torch.Tensor) -> torch.Tensor:
         positions = (self.lengths[:, None] + fed.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, S]
         self.slots = torch.cat([self.slots, fed], dim=1)
         self.lengths = self.lengths + fed.sum(dim=1)
