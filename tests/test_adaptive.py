@@ -7,7 +7,14 @@ import pytest
 from conftest import perturbed, tiny_model
 
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder
-from autojudge.decoding.adaptive import BatchProbes, CycleCost, ObservedCost, WindowController, expected_tokens
+from autojudge.decoding.adaptive import (
+    BatchProbes,
+    CycleCost,
+    ObservedCost,
+    WindowController,
+    could_pay,
+    expected_tokens,
+)
 
 PROMPT = [1, 504, 3458, 314, 253, 1234, 17, 2800, 30]
 
@@ -93,6 +100,21 @@ def test_a_batch_probes_together_and_backs_off():
     assert all(granted[i] == 1 for i in probe_cycles)  # one token, every row at once (its windows: [1, 1, 1])
 
 
+def test_nobody_probes_where_even_a_perfect_draft_would_not_pay():
+    dear = CycleCost(1.0, 0.6, 0.6)  # a draft token costs 1.2 target steps: not worth it even if always accepted
+    assert not could_pay(dear, 1, 8) and could_pay(CycleCost(1.0, 0.1, 0.3), 1, 8)
+    assert could_pay(dear, 1, 0) is False  # nothing to draft
+    alone = WindowController(8, dear, prior=0.05, prior_weight=100, probe_every=1)
+    rows = [(WindowController(8, dear, prior=0.05, prior_weight=100, probe_every=1), 8, True) for _ in range(3)]
+    probes = BatchProbes(probe_every=1, max_probe_every=2)
+    for _ in range(20):
+        assert alone.window() == 0 and max(probes.windows(rows, dear)) == 0
+        alone.update(0, 0)
+        for ctl, _, _ in rows:
+            ctl.update(0, 0)
+    assert alone.probing  # it would look, were there anything to learn
+
+
 def test_the_observed_cost_corrects_the_start_up_model():
     model = CycleCost(target=1.0, target_per_token=0.1, draft=0.1, target_per_row=0.5)
     cost = ObservedCost(model)
@@ -103,6 +125,19 @@ def test_the_observed_cost_corrects_the_start_up_model():
     assert cost.cycle(2, 4) == 10.0
     cost.observe(2, 4, 20.0)
     assert cost.cycle(2, 4) == pytest.approx(0.8 * 10 + 0.2 * 20)
+
+
+def test_drafting_found_dearer_at_one_batch_size_is_dearer_at_the_others():
+    model = CycleCost(target=1.0, target_per_token=0.1, draft=0.1, target_per_row=0.5,
+                      target_per_token_per_row=0.05)
+    cost = ObservedCost(model)
+    cost.observe(0, 16, model.cycle(0, 16))
+    cost.observe(1, 16, model.cycle(0, 16) + 3 * (model.cycle(1, 16) - model.cycle(0, 16)))  # 3x the model's extra
+    for batch, w in ((15, 1), (15, 3), (8, 2), (1, 4)):
+        extra = model.cycle(w, batch) - model.cycle(0, batch)
+        assert cost.cycle(w, batch) == pytest.approx(model.cycle(0, batch) + 3 * extra), (batch, w)
+    cost.observe(0, 8, 2 * model.cycle(0, 8))  # plain cycles at 8 rows measured dearer: drafting adds the same
+    assert cost.cycle(2, 8) == pytest.approx(2 * model.cycle(0, 8) + 3 * (model.cycle(2, 8) - model.cycle(0, 8)))
 
 
 def test_a_served_batch_times_only_its_steady_decode_cycles(lm, make_lm):

@@ -12,6 +12,8 @@ maximises expected committed tokens per unit of cost:
 w = 0 is plain target decoding. While at 0 the controller learns nothing, so after
 ``probe_every`` idle cycles it drafts one token to look again; each probe that is rejected
 doubles that wait (up to ``max_probe_every``), so a draft that never agrees costs almost nothing.
+Where drafting could not pay even if every token were accepted (:func:`could_pay`: a busy batch
+on a CPU), nobody probes.
 The estimate is a decayed count of accepted tokens against rejections (``memory`` per cycle), starting from a weak prior.
 Lossless output does not depend on the schedule (every window gives the target's greedy tokens);
 judge, top-K and FLy accept what their rule accepts within the window chosen.
@@ -139,9 +141,11 @@ def batch_windows(rows: list[tuple[WindowController, int, bool]], cost: CycleCos
     in a batch one row's probe makes every row wait for a draft step, so the batch grants probes
     together, :class:`BatchProbes`); the other adaptive rows share the cap c that maximises the
     batch's expected tokens per unit of its cycle cost."""
+    widest = max((most for _, most, adaptive in rows if adaptive), default=0)
+    probe = probe and could_pay(cost, len(rows), widest)
     fixed = [most if not adaptive else (min(1, most) if probe and ctl.probing else None)
              for ctl, most, adaptive in rows]
-    choices = range(max((most for _, most, adaptive in rows if adaptive), default=0) + 1)
+    choices = range(widest + 1)
 
     def windows(c: int) -> list[int]:
         return [w if w is not None else min(c, most) for w, (_, most, _) in zip(fixed, rows)]
@@ -152,6 +156,13 @@ def batch_windows(rows: list[tuple[WindowController, int, bool]], cost: CycleCos
             max(ws, default=0), len(rows))
 
     return windows(max(choices, key=value))
+
+
+def could_pay(cost: CycleCost | ObservedCost, batch: int, max_window: int) -> bool:
+    """Whether drafting could raise throughput at ``batch`` rows even if every draft token were
+    accepted: if not, probing for a row's acceptance cannot change the decision, and is not done."""
+    plain = cost.cycle(0, batch)
+    return any((w + 1) * plain > cost.cycle(w, batch) for w in range(1, max_window + 1))
 
 
 class BatchProbes:
@@ -180,11 +191,15 @@ class BatchProbes:
 class ObservedCost:
     """The start-up :class:`CycleCost`, corrected by what this batch's cycles really cost (a served
     batch has holes, longer contexts and per-row I/O the start-up measurement does not see): a
-    (batch size, window) already run costs its decayed measured mean; another is the model's
-    figure scaled as the measured ones at that batch size compare with the model's. Only steady
-    decode cycles are observed (:meth:`autojudge.decoding.loop.Running.cycle`): one that feeds a
-    prompt chunk, or whose draft first catches up on a new row's prompt or on idle cycles' tokens,
-    pays a one-off the window does not cost again."""
+    (batch size, window) already run costs its decayed measured mean. Another one costs its batch
+    size's plain cycle (measured, or the model's scaled as the measured cycles at that size compare
+    with the model's) plus the model's extra for drafting, scaled by how much dearer drafting has
+    turned out than the model said at the batch sizes where both were measured: the start-up
+    model can be wrong about drafting alone (measured at 16 rows on a 2-core CPU: a W=1 cycle 2.1x a
+    plain one where the model said 1.6x), and one batch size's lesson then holds for the others.
+    Only steady decode cycles are observed (:meth:`autojudge.decoding.loop.Running.cycle`): one
+    that feeds a prompt chunk, or whose draft first catches up on a new row's prompt or on idle
+    cycles' tokens, pays a one-off the window does not cost again."""
 
     def __init__(self, model: CycleCost, memory: float = 0.8):
         self.model, self.memory = model, memory
@@ -197,5 +212,24 @@ class ObservedCost:
     def cycle(self, w: int, batch: int = 1) -> float:
         if (batch, w) in self.seen:
             return self.seen[(batch, w)]
+        base = self._plain(batch)
+        return base if w == 0 else base + self._drafting_scale(batch) * self._model_extra(w, batch)
+
+    def _plain(self, batch: int) -> float:
+        """A cycle without drafting at ``batch`` rows."""
+        return self.seen.get((batch, 0), self.model.cycle(0, batch) * self._scale(batch))
+
+    def _scale(self, batch: int) -> float:
+        """How the measured cycles at ``batch`` rows compare with the model (1.0: none measured)."""
         ratios = [s / self.model.cycle(v, b) for (b, v), s in self.seen.items() if b == batch]
-        return self.model.cycle(w, batch) * (sum(ratios) / len(ratios) if ratios else 1.0)
+        return sum(ratios) / len(ratios) if ratios else 1.0
+
+    def _model_extra(self, w: int, batch: int) -> float:
+        return self.model.cycle(w, batch) - self.model.cycle(0, batch)
+
+    def _drafting_scale(self, batch: int) -> float:
+        """Measured extra over the model's extra for drafting, over every batch size where both a
+        drafting and a plain cycle were measured; without one, the scale of ``batch``'s cycles."""
+        ratios = [(s - self.seen[(b, 0)]) / self._model_extra(v, b) for (b, v), s in self.seen.items()
+                  if v > 0 and (b, 0) in self.seen and self._model_extra(v, b) > 0]
+        return max(sum(ratios) / len(ratios), 0.0) if ratios else self._scale(batch)
