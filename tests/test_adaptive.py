@@ -127,6 +127,14 @@ def test_the_observed_cost_corrects_the_start_up_model():
     assert cost.cycle(2, 4) == pytest.approx(0.8 * 10 + 0.2 * 20)
 
 
+def test_noisy_timings_never_make_drafting_cheaper_than_the_model_says():
+    model = CycleCost(target=1.0, target_per_token=0.1, draft=0.1)
+    cost = ObservedCost(model)
+    cost.observe(0, 1, 1.3)
+    cost.observe(1, 1, 1.1)  # a W=1 cycle timed cheaper than a plain one: noise
+    assert cost.cycle(1, 1) == pytest.approx(1.3 + 0.2) and cost.cycle(3, 1) == pytest.approx(1.3 + 0.6)
+
+
 def test_drafting_found_dearer_at_one_batch_size_is_dearer_at_the_others():
     model = CycleCost(target=1.0, target_per_token=0.1, draft=0.1, target_per_row=0.5,
                       target_per_token_per_row=0.05)

@@ -210,10 +210,16 @@ class ObservedCost:
         self.seen[(batch, w)] = seconds if old is None else self.memory * old + (1 - self.memory) * seconds
 
     def cycle(self, w: int, batch: int = 1) -> float:
+        """Never less than the plain cycle plus the model's extra for drafting: timings are noisy (a
+        served W=1 cycle once averaged less than a plain one), and the start-up model timed what
+        drafting computes."""
+        plain = self._plain(batch)
+        if w == 0:
+            return plain
+        floor = plain + self._model_extra(w, batch)
         if (batch, w) in self.seen:
-            return self.seen[(batch, w)]
-        base = self._plain(batch)
-        return base if w == 0 else base + self._drafting_scale(batch) * self._model_extra(w, batch)
+            return max(self.seen[(batch, w)], floor)
+        return max(plain + self._drafting_scale(batch) * self._model_extra(w, batch), floor)
 
     def _plain(self, batch: int) -> float:
         """A cycle without drafting at ``batch`` rows."""
