@@ -2,11 +2,14 @@
 
 PyTorch's CPU ops run on an OpenMP team that belongs to the calling thread. Once a process
 holds two teams, say the loader's and a decoding thread's, GNU OpenMP manages more threads
-than there are cores. It then stops spinning between parallel regions (its "throttled" spin
-count), so each small op waits for its workers to wake up. Measured on 2 cores, torch 2.13: a
+than there are cores. It then stops spinning between parallel regions, so each small op waits
+for its workers to wake up (read in GCC's libgomp, config/linux/wait.h ``do_spin``: while
+``gomp_managed_threads > gomp_available_cpus`` it spins ``gomp_throttled_spin_count_var``
+times, not ``gomp_spin_count_var``; observed here: ``GOMP_SPINCOUNT=0`` makes the first
+thread as slow as the second). Measured on 2 cores, torch 2.13: a
 [16, 576] x [576, 1536] matmul took 245-300 us on the first thread and 340-440 us on a second
-thread. A 16-row target decode cycle took 0.10 s on the thread that loaded the models and
-0.13-0.14 s on another one (``benchmarks/README.md``, "One thread for the models").
+thread; a target-only decode cycle (1, 4 or 16 rows) 1.6x as long on a second thread as on the
+one that loaded the models, a lossless W=4 cycle 1.1-1.35x (``benchmarks/bench_model_thread.py``).
 
 :class:`ModelThread` is that one thread: a daemon (a server that is never closed does not hold
 the interpreter open at exit) that runs what it is given, in order.
