@@ -3,6 +3,8 @@ decoding when drafting does not pay; lossless output is the target's greedy outp
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from conftest import perturbed, tiny_model
 
@@ -132,7 +134,7 @@ def test_noisy_timings_never_make_drafting_cheaper_than_the_model_says():
     cost = ObservedCost(model)
     cost.observe(0, 1, 1.3)
     cost.observe(1, 1, 1.1)  # a W=1 cycle timed cheaper than a plain one: noise
-    assert cost.cycle(1, 1) == pytest.approx(1.3 + 0.2) and cost.cycle(3, 1) == pytest.approx(1.3 + 0.6)
+    assert cost.cycle(1, 1) == pytest.approx(1.3 * 1.2) and cost.cycle(3, 1) == pytest.approx(1.3 * 1.6)
 
 
 def test_drafting_found_dearer_at_one_batch_size_is_dearer_at_the_others():
@@ -149,9 +151,11 @@ def test_drafting_found_dearer_at_one_batch_size_is_dearer_at_the_others():
 
 
 def test_a_served_batch_times_only_its_steady_decode_cycles(lm, make_lm):
-    """A cycle that feeds a prompt chunk costs the chunk, not the window, and so does one whose draft
-    first catches up on what it has not read (a new row's prompt, or the tokens of idle cycles):
-    timing either into (batch, w) would make that window look dear whenever requests join."""
+    """A cycle that feeds a prompt chunk costs the chunk, not the window, and so does the proposal
+    of one whose draft first catches up on what it has not read (a new row's prompt, or the tokens
+    of idle cycles): timing either into (batch, w) would make that window look dear whenever
+    requests join. The catching-up cycle is timed without its proposal (the model's draft steps
+    instead), or a busy batch, which drafts only in such probes, would never measure drafting."""
     from autojudge.decoding.loop import Running
 
     decoder = SpeculativeDecoder(lm, make_lm(tiny_model(0), "tiny-draft"))
@@ -182,9 +186,12 @@ def test_a_served_batch_times_only_its_steady_decode_cycles(lm, make_lm):
     assert (1, 1) in seen  # a probe after a short wait reads a few tokens more: timed
     seen.clear()
     hopeless.accepted, hopeless.wait = 0.0, 40
+    propose = running.state.propose
+    running.state.propose = lambda *args, **kwargs: (time.sleep(0.5), propose(*args, **kwargs))[1]  # a dear read
     windows = []
     for _ in range(41):
         running.cycle()
         windows.append(running.last_window)
     assert windows == [0] * 40 + [1]
-    assert (1, 1) not in seen  # this probe's draft first read 40 idle cycles' tokens
+    # this probe's draft first read 40 idle cycles' tokens: timed, its 0.5 s proposal replaced by the model's step
+    assert seen[(1, 1)] < 0.5 and seen[(1, 1)] >= model.draft_steps(1)

@@ -50,8 +50,11 @@ class CycleCost:
     def cycle(self, w: int, batch: int = 1) -> float:
         more = batch - 1
         return (self.target + more * self.target_per_row
-                + w * (self.target_per_token + more * self.target_per_token_per_row
-                       + self.draft + more * self.draft_per_row))
+                + w * (self.target_per_token + more * self.target_per_token_per_row)) + self.draft_steps(w, batch)
+
+    def draft_steps(self, w: int, batch: int = 1) -> float:
+        """The draft's part of a cycle: w steps over ``batch`` rows."""
+        return w * (self.draft + (batch - 1) * self.draft_per_row)
 
     @classmethod
     def measure(cls, backend, prompt: list[int], window: int, repeats: int = 3, batch: int = 1) -> CycleCost:
@@ -197,9 +200,10 @@ class ObservedCost:
     turned out than the model said at the batch sizes where both were measured: the start-up
     model can be wrong about drafting alone (measured at 16 rows on a 2-core CPU: a W=1 cycle 2.1x a
     plain one where the model said 1.6x), and one batch size's lesson then holds for the others.
-    Only steady decode cycles are observed (:meth:`autojudge.decoding.loop.Running.cycle`): one
-    that feeds a prompt chunk, or whose draft first catches up on a new row's prompt or on idle
-    cycles' tokens, pays a one-off the window does not cost again."""
+    Only decode cycles are observed (:meth:`autojudge.decoding.loop.Running.cycle`): one that feeds
+    a prompt chunk pays a one-off the window does not cost again. So does one whose draft first
+    catches up on a new row's prompt or on idle cycles' tokens; it is observed without its
+    proposal, the model's draft steps standing in."""
 
     def __init__(self, model: CycleCost, memory: float = 0.8):
         self.model, self.memory = model, memory
@@ -210,13 +214,13 @@ class ObservedCost:
         self.seen[(batch, w)] = seconds if old is None else self.memory * old + (1 - self.memory) * seconds
 
     def cycle(self, w: int, batch: int = 1) -> float:
-        """Never less than the plain cycle plus the model's extra for drafting: timings are noisy (a
-        served W=1 cycle once averaged less than a plain one), and the start-up model timed what
-        drafting computes."""
+        """Never less than the plain cycle plus the model's extra for drafting, scaled as the plain
+        cycle is: timings are noisy (a served W=1 cycle once averaged less than a plain one), and
+        the start-up model timed what drafting computes."""
         plain = self._plain(batch)
         if w == 0:
             return plain
-        floor = plain + self._model_extra(w, batch)
+        floor = plain * self.model.cycle(w, batch) / self.model.cycle(0, batch)
         if (batch, w) in self.seen:
             return max(self.seen[(batch, w)], floor)
         return max(plain + self._drafting_scale(batch) * self._model_extra(w, batch), floor)

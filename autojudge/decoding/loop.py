@@ -157,11 +157,14 @@ class Running:
         draft_tokens = committed.new_empty((len(rows), 0))  # [B, w]
         draft_hidden = None  # [B, w, Hd]
         catch_up = 0  # the most tokens a row's draft cache lags by: its first read this cycle is that long
+        proposed_s = 0.0  # seconds the proposal took
         if int(row_w.max()):
             catch_up = max(len(seq) - row.draft_read for row, seq in zip(rows, sequences))
             for row, seq in zip(rows, sequences):
                 row.draft_read = len(seq)
+            proposing = time.perf_counter()
             proposal = state.propose(sequences, int(row_w.max()), need_draft_hidden)
+            proposed_s = time.perf_counter() - proposing
             draft_tokens, draft_hidden = proposal.tokens.to(device), proposal.hidden
             row_w = row_w.clamp(max=draft_tokens.shape[1])  # a backend may draft fewer
             if proposal.lengths is not None:
@@ -199,14 +202,17 @@ class Running:
             else:
                 ended.append(row.index)
         self._keep_rows(still)
-        # A prompt chunk's cost is not the window's, nor is the draft catching up after many idle cycles
-        # or on a new row's prompt (a one-off read of the lagging tokens, padded to the longest over the
-        # batch). A steady cycle's draft lags by at most the last cycle's commit (its window + 1) + 1; a
-        # probe after a short wait reads a little more, and is timed, or a batch whose start-up model
-        # says "do not draft" would never learn otherwise.
-        steady = catch_up <= self.last_window + 2 or catch_up * len(rows) <= SMALL_CATCH_UP
-        if isinstance(self.cost, ObservedCost) and decode_only and steady:
-            self.cost.observe(w, len(rows), time.perf_counter() - started)
+        # A prompt chunk's cost is not the window's, so only decode-only cycles are timed. Nor is the draft
+        # catching up after idle cycles or on a new row's prompt (a one-off read of the lagging tokens): a
+        # steady cycle's draft lags by at most the last cycle's commit (its window + 1) + 1, or a few
+        # tokens over the batch. A cycle that caught up more (a probe after a long wait, which is the
+        # only drafting a busy batch does) is timed without its proposal, and the model's draft steps
+        # stand in for it: a batch never timed drafting would go by the start-up model for ever.
+        if isinstance(self.cost, ObservedCost) and decode_only:
+            seconds = time.perf_counter() - started
+            if catch_up > self.last_window + 2 and catch_up * len(rows) > SMALL_CATCH_UP:
+                seconds += self.cost.model.draft_steps(w, len(rows)) - proposed_s
+            self.cost.observe(w, len(rows), seconds)
         self.last_window = w
         return ended
 
