@@ -58,30 +58,37 @@ class RaggedCache:
     def _read_alone(self, ids: torch.Tensor, fed: torch.Tensor) -> torch.Tensor:
         """Each row with tokens in ids [B, P] / fed [B, P] reads them in a forward of its own, after
         its own cached tokens; their keys and values join the cache as P new slots."""
-        layers = self.cache.layers
         states = None  # [B, P, H]
-        keys = values = None  # per layer [B, heads, P, D]
-        for b in fed.any(dim=1).nonzero()[:, 0].tolist():
-            n, held = int(fed[b].sum()), self.slots[b]  # its tokens here; its slots [L]
-            own = self.model.new_cache()
-            for i, layer in enumerate(layers):  # the row's cached tokens, without its holes
-                if layer.is_initialized and bool(held.any()):
-                    own.update(layer.keys[b:b + 1, :, held], layer.values[b:b + 1, :, held], i)
+        read = []  # (row, its token count, its own cache after the read)
+        for b, n in enumerate(fed.sum(dim=1).tolist()):
+            if not n:
+                continue
+            own = self._row_cache(b)
             positions = self.lengths[b] + torch.arange(n, device=ids.device)
             hidden = self.model.hidden_states(ids[b:b + 1, -n:], own, position_ids=positions[None])  # [1, n, H]
             if states is None:
                 states = hidden.new_zeros(len(ids), ids.shape[1], hidden.shape[-1])
-                keys = [own.layers[i].keys.new_zeros(len(ids), *own.layers[i].keys.shape[1:2], ids.shape[1],
-                                                     own.layers[i].keys.shape[-1]) for i in range(len(layers))]
-                values = [k.clone() for k in keys]
             states[b, -n:] = hidden[0]
-            for i in range(len(layers)):
-                keys[i][b, :, -n:], values[i][b, :, -n:] = own.layers[i].keys[0, :, -n:], own.layers[i].values[0, :, -n:]
-        for i, layer in enumerate(layers):
-            layer.update(keys[i], values[i])  # initialises a layer not yet read
+            read.append((b, n, own))
+        for i, layer in enumerate(self.cache.layers):
+            first = read[0][2].layers[i].keys  # [1, heads, L + n, D]
+            keys = first.new_zeros(len(ids), first.shape[1], ids.shape[1], first.shape[3])  # [B, heads, P, D]
+            values = keys.clone()
+            for b, n, own in read:
+                keys[b, :, -n:], values[b, :, -n:] = own.layers[i].keys[0, :, -n:], own.layers[i].values[0, :, -n:]
+            layer.update(keys, values)  # initialises a layer not yet read
         self.slots = torch.cat([self.slots, fed], dim=1)
         self.lengths = self.lengths + fed.sum(dim=1)
         return states
+
+    def _row_cache(self, b: int):
+        """Row ``b``'s cached tokens, without its holes, as a KV cache of its own."""
+        own, held = self.model.new_cache(), self.slots[b]  # held: [L]
+        if bool(held.any()):
+            for i, layer in enumerate(self.cache.layers):
+                if layer.is_initialized:
+                    own.update(layer.keys[b:b + 1, :, held], layer.values[b:b + 1, :, held], i)
+        return own
 
     def _read_together(self, ids: torch.Tensor, fed: torch.Tensor) -> torch.Tensor:
         positions = (self.lengths[:, None] + fed.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, S]
