@@ -151,11 +151,12 @@ def test_drafting_found_dearer_at_one_batch_size_is_dearer_at_the_others():
 
 
 def test_a_served_batch_times_only_its_steady_decode_cycles(lm, make_lm):
-    """A cycle that feeds a prompt chunk costs the chunk, not the window, and so does the proposal
-    of one whose draft first catches up on what it has not read (a new row's prompt, or the tokens
-    of idle cycles): timing either into (batch, w) would make that window look dear whenever
-    requests join. The catching-up cycle is timed without its proposal (the model's draft steps
-    instead), or a busy batch, which drafts only in such probes, would never measure drafting."""
+    """A cycle that feeds a prompt chunk costs the chunk, not the window, and so does the draft's
+    first read of what it has not read yet (a new row's prompt, or the tokens of idle cycles):
+    timing either into (batch, w) would make that window look dear whenever requests join. The
+    catching-up cycle is timed without that read, which the backend makes apart (``catch_up``),
+    or a busy batch, which drafts only in such probes, would never measure drafting; a backend that
+    cannot read it apart has the proposal replaced by the model's draft steps."""
     from autojudge.decoding.loop import Running
 
     decoder = SpeculativeDecoder(lm, make_lm(tiny_model(0), "tiny-draft"))
@@ -168,7 +169,7 @@ def test_a_served_batch_times_only_its_steady_decode_cycles(lm, make_lm):
         assert seen == {}
     running.cycle()
     assert list(seen) == [(1, 3)]  # steady decoding: timed
-    running.join([PROMPT], DecodeConfig(mode="lossless", window=3, max_new_tokens=120, adaptive=True))
+    running.join([PROMPT], DecodeConfig(mode="lossless", window=3, max_new_tokens=160, adaptive=True))
     before = dict(seen)
     running.cycle()  # the new row feeds its first chunk: the cycle is not timed
     assert seen == before
@@ -184,14 +185,18 @@ def test_a_served_batch_times_only_its_steady_decode_cycles(lm, make_lm):
         windows.append(running.last_window)
     assert windows == [0] * hopeless.probe_every + [1] and (1, 0) in seen
     assert (1, 1) in seen  # a probe after a short wait reads a few tokens more: timed
-    seen.clear()
-    hopeless.accepted, hopeless.wait = 0.0, 40
-    propose = running.state.propose
-    running.state.propose = lambda *args, **kwargs: (time.sleep(0.5), propose(*args, **kwargs))[1]  # a dear read
-    windows = []
-    for _ in range(41):
-        running.cycle()
-        windows.append(running.last_window)
-    assert windows == [0] * 40 + [1]
-    # this probe's draft first read 40 idle cycles' tokens: timed, its 0.5 s proposal replaced by the model's step
-    assert seen[(1, 1)] < 0.5 and seen[(1, 1)] >= model.draft_steps(1)
+
+    state = running.state
+    catch_up, propose = state.catch_up, state.propose
+    for dear_read, proposal_s, timed in [(catch_up, 0.3, lambda t: 0.3 <= t < 0.5),  # read apart; proposal timed
+                                         (None, 0.5, lambda t: model.draft_steps(1) <= t < 0.5)]:  # model's step
+        seen.clear()
+        hopeless.accepted, hopeless.wait = 0.0, 40
+        state.catch_up = dear_read and (lambda seqs, read=dear_read: (time.sleep(0.5), read(seqs))[1])
+        state.propose = lambda *args, slow=proposal_s, **kwargs: (time.sleep(slow), propose(*args, **kwargs))[1]
+        windows = []
+        for _ in range(41):
+            running.cycle()
+            windows.append(running.last_window)
+        assert windows == [0] * 40 + [1]
+        assert timed(seen[(1, 1)])  # this probe's draft first read 40 idle cycles' tokens

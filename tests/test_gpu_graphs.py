@@ -124,6 +124,29 @@ def test_the_protocol_step_by_step_with_joins_past_the_static_batch(pair):
     cycle(6)
 
 
+@pytest.mark.parametrize("backend", [InProcessBackend, lambda t, d: GraphBackend(t, d, capacity=64)],
+                         ids=["in-process", "graphs"])
+def test_a_draft_that_reads_its_lag_apart_proposes_what_it_proposes_reading_it_at_once(pair, backend):
+    """catch_up (the loop reads a long lag apart, to time the proposal as a steady one) changes no
+    draft token or state, on this cycle or the next: ragged rows, one with nothing to catch up."""
+    target, draft = pair
+    sequences = [list(PROMPTS[0]), list(PROMPTS[1][:1]), list(PROMPTS[2])]
+    apart, at_once = (backend(target, draft).open(3, True) for _ in range(2))
+    apart.catch_up(sequences)
+    for _ in range(2):
+        p0, p1 = (state.propose(sequences, 3, need_hidden=True) for state in (apart, at_once))
+        assert torch.equal(p0.tokens, p1.tokens)
+        torch.testing.assert_close(p0.hidden, p1.hidden, rtol=1e-9, atol=1e-9)
+        verified = [state.verify(sequences, p0.tokens, need_logits=False).tokens for state in (apart, at_once)]
+        assert torch.equal(*verified)
+        for seq, drafted, t in zip(sequences, p0.tokens.tolist(), verified[0].tolist()):
+            seq.extend(drafted[:1] + [t[1]])
+        for state in (apart, at_once):
+            state.keep(torch.tensor([len(s) - 1 for s in sequences]))
+        sequences = [seq + [7, 8, 9] for seq in sequences]  # idle cycles' tokens: the next lag
+        apart.catch_up(sequences)
+
+
 def test_a_row_past_the_capacity_is_refused(pair):
     target, draft = pair
     with pytest.raises(AutoJudgeError, match="static cache"):

@@ -202,8 +202,8 @@ class ObservedCost:
     plain one where the model said 1.6x), and one batch size's lesson then holds for the others.
     Only decode cycles are observed (:meth:`autojudge.decoding.loop.Running.cycle`): one that feeds
     a prompt chunk pays a one-off the window does not cost again. So does one whose draft first
-    catches up on a new row's prompt or on idle cycles' tokens; it is observed without its
-    proposal, the model's draft steps standing in."""
+    catches up on a new row's prompt or on idle cycles' tokens; it is observed without that read
+    (where the backend cannot read it apart, without its proposal, the model's draft steps standing in)."""
 
     def __init__(self, model: CycleCost, memory: float = 0.8):
         self.model, self.memory = model, memory

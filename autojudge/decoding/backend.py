@@ -69,6 +69,10 @@ class BatchState(Protocol):
     def join(self, count: int) -> None:
         """``count`` new rows join at the end, holding nothing yet."""
 
+    # Optional, ``catch_up(sequences)``: the draft reads every sequence but its last token, so the next
+    # ``propose`` drafts at once. The loop calls it before a proposal whose draft lags far behind (a
+    # probe after idle cycles) and times the two apart; a backend without it reads the lag in ``propose``.
+
 
 class Backend(Protocol):
     has_draft: bool

@@ -82,6 +82,12 @@ class InProcessBatch:
             drafted.append(fed)
         return Proposal(torch.cat(drafted, dim=1), torch.cat(states, dim=1) if need_hidden else None)
 
+    def catch_up(self, sequences: Sequence[list[int]]) -> None:
+        """The draft reads each row's unread tail but its last token (the next propose reads that one)."""
+        ids, fed = self.draft_cache.unread([seq[:-1] for seq in sequences], self.b.pad_id)  # [B, U - 1]
+        if ids.shape[1]:
+            self.draft_cache.read(ids, fed)
+
     def verify(self, sequences: Sequence[list[int]], draft_tokens: torch.Tensor, need_logits: bool,
                windows: torch.Tensor | None = None) -> Verification:  # (windows: unread drafts become holes)
         target, w = self.b.target, draft_tokens.shape[1]

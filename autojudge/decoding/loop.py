@@ -156,12 +156,20 @@ class Running:
         need_draft_hidden = any(r.config.mode == "judge" and backend.judge.uses_draft_hidden for r in rows)
         draft_tokens = committed.new_empty((len(rows), 0))  # [B, w]
         draft_hidden = None  # [B, w, Hd]
-        catch_up = 0  # the most tokens a row's draft cache lags by: its first read this cycle is that long
+        long_lag = False  # a row's draft lags far behind (a new row's prompt, idle cycles' tokens)
+        apart_s = None  # seconds the draft took to read that lag apart from the proposal (None: not apart)
         proposed_s = 0.0  # seconds the proposal took
         if int(row_w.max()):
             catch_up = max(len(seq) - row.draft_read for row, seq in zip(rows, sequences))
             for row, seq in zip(rows, sequences):
                 row.draft_read = len(seq)
+            # a steady cycle's draft lags by at most the last cycle's commit (its window + 1) + 1, or a
+            # few tokens over the batch
+            long_lag = catch_up > self.last_window + 2 and catch_up * len(rows) > SMALL_CATCH_UP
+            if long_lag and getattr(state, "catch_up", None) is not None:
+                reading = time.perf_counter()
+                state.catch_up(sequences)
+                apart_s = time.perf_counter() - reading
             proposing = time.perf_counter()
             proposal = state.propose(sequences, int(row_w.max()), need_draft_hidden)
             proposed_s = time.perf_counter() - proposing
@@ -203,14 +211,16 @@ class Running:
                 ended.append(row.index)
         self._keep_rows(still)
         # A prompt chunk's cost is not the window's, so only decode-only cycles are timed. Nor is the draft
-        # catching up after idle cycles or on a new row's prompt (a one-off read of the lagging tokens): a
-        # steady cycle's draft lags by at most the last cycle's commit (its window + 1) + 1, or a few
-        # tokens over the batch. A cycle that caught up more (a probe after a long wait, which is the
-        # only drafting a busy batch does) is timed without its proposal, and the model's draft steps
-        # stand in for it: a batch never timed drafting would go by the start-up model for ever.
+        # catching up on a long lag (a one-off read). A cycle that caught up (a probe after a long wait,
+        # which is the only drafting a busy batch does) is timed without that read; where the backend
+        # cannot read it apart, without its proposal, the model's draft steps standing in (which
+        # undercounts a busy batch's drafting): a batch never timed drafting would go by the start-up
+        # model for ever.
         if isinstance(self.cost, ObservedCost) and decode_only:
             seconds = time.perf_counter() - started
-            if catch_up > self.last_window + 2 and catch_up * len(rows) > SMALL_CATCH_UP:
+            if apart_s is not None:
+                seconds -= apart_s
+            elif long_lag:
                 seconds += self.cost.model.draft_steps(w, len(rows)) - proposed_s
             self.cost.observe(w, len(rows), seconds)
         self.last_window = w

@@ -199,6 +199,12 @@ class GraphBatch(InProcessBatch):
         n = self.live
         return Proposal(torch.cat(drafted, dim=1)[:n], torch.cat(states, dim=1)[:n] if need_hidden else None)
 
+    def catch_up(self, sequences: Sequence[list[int]]) -> None:
+        """As InProcessBatch.catch_up, eager (a long lag is no steady shape)."""
+        ids, fed, counts = self.draft.unread([seq[:-1] for seq in sequences])  # [R, U - 1]
+        if ids.shape[1]:
+            self.draft.read(ids, fed, counts, keep=1, graphed=False)
+
     def verify(self, sequences: Sequence[list[int]], draft_tokens: torch.Tensor, need_logits: bool,
                windows: torch.Tensor | None = None) -> Verification:  # (windows: unread drafts are cropped by keep)
         """As InProcessBatch.verify: one pass over each row's unread tail + its w drafts
