@@ -13,8 +13,9 @@ Two servers over the embedded pair, one after the other on the same cores:
 On ``continuous``, at concurrency 1, 4 and 16: target only, fixed-window lossless, adaptive
 lossless and adaptive judge (with ``--judge``) on GSM8K test questions; target only and
 adaptive lossless on off-distribution chat prompts at concurrency 1. On ``one-at-a-time``:
-target only and fixed lossless at concurrency 16. Each run reports throughput, p50/p99 latency
-and time to first token (the first streamed piece). Every answer is checked against the
+target only and fixed lossless at concurrency 16. Each run reports throughput (the tokens streamed
+in ``--seconds`` after ``--warmup``, while every client is busy), p50/p99 latency and time to first
+token (the first streamed piece). Every answer is checked against the
 in-process decoder: target-only and lossless answers must be the target's greedy tokens
 (token for token); judge answers must be well formed (tokens and a finish reason; how often
 they equal the in-process batch-1 judge decode is reported, since an adaptive window depends
@@ -51,21 +52,33 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def run_load(server: TritonServer, prompts: list[str], check, fields: dict, clients: int, seconds: float) -> dict:
-    """``clients`` threads, each sending the next prompt as soon as its last answer is in, for ``seconds``."""
-    deadline = time.monotonic() + seconds
-    records, lock = [], threading.Lock()
+def run_load(server: TritonServer, prompts: list[str], check, fields: dict, clients: int, seconds: float,
+             warmup: float) -> dict:
+    """``clients`` threads, each sending the next prompt as soon as its last answer is in, until
+    ``warmup + seconds``. Throughput counts the tokens streamed in the last ``seconds`` (every client
+    busy: neither the start, when all join at once, nor the drain after it); every answer is checked."""
+    started = time.perf_counter()
+    count_from, deadline = started + warmup, started + warmup + seconds
+    records, lock, streamed = [], threading.Lock(), [0]
+
+    def on_piece(piece: dict, first: list) -> None:
+        now = time.perf_counter()
+        if not first:
+            first.append(now)
+        if count_from <= now <= deadline:
+            with lock:
+                streamed[0] += len(piece["token_ids"])
 
     def client(index: int) -> None:
         i = index
-        while time.monotonic() < deadline:
+        while time.perf_counter() < deadline:
             prompt = prompts[i % len(prompts)]
             i += clients
             first = []
             start = time.perf_counter()
             try:
                 answer = stream_grpc(server.grpc_url, request_arrays(prompt, **fields),
-                                     on_piece=lambda piece, first=first: first or first.append(time.perf_counter()))
+                                     on_piece=lambda piece, first=first: on_piece(piece, first))
                 verdict = check(prompt, answer)
                 record = {"ok": verdict is not False, "same": verdict is True, "tokens": len(answer["token_ids"]),
                           "latency": time.perf_counter() - start,
@@ -87,7 +100,7 @@ def run_load(server: TritonServer, prompts: list[str], check, fields: dict, clie
         "clients": clients, "seconds": elapsed, "requests": len(records), "lost_or_corrupted": len(records) - len(done),
         "errors": [r["error"] for r in records if "error" in r][:5],
         "same_as_in_process": sum(r["same"] for r in done) / len(done) if done else float("nan"),
-        "requests_per_s": len(done) / elapsed, "tokens_per_s": sum(r["tokens"] for r in done) / elapsed,
+        "requests_per_s": len(done) / elapsed, "tokens_per_s": streamed[0] / seconds,
         "latency_p50_s": percentile([r["latency"] for r in done], 0.5),
         "latency_p99_s": percentile([r["latency"] for r in done], 0.99),
         "ttft_p50_s": percentile([r["ttft"] for r in done], 0.5),
@@ -117,7 +130,9 @@ def references(prompts: list[str], max_tokens: int, window: int, judge: Path | N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=30, help="Per run.")
+    parser.add_argument("--seconds", type=float, default=30, help="Measured, per run.")
+    parser.add_argument("--warmup", type=float, default=8,
+                        help="Seconds at the start of each run whose tokens are not counted (every client joins at once).")
     parser.add_argument("--questions", type=int, default=16, help="Distinct GSM8K test questions cycled through.")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--window", type=int, default=4)
@@ -153,7 +168,7 @@ def main() -> None:
     def measure(server, name, prompt_set, label, fields, clients):
         check = judge_check if fields.get("mode") == "judge" else lossless_check
         result = {"server": name, "prompts": label, "method": method_name(fields), "fields": fields,
-                  **run_load(server, prompt_set, check, {**base, **fields}, clients, args.seconds)}
+                  **run_load(server, prompt_set, check, {**base, **fields}, clients, args.seconds, args.warmup)}
         report["runs"].append(result)
         print(json.dumps({k: v for k, v in result.items() if k != "errors" or v}), flush=True)
 
