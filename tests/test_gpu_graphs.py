@@ -128,7 +128,7 @@ def test_the_protocol_step_by_step_with_joins_past_the_static_batch(pair):
                          ids=["in-process", "graphs"])
 def test_a_draft_that_reads_its_lag_apart_proposes_what_it_proposes_reading_it_at_once(pair, backend):
     """catch_up (the loop reads a long lag apart, to time the proposal as a steady one) changes no
-    draft token or state, on this cycle or the next: ragged rows, one with nothing to catch up."""
+    draft token or state, on this cycle or the next: ragged rows, then one row lagging alone."""
     target, draft = pair
     sequences = [list(PROMPTS[0]), list(PROMPTS[1][:1]), list(PROMPTS[2])]
     apart, at_once = (backend(target, draft).open(3, True) for _ in range(2))
@@ -143,7 +143,7 @@ def test_a_draft_that_reads_its_lag_apart_proposes_what_it_proposes_reading_it_a
             seq.extend(drafted[:1] + [t[1]])
         for state in (apart, at_once):
             state.keep(torch.tensor([len(s) - 1 for s in sequences]))
-        sequences = [seq + [7, 8, 9] for seq in sequences]  # idle cycles' tokens: the next lag
+        sequences[1] += [7, 8, 9] * 10  # idle cycles' tokens: one row lags, the others have nothing to catch up
         apart.catch_up(sequences)
 
 

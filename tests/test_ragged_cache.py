@@ -70,6 +70,22 @@ def test_a_row_that_feeds_far_more_reads_its_excess_alone():
     assert block_width([5, 5, 5]) == 5 and block_width([7]) == 7
     assert block_width([20, 18, 19, 17]) == 20  # close lengths: one padded forward is cheaper
     assert block_width([40, 36, 1, 1]) == 1
+    assert block_width([40, 0, 0, 0]) == 0  # a draft catching up one row: it reads alone, the others nothing
+
+
+def test_a_block_where_only_one_row_reads_is_read_by_that_row_alone(target):
+    """A draft catching up (``catch_up``): one row reads a long lag, the others nothing (the served
+    batch failed every row with "IndexError: list index out of range" here)."""
+    g = torch.Generator().manual_seed(4)
+    lag = torch.randint(3, 400, (30,), generator=g).tolist()
+    cache = RaggedCache(target, 3)
+    cache.read(torch.tensor([[1, 2], [3, 4], [5, 6]]), torch.ones(3, 2, dtype=torch.bool))
+    out = cache.read(torch.tensor([[0] * 30, lag, [0] * 30]), torch.tensor([[False] * 30, [True] * 30, [False] * 30]))
+    torch.testing.assert_close(out[1], dense(target, [3, 4, *lag])[2:])
+    assert cache.lengths.tolist() == [2, 32, 2]
+    out = cache.read(torch.tensor([[7], [8], [9]]), torch.ones(3, 1, dtype=torch.bool))
+    torch.testing.assert_close(out[:, 0], torch.stack([dense(target, seq)[-1] for seq in
+                                                       ([1, 2, 7], [3, 4, *lag, 8], [5, 6, 9])]))
 
 
 def test_rows_read_alone_see_what_a_dense_read_of_their_tokens_sees(target):

@@ -52,8 +52,11 @@ class RaggedCache:
         width = block_width(fed.sum(dim=1).tolist()) if len(ids) > 1 else ids.shape[1]
         if width >= ids.shape[1]:
             return self._read_together(ids, fed)
-        alone = self._read_alone(ids[:, :-width], fed[:, :-width])  # [B, S - width, H]
-        return torch.cat([alone, self._read_together(ids[:, -width:], fed[:, -width:])], dim=1)
+        split = ids.shape[1] - width  # (width 0: only some rows read, each alone; a draft catching up)
+        alone = self._read_alone(ids[:, :split], fed[:, :split])  # [B, S - width, H]
+        if not width:
+            return alone
+        return torch.cat([alone, self._read_together(ids[:, split:], fed[:, split:])], dim=1)
 
     def _read_alone(self, ids: torch.Tensor, fed: torch.Tensor) -> torch.Tensor:
         """Each row with tokens in ids [B, P] / fed [B, P] reads them in a forward of its own, after
