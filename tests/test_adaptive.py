@@ -106,6 +106,8 @@ def test_nobody_probes_where_even_a_perfect_draft_would_not_pay():
     dear = CycleCost(1.0, 0.6, 0.6)  # a draft token costs 1.2 target steps: not worth it even if always accepted
     assert not could_pay(dear, 1, 8) and could_pay(CycleCost(1.0, 0.1, 0.3), 1, 8)
     assert could_pay(dear, 1, 0) is False  # nothing to draft
+    even = CycleCost(1.0, 0.4, 0.5)  # W=1: 1.9x a plain cycle; a perfect draft would gain 5%, within the noise
+    assert not could_pay(even, 1, 8) and could_pay(CycleCost(1.0, 0.2, 0.3), 1, 1)  # W=1 1.5x: 33%
     alone = WindowController(8, dear, prior=0.05, prior_weight=100, probe_every=1)
     rows = [(WindowController(8, dear, prior=0.05, prior_weight=100, probe_every=1), 8, True) for _ in range(3)]
     probes = BatchProbes(probe_every=1, max_probe_every=2)
