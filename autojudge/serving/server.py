@@ -113,6 +113,7 @@ class TritonServer:
         # OMP_WAIT_POLICY: instances never oversubscribe the cores (each gets cores / instances torch
         # threads, repo.py), and PASSIVE made every op of a two-thread instance wake its worker from
         # sleep: the served target decoded 11 tokens/s at one client against 17 without it.
+        # (The stubs inherit this environment: observed in their /proc/<pid>/environ, nvidia-pytriton 0.7.0.)
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         libs = pytriton_server_dir().parent.parent / "nvidia_pytriton.libs"
         # The stub embeds libpython: make it load this interpreter's own (a system libpython of
