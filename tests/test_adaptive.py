@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import torch
 from conftest import perturbed, tiny_model
 
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder
@@ -82,6 +83,68 @@ def test_the_cycle_cost_is_measured_with_the_backends_own_steps(lm, make_lm):
     cost = decoder.cycle_cost(PROMPT, 8)
     assert cost.target > 0 and cost.draft > 0 and cost.target_per_token >= 0
     assert decoder.cycle_cost(PROMPT, 8) is cost  # measured once
+
+
+class _Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _PricedBatch:
+    """A batch state whose calls cost set seconds on a fake clock: verifying w drafts over ``rows``
+    rows costs ``verify[w]`` per row-weight (a CPU's curve: flat while one row is padded to two, then
+    rising), a draft step 0.15; each call must start from the prompt (what ``keep`` restores)."""
+
+    def __init__(self, clock: _Clock, rows: int, verify: list[float]):
+        self.clock, self.rows, self.verify_s, self.lengths = clock, rows, verify, None
+
+    def verify(self, sequences, draft_tokens, need_logits, windows=None):
+        if self.lengths is not None:  # a timed call: from the prompt, one token + its drafts
+            assert all(len(s) == n + 1 for s, n in zip(sequences, self.lengths.tolist()))
+            self.clock.now += self.verify_s[draft_tokens.shape[1]] * (1 + 0.5 * (self.rows - 1))
+            self.lengths = None
+
+    def propose(self, sequences, w, need_hidden):
+        self.clock.now += 0.15 * w * self.rows
+
+    def keep(self, lengths):
+        self.lengths = lengths
+
+
+class _PricedBackend:
+    device = torch.device("cpu")
+
+    def __init__(self, clock: _Clock, verify: list[float]):
+        self.clock, self.verify = clock, verify
+
+    def open(self, batch, uses_draft):
+        return _PricedBatch(self.clock, batch, self.verify)
+
+
+def test_the_cycle_cost_follows_what_each_window_really_costs(monkeypatch):
+    """On a CPU a few drafts cost almost nothing to verify (one row is padded to two) and more cost
+    more: a line through the widest window would price a W=2 cycle at 1.7x where it costs 1.3x, and
+    at acceptance 0.5 the request would not draft at all. A timing dip (noise) is no discount."""
+    from autojudge.decoding import adaptive
+
+    clock = _Clock()
+    monkeypatch.setattr(adaptive.time, "perf_counter", clock)
+    verify = [1.0, 1.0, 1.02, 1.0, 1.5, 2.0]  # 0..5 drafts (w=3 timed below w=2: noise)
+    cost = CycleCost.measure(_PricedBackend(clock, verify), PROMPT, 5, repeats=3)
+    assert cost.target == 1.0 and cost.draft == pytest.approx(0.15)
+    assert cost.wide == pytest.approx((0.0, 0.02, 0.02, 0.5, 1.0))  # non-decreasing
+    assert cost.cycle(2) == pytest.approx(1.32) and cost.cycle(5) == pytest.approx(2.75)
+    assert cost.cycle(7) == pytest.approx(2.75 + 2 * (0.2 + 0.15))  # past the measured window: its slope
+    half = WindowController(5, cost, prior=0.5, prior_weight=1000)
+    assert half.window() == 2  # E(2) = 1.75 tokens for 1.32: the best value, and beats plain by 33%
+    linear = CycleCost(cost.target, cost.target_per_token, cost.draft)  # the same ends, a line between
+    assert WindowController(5, linear, prior=0.5, prior_weight=1000).window() == 0
+    many = CycleCost.measure(_PricedBackend(clock, verify), PROMPT, 5, repeats=3, batch=3)
+    assert many.wide == pytest.approx(cost.wide) and many.target_per_row == pytest.approx(0.5)
+    assert many.draft_per_row == pytest.approx(0.15)
+    assert many.cycle(5, 3) == pytest.approx(2 * 2.0 + 5 * 0.45)  # 3 rows: twice one row's forward, 3x the steps
 
 
 def test_a_batch_probes_together_and_backs_off():

@@ -7,7 +7,8 @@ maximises expected committed tokens per unit of cost:
 
     E(w) = 1 + a + a^2 + ... + a^w      (a: the chance that the next draft token is accepted,
                                          as a run of accepted tokens ends at the first rejection)
-    C(w) = target + w * (target_per_token + draft)   (:class:`CycleCost`, measured on this machine)
+    C(w) = target + wide(w) + w * draft   (:class:`CycleCost`, measured on this machine; wide(w): what
+                                          verifying w draft tokens more costs, measured at each w)
 
 w = 0 is plain target decoding. While at 0 the controller learns nothing, so after
 ``probe_every`` idle cycles it drafts one token to look again; each probe that is rejected
@@ -35,7 +36,6 @@ import statistics
 import time
 from dataclasses import dataclass
 
-
 # A gain within timing noise is not taken: the batch drafts only where its expected tokens per unit of
 # cost beat plain decoding by more than this, and probes only where a perfect draft would (could_pay).
 # (A 2-core VM's cycles vary by 20% run to run; at one row a W=1 cycle measured 1.25-1.5x a plain one.)
@@ -45,63 +45,90 @@ GAIN_MARGIN = 0.15
 @dataclass(frozen=True)
 class CycleCost:
     """Cost of one cycle's parts, in seconds (only the ratios matter): at one row, and what each
-    row more adds (a linear fit between one row and ``CycleCost.measure``'s ``batch`` rows)."""
+    row more adds (a linear fit between one row and ``CycleCost.measure``'s ``batch`` rows).
+
+    Verifying w draft tokens more is not linear in w on a CPU: one row is padded to two for the
+    weight-first GEMM (:mod:`autojudge.models.cpu.few_rows_linear`), so a few drafts cost almost
+    nothing and more cost more (measured at one row, 2 cores: 45, 41, 65, 43, 72, 92 ms for 0..5
+    drafts). ``wide`` holds what each w costs (made non-decreasing); a line through the widest
+    window alone said a W=3 cycle was 2.25x a plain one where it was 1.6x."""
 
     target: float  # a target forward verifying 0 draft tokens (one new token)
-    target_per_token: float  # each draft token more in that forward
+    target_per_token: float  # each draft token more in that forward (past the measured ``wide``)
     draft: float  # one draft step
     target_per_row: float = 0.0  # each row more: the target forward
     target_per_token_per_row: float = 0.0  # each row more: each draft token more in it
     draft_per_row: float = 0.0  # each row more: a draft step
+    wide: tuple[float, ...] = ()  # wide[w-1]: what w draft tokens add to the target forward at one row
 
     def cycle(self, w: int, batch: int = 1) -> float:
         more = batch - 1
-        return (self.target + more * self.target_per_row
-                + w * (self.target_per_token + more * self.target_per_token_per_row)) + self.draft_steps(w, batch)
+        return (self.target + more * self.target_per_row + self.verify_extra(w)
+                + w * more * self.target_per_token_per_row) + self.draft_steps(w, batch)
+
+    def verify_extra(self, w: int) -> float:
+        """What w draft tokens add to the target forward at one row."""
+        if not w:
+            return 0.0
+        if w <= len(self.wide):
+            return self.wide[w - 1]
+        return (self.wide[-1] if self.wide else 0.0) + (w - len(self.wide)) * self.target_per_token
 
     def draft_steps(self, w: int, batch: int = 1) -> float:
         """The draft's part of a cycle: w steps over ``batch`` rows."""
         return w * (self.draft + (batch - 1) * self.draft_per_row)
 
     @classmethod
-    def measure(cls, backend, prompt: list[int], window: int, repeats: int = 3, batch: int = 1) -> CycleCost:
-        """Time the backend's own verify (0 and ``window`` drafts) and propose (1 token) of one token
-        after ``prompt``, each on a fresh batch state whose caches already hold the prompt; with
-        ``batch`` > 1 also at that many rows, for the per-row terms."""
+    def measure(cls, backend, prompt: list[int], window: int, repeats: int = 5, batch: int = 1) -> CycleCost:
+        """Time the backend's own verify (of 0, 1, .., ``window`` drafts) and propose (1 token) of one
+        token after ``prompt``, on a batch state whose caches already hold the prompt (each timed call's
+        tokens forgotten again, ``keep``); with ``batch`` > 1 also at that many rows (0 and ``window``
+        drafts), for the per-row terms."""
         import torch
 
         with torch.inference_mode():  # as the loop runs the backend
-            one = cls._measure(backend, prompt, window, repeats, 1)
+            plain, wide, step = cls._measure(backend, prompt, range(window + 1), repeats, 1)
+            extras = []
+            for extra in wide:  # more drafts never cost less: what a timing says otherwise is noise
+                extras.append(max(extra, extras[-1] if extras else 0.0))
+            slope = extras[-1] / window if window else 0.0
+            one = {"target": plain, "target_per_token": slope, "draft": step, "wide": tuple(extras)}
             if batch <= 1:
-                return cls(*one)
-            many = cls._measure(backend, prompt, window, repeats, batch)
-        return cls(*one, *(max(m - o, 0.0) / (batch - 1) for m, o in zip(many, one)))
+                return cls(**one)
+            many_plain, many_wide, many_step = cls._measure(backend, prompt, (0, window), repeats, batch)
+            more = batch - 1
+            return cls(**one, target_per_row=max(many_plain - plain, 0.0) / more,
+                       target_per_token_per_row=max(many_wide[-1] / max(window, 1) - slope, 0.0) / more,
+                       draft_per_row=max(many_step - step, 0.0) / more)
 
     @staticmethod
-    def _measure(backend, prompt: list[int], window: int, repeats: int, batch: int) -> tuple[float, float, float]:
+    def _measure(backend, prompt: list[int], windows, repeats: int, batch: int
+                 ) -> tuple[float, list[float], float]:
+        """(plain verify, [what each of ``windows`` past 0 adds to it], one draft step) in seconds."""
         import torch
 
-        empty = torch.zeros((batch, 0), dtype=torch.long, device=backend.device)
-        drafts = torch.zeros((batch, window), dtype=torch.long, device=backend.device)
         prompts, lengths = [prompt] * batch, torch.full((batch,), len(prompt), device=backend.device)
+        state = backend.open(batch, uses_draft=True)
+        state.verify(prompts, torch.zeros((batch, 0), dtype=torch.long, device=backend.device),
+                     need_logits=False)  # prefills, not timed
+        state.propose(prompts, 1, need_hidden=False)
+        state.keep(lengths)
 
         def timed(run) -> float:
             samples = []
             for _ in range(repeats + 1):  # the first warms caches and kernels up
-                state = backend.open(batch, uses_draft=True)
-                state.verify(prompts, empty, need_logits=False)  # prefills, not timed
-                state.propose(prompts, 1, need_hidden=False)
-                state.keep(lengths)
                 start = time.perf_counter()
-                run(state)
+                run()
                 samples.append(time.perf_counter() - start)
+                state.keep(lengths)  # forget what the call read: every sample starts from the prompt
             return statistics.median(samples[1:])
 
         longer = [prompt + [0]] * batch
-        plain = timed(lambda s: s.verify(longer, empty, need_logits=False))
-        wide = timed(lambda s: s.verify(longer, drafts, need_logits=False))
-        step = timed(lambda s: s.propose(longer, 1, need_hidden=False))
-        return plain, max(wide - plain, 0.0) / max(window, 1), step
+        verify = {w: timed(lambda w=w: state.verify(longer, torch.zeros((batch, w), dtype=torch.long,
+                                                                        device=backend.device), need_logits=False))
+                  for w in windows}
+        step = timed(lambda: state.propose(longer, 1, need_hidden=False))
+        return verify[0], [max(verify[w] - verify[0], 0.0) for w in windows if w], step
 
 
 def expected_tokens(a: float, w: int) -> float:
