@@ -226,7 +226,8 @@ def test_a_served_batch_times_only_its_steady_decode_cycles(lm, make_lm):
 
     decoder = SpeculativeDecoder(lm, make_lm(tiny_model(0), "tiny-draft"))
     model = CycleCost(target=1.0, target_per_token=0.02, draft=0.1)
-    running = Running(decoder.backend, frozenset(), model, prefill_chunk=2, observe_costs=True)
+    running = Running(decoder.backend, frozenset(), model, prefill_chunk=2, observe_costs=True,
+                      probes=BatchProbes(budget=float("inf")))  # probes as dear as they come (budget: below)
     seen = running.cost.seen
     running.join([PROMPT], DecodeConfig(mode="lossless", window=3, max_new_tokens=60))
     while running.active[0].prefilling:  # 9 prompt tokens, 2 a cycle (the last chunk's cycle drafts)
@@ -265,3 +266,56 @@ def test_a_served_batch_times_only_its_steady_decode_cycles(lm, make_lm):
             windows.append(running.last_window)
         assert windows == [0] * 40 + [1]
         assert timed(seen[(1, 1)])  # this probe's draft first read 40 idle cycles' tokens
+
+
+def test_probes_wait_while_they_have_cost_more_than_their_budget():
+    """Each probe makes the draft read every row's tokens since the last look; a batch whose probes
+    never pay would spend a share of its time on them that grows with its rows. Probes wait
+    until what they cost is within ``budget`` of the decoding time."""
+    cost = CycleCost(1.0, 0.1, 0.3)
+    hopeless = [(WindowController(8, cost, prior=0.05, prior_weight=100, probe_every=1), 8, True) for _ in range(2)]
+    probes = BatchProbes(probe_every=1, max_probe_every=1, budget=0.1)
+    granted = []
+    for _ in range(40):
+        windows = probes.windows(hopeless, cost)
+        granted.append(max(windows))
+        probes.record(2.0 if max(windows) else 1.0, 1.0 if max(windows) else 0.0)  # a probe: 1 s more
+        for ctl, _, _ in hopeless:
+            ctl.update(max(windows), 0)
+    probe_cycles = [i for i, w in enumerate(granted) if w]
+    assert probe_cycles[:4] == [1, 9, 18, 27]  # 1 s of probing per 10 s of cycles (without a budget: every other)
+    assert probes.spent <= 0.1 * probes.elapsed + 1.0
+    one = [(WindowController(8, cost, prior=0.05, prior_weight=100, probe_every=1), 8, True)]
+    alone = BatchProbes(budget=0.1)
+    alone.windows(one, cost)
+    one[0][0].update(0, 0)
+    assert alone.windows(one, cost) == [1] and alone.probed  # a batch of one's row probes on its own wait...
+    alone.record(2.0, 1.0)
+    one[0][0].update(1, 0)
+    one[0][0].update(0, 0)
+    one[0][0].update(0, 0)
+    assert one[0][0].probing and alone.windows(one, cost) == [0]  # ...within the same budget
+
+
+def test_a_running_batch_charges_its_probes_catch_up_reads(lm, make_lm):
+    """Two hopeless rows whose probes each make the draft read for 0.3 s: within the default budget
+    one probe is all 60 quick cycles can pay for; without a budget they probe on their doubling wait."""
+    from autojudge.decoding.loop import Running
+
+    decoder = SpeculativeDecoder(lm, make_lm(tiny_model(7), "tiny-draft"))
+    probes_made = {}
+    for budget in (None, float("inf")):
+        running = Running(decoder.backend, frozenset(), CycleCost(1e-6, 0.0, 0.0), observe_costs=True,
+                          probes=BatchProbes() if budget is None else BatchProbes(budget=budget))
+        running.join([PROMPT, PROMPT[:5]], DecodeConfig(mode="lossless", window=3, max_new_tokens=200, adaptive=True))
+        for ctl in (row.controller for row in running.active):
+            ctl.accepted = 0.0  # hopeless: the rows draft only in probes
+        state = running.state
+        state.catch_up = lambda seqs, read=state.catch_up: (time.sleep(0.3), read(seqs))[1]
+        windows = []
+        for _ in range(60):
+            running.cycle()
+            windows.append(running.last_window)
+        probes_made[budget] = windows.count(1)
+        assert running.probes.spent >= 0.3 * probes_made[budget] > 0  # each probe's catch-up read was charged
+    assert probes_made[None] == 1 and probes_made[float("inf")] >= 3  # waits of 8, 16, 32 cycles

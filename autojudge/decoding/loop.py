@@ -216,8 +216,11 @@ class Running:
         # cannot read it apart, without its proposal, the model's draft steps standing in (which
         # undercounts a busy batch's drafting): a batch never timed drafting would go by the start-up
         # model for ever.
+        took = time.perf_counter() - started
+        if self.cost is not None:  # a probe's cycle past a plain one (its catch-up read too) counts against the budget
+            self.probes.record(took, took - self.cost.cycle(0, len(rows)) if decode_only else apart_s or 0.0)
         if isinstance(self.cost, ObservedCost) and decode_only:
-            seconds = time.perf_counter() - started
+            seconds = took
             if apart_s is not None:
                 seconds -= apart_s
             elif long_lag:
@@ -232,6 +235,7 @@ class Running:
         most = [0 if part else max(0, min(row.window, row.config.max_new_tokens - len(row.generated) - 1))
                 for row, part in zip(rows, feeding)]
         if not any(row.config.adaptive and row.window for row in rows):
+            self.probes.probed = False
             return most
         return self.probes.windows([(row.controller, m, row.config.adaptive and bool(row.window))
                                     for row, m in zip(rows, most)], self.cost)
