@@ -32,6 +32,7 @@ window keep it (they count in the cost). At one row this is the controller's own
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from dataclasses import dataclass
@@ -114,20 +115,23 @@ class CycleCost:
         state.propose(prompts, 1, need_hidden=False)
         state.keep(lengths)
 
+        fresh = itertools.count(1)  # each timed call reads tokens never read before after the prompt: a backend
+        # that reuses the KV blocks of a prefix it has seen (TensorRT-LLM's block reuse) must compute them all
+
         def timed(run) -> float:
             samples = []
             for _ in range(repeats + 1):  # the first warms caches and kernels up
+                token = next(fresh)
                 start = time.perf_counter()
-                run()
+                run([prompt + [token]] * batch, token)
                 samples.append(time.perf_counter() - start)
                 state.keep(lengths)  # forget what the call read: every sample starts from the prompt
             return statistics.median(samples[1:])
 
-        longer = [prompt + [0]] * batch
-        verify = {w: timed(lambda w=w: state.verify(longer, torch.zeros((batch, w), dtype=torch.long,
-                                                                        device=backend.device), need_logits=False))
-                  for w in windows}
-        step = timed(lambda: state.propose(longer, 1, need_hidden=False))
+        verify = {w: timed(lambda seqs, token, w=w: state.verify(
+            seqs, torch.full((batch, w), token, dtype=torch.long, device=backend.device), need_logits=False))
+            for w in windows}
+        step = timed(lambda seqs, _: state.propose(seqs, 1, need_hidden=False))
         return verify[0], [max(verify[w] - verify[0], 0.0) for w in windows if w], step
 
 
