@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from autojudge.acceptance import Acceptance, accept, fly_mismatch_ok, judge_mismatch_ok, topk_mismatch_ok
-from autojudge.decoding.adaptive import BatchProbes, CycleCost, ObservedCost, WindowController
+from autojudge.decoding.adaptive import BatchProbes, CycleCost, ObservedCost, PooledPrior, WindowController
 from autojudge.decoding.backend import Backend, BatchState, Verification
 from autojudge.decoding.config import LOGIT_MODES, DecodeConfig, GenerationResult
 from autojudge.decoding.metrics import SpecDecodeMetrics
@@ -92,6 +92,7 @@ class Running:
     state: BatchState | None = None
     joined: int = 0  # rows that ever joined
     probes: BatchProbes = field(default_factory=BatchProbes)  # when adaptive rows of a batch may probe
+    prior: PooledPrior = field(default_factory=PooledPrior)  # where a new row's acceptance estimate starts
     last_window: int = 0  # the batch's window in its last cycle
 
     def __post_init__(self) -> None:
@@ -118,7 +119,7 @@ class Running:
         window = 0 if config.mode == "target" else config.window
         chunked = self.prefill_chunk is not None
         new = [_Row(list(p), len(p), config, threshold, stops, SpecDecodeMetrics(mode=config.mode, window=window),
-                    WindowController(window, self.cost), on_tokens, index=self.joined + i,
+                    self.prior.controller(config.mode, window, self.cost), on_tokens, index=self.joined + i,
                     fed=0 if chunked else len(p), started=now)
                for i, p in enumerate(prompts)]
         self.joined += len(new)
@@ -163,10 +164,12 @@ class Running:
             catch_up = max(len(seq) - row.draft_read for row, seq in zip(rows, sequences))
             for row, seq in zip(rows, sequences):
                 row.draft_read = len(seq)
-            # a steady cycle's draft lags by at most the last cycle's commit (its window + 1) + 1, or a
-            # few tokens over the batch
-            long_lag = catch_up > self.last_window + 2 and catch_up * len(rows) > SMALL_CATCH_UP
-            if long_lag and getattr(state, "catch_up", None) is not None:
+            # a steady cycle's draft lags by at most the last cycle's commit (its window + 1) + 1; any more
+            # is read apart where the backend can (at one row a probe's 8-30 idle tokens cost the draft
+            # a third of a plain cycle, and timed with its proposal made w = 1 look 1.3x dearer than it is)
+            lagging = catch_up > self.last_window + 2
+            long_lag = lagging and catch_up * len(rows) > SMALL_CATCH_UP
+            if lagging and getattr(state, "catch_up", None) is not None:
                 reading = time.perf_counter()
                 state.catch_up(sequences)
                 apart_s = time.perf_counter() - reading
@@ -209,6 +212,7 @@ class Running:
                 still.append(b)
             else:
                 ended.append(row.index)
+                self.prior.learn(row.config.mode, row.controller)
         self._keep_rows(still)
         # A prompt chunk's cost is not the window's, so only decode-only cycles are timed. Nor is the draft
         # catching up on a long lag (a one-off read). A cycle that caught up (a probe after a long wait,
@@ -280,6 +284,7 @@ class Running:
         gone = [row for row in self.active if row.cancelled]
         for row in gone:
             row.finish_reason = "cancelled"
+            self.prior.learn(row.config.mode, row.controller)
         if gone:
             self._keep_rows([b for b, row in enumerate(self.active) if not row.cancelled])
         return [row.index for row in gone]
@@ -362,6 +367,7 @@ class SpeculativeLoop:
     def __init__(self, backend: Backend):
         self.backend = backend
         self._costs: dict[int, CycleCost] = {}
+        self.prior = PooledPrior()  # where each new request's acceptance estimate starts, over every batch
 
     def cycle_cost(self, prompt: list[int], window: int, batch: int = 1) -> CycleCost:
         """The cost of a cycle's parts on this machine (at 1 and at ``batch`` rows), measured once per
@@ -380,7 +386,7 @@ class SpeculativeLoop:
             raise AutoJudgeError("every prompt must have at least one token (no prompts given)")
         eos = self.backend.eos_token_ids if eos_token_ids is None else eos_token_ids
         cost = self.cycle_cost(list(prompts[0]), config.window) if config.adaptive and config.mode != "target" else None
-        running = Running(self.backend, eos, cost, uses_draft=config.mode != "target")
+        running = Running(self.backend, eos, cost, uses_draft=config.mode != "target", prior=self.prior)
         running.join(prompts, config, on_tokens)
         while running.active:
             running.cycle()

@@ -74,7 +74,7 @@ class ContinuousBatcher:
             cost = self.model_thread.call(loop.cycle_cost, list(cost_prompt), min(cost_window, backend.max_window),
                                           batch=max_batch)
         self.running = Running(backend, backend.eos_token_ids, cost, prefill_chunk=prefill_chunk,
-                               uses_draft=backend.has_draft, observe_costs=True)
+                               uses_draft=backend.has_draft, observe_costs=True, prior=loop.prior)
         self.queue: deque[_Ticket] = deque()
         self.tickets: dict[int, _Ticket] = {}  # running row index -> its ticket
         self.pending: list[_Ticket] = []  # taken off the queue, not yet in ``tickets``
@@ -213,7 +213,7 @@ class ContinuousBatcher:
         with self.cond:
             tickets, self.tickets, pending, self.pending = self.tickets, {}, self.pending, []
         self.running = Running(old.backend, old.eos, old.cost, prefill_chunk=old.prefill_chunk,
-                               uses_draft=old.uses_draft, observe_costs=True)
+                               uses_draft=old.uses_draft, observe_costs=True, prior=old.prior)
         for ticket in [*tickets.values(), *pending]:
             _quietly(ticket.on_done, None, error)
 
