@@ -289,7 +289,8 @@ def test_a_probe_at_one_row_is_timed_without_the_drafts_read_of_its_idle_tokens(
         running.cycle()
         windows.append(running.last_window)
     assert windows == [0] * hopeless.probe_every + [1]
-    assert running.cost.seen[(1, 1)] < 0.1  # the proposal read 1 token (0.02 s); the other 8 (0.16 s) apart
+    assert running.cost.seen[(1, 1)] < 0.15  # the proposal read 1 token (0.02 s), the other 8 apart: read with
+    # it, they would have taken 0.18 s more
 
 
 def test_a_new_request_starts_from_what_the_requests_before_it_measured():
@@ -365,3 +366,40 @@ def test_a_running_batch_charges_its_probes_catch_up_reads(lm, make_lm):
         probes_made[budget] = windows.count(1)
         assert running.probes.spent >= 0.3 * probes_made[budget] > 0  # each probe's catch-up read was charged
     assert probes_made[None] == 1 and probes_made[float("inf")] >= 3  # waits of 8, 16, 32 cycles
+
+
+def _simulated_speedup(acceptance: float, seconds: float, seed: int) -> float:
+    """Tokens/s of the one-row adaptive schedule over target-only, against known costs (the embedded
+    pair's at one row on 2 cores, ms: plain 45, W=1..4 52, 75, 78, 95, each cycle +-10% noise) and a
+    draft whose tokens are each accepted with chance ``acceptance``; 64-token requests one after another."""
+    import random
+
+    true_ms = {0: 45, 1: 52, 2: 75, 3: 78, 4: 95}
+    model = CycleCost(target=0.0297, target_per_token=0.0039, draft=0.0045, wide=(0.0, 0.009, 0.0093, 0.0157))
+    rnd, cost, probes, prior = random.Random(seed), ObservedCost(model), BatchProbes(), PooledPrior()
+    elapsed, made = 0.0, 0
+    while elapsed < seconds:
+        ctl, left = prior.controller("lossless", 4, cost), 64
+        while left > 0:
+            w = probes.windows([(ctl, min(4, left - 1), True)], cost)[0]
+            accepted = 0
+            while accepted < w and rnd.random() < acceptance:
+                accepted += 1
+            took = true_ms[w] / 1000 * (1 + 0.1 * rnd.uniform(-1, 1))
+            probes.record(took, took - cost.cycle(0, 1))
+            cost.observe(w, 1, took)
+            ctl.update(w, accepted)
+            elapsed, left, made = elapsed + took, left - accepted - 1, made + accepted + 1
+        prior.learn("lossless", ctl)
+    return made / elapsed * true_ms[0] / 1000
+
+
+@pytest.mark.parametrize(("acceptance", "best_fixed"), [(0.05, 1.0), (0.45, 1.25), (0.8, 1.70)])
+def test_one_rows_schedule_gets_what_the_best_fixed_window_would(acceptance, best_fixed):
+    """A case whose right answer is known: at one row, with these costs, the best fixed window gains
+    1.0x (w=0), 1.25x (w=1) and 1.70x (w=3) at acceptance 0.05, 0.45 and 0.8. Over 20 s runs the
+    adaptive schedule, which knows neither, gets within 8% of it (before the pooled prior and the
+    10% margin: 1.16x at 0.45) and never loses more than 3% where drafting cannot pay."""
+    speedups = [_simulated_speedup(acceptance, 20.0, seed) for seed in range(10)]
+    mean = sum(speedups) / len(speedups)
+    assert mean >= 0.92 * best_fixed and min(speedups) >= 0.97
