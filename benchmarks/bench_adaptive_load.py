@@ -4,8 +4,10 @@ The served model's batcher (:class:`autojudge.serving.batcher.ContinuousBatcher`
 server around it: ``c`` client threads each submit a GSM8K test question, wait for its answer and
 submit the next, for ``--seconds`` per run. Methods: ``target`` (plain greedy), ``lossless@W``
 (fixed window) and ``adaptive@W`` (window 0..W per row, capped for the batch by the cycle cost).
-Runs are repeated ``--rounds`` times, the methods' order rotated each round, so machine drift
-hits every method alike; each cell reports the median round and the spread. Every lossless and
+At one client the methods take turns request by request on one batcher (a method's
+throughput: its tokens over its requests' time), so the machine's drift hits them alike; at more,
+each run has a fresh batcher. Runs are repeated ``--rounds`` times, the methods' order rotated each
+round; each cell reports the median round and the spread. Every lossless and
 adaptive answer must equal the target's greedy answer (the script checks it).
 
 Without the tritonserver, its clients and their IPC on the same cores, this isolates what the
@@ -23,8 +25,8 @@ import time
 from pathlib import Path
 
 import click
-from clients import run_clients
-from prompts import gsm8k
+from clients import run_clients, take_turns
+from prompts import CHAT, gsm8k
 
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder
 from autojudge.models import encode_prompt, load_draft, load_target, quiet_transformers
@@ -66,16 +68,19 @@ def closed_loop(batcher: ContinuousBatcher, prompts: list[list[int]], config: De
 @click.option("--target", default="embedded", show_default=True)
 @click.option("--draft", default="embedded", show_default=True)
 @click.option("--questions", type=int, default=16, show_default=True, help="Distinct GSM8K test questions cycled.")
+@click.option("--prompts", "prompt_set", type=click.Choice(["gsm8k", "chat"]), default="gsm8k", show_default=True,
+              help="GSM8K test questions, or off-distribution chat prompts (the draft rarely agrees).")
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--window", type=int, default=4, show_default=True)
 @click.option("--concurrency", default="1,4,16", show_default=True, help="Comma-separated client counts.")
-@click.option("--seconds", type=float, default=20.0, show_default=True, help="Measured, per run.")
+@click.option("--seconds", type=float, default=20.0, show_default=True,
+              help="Measured, per run (at one client, per method: the methods take turns).")
 @click.option("--warmup", type=float, default=3.0, show_default=True,
               help="Seconds at the start of each run whose tokens are not counted (every client joins at once).")
 @click.option("--rounds", type=int, default=3, show_default=True, help="Repeats of every (concurrency, method).")
 @click.option("--max-batch", type=int, default=16, show_default=True, help="The batcher's batch rows.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results as JSON here.")
-def main(target, draft, questions, max_new_tokens, window, concurrency, seconds, warmup, rounds, max_batch,
+def main(target, draft, questions, prompt_set, max_new_tokens, window, concurrency, seconds, warmup, rounds, max_batch,
          out):
     quiet_transformers()
     models = ModelThread()  # loads, checks and decodes: every torch call on one thread, as the server does
@@ -85,7 +90,8 @@ def main(target, draft, questions, max_new_tokens, window, concurrency, seconds,
         return SpeculativeDecoder(target_lm, load_draft(draft, target_lm))
 
     decoder = models.call(load)
-    prompts = [encode_prompt(decoder.backend.tokenizer, q) for q in gsm8k(questions)]
+    texts = gsm8k(questions) if prompt_set == "gsm8k" else CHAT
+    prompts = [encode_prompt(decoder.backend.tokenizer, q) for q in texts]
     configs = {"target": DecodeConfig(mode="target", max_new_tokens=max_new_tokens),
                f"lossless@{window}": DecodeConfig(mode="lossless", window=window, max_new_tokens=max_new_tokens),
                f"adaptive@{window}": DecodeConfig(mode="lossless", window=window, max_new_tokens=max_new_tokens,
@@ -106,19 +112,51 @@ def main(target, draft, questions, max_new_tokens, window, concurrency, seconds,
 
     for config in configs.values():  # unmeasured: a fresh process's first runs are slower (caches, allocator)
         measure(config, max(levels), 2.0, 0.0, None)
+    def observed(batcher: ContinuousBatcher) -> dict[str, float]:
+        """(batch rows)x(window) -> the cycle's observed seconds, at the batcher's end."""
+        return {f"{b}x{w}": s for (b, w), s in sorted(getattr(batcher.cost, "seen", {}).items())}
+
+    def taking_turns(methods: list[str], seconds: float) -> dict[str, dict]:
+        """One client on one batcher, the methods taking turns request by request."""
+        batcher = ContinuousBatcher(decoder, max_batch=max_batch, max_queue=64, cost_prompt=cost_prompt,
+                                    cost_window=window, thread=models)
+
+        def send(method: str, k: int) -> dict:
+            start = time.perf_counter()
+            result = batcher.generate(prompts[k % len(prompts)], configs[method], timeout=600)
+            m = result.metrics
+            return {"tokens": len(result.token_ids), "latency": time.perf_counter() - start,
+                    "wrong": result.token_ids != expected[k % len(prompts)], "tau": m.mean_acceptance_length,
+                    "window": m.num_draft_tokens / max(m.num_target_calls, 1)}
+
+        try:
+            records = take_turns(send, methods, seconds * len(methods))
+        finally:
+            batcher.close()
+        return {method: {"tokens_per_s": sum(r["tokens"] for r in done) / sum(r["latency"] for r in done),
+                         "answers": len(done), "wrong": sum(r["wrong"] for r in done),
+                         "tau": statistics.fmean(r["tau"] for r in done),
+                         "mean_window": statistics.fmean(r["window"] for r in done),
+                         "observed_cycle_s": observed(batcher)}
+                for method, done in records.items()}
+
     for r in range(rounds):
         for c in levels:
             order = list(configs)[r % len(configs):] + list(configs)[:r % len(configs)]
-            for method in order:
-                result, batcher = measure(configs[method], c, seconds, warmup, expected)
-                seen = getattr(batcher.cost, "seen", {})  # (batch, w) -> observed seconds per cycle
-                result["observed_cycle_s"] = {f"{b}x{w}": s for (b, w), s in sorted(seen.items())}
+            if c == 1:  # one client: the methods take turns request by request, on one batcher
+                results = taking_turns(order, seconds)
+            else:
+                results = {}
+                for method in order:
+                    results[method], batcher = measure(configs[method], c, seconds, warmup, expected)
+                    results[method]["observed_cycle_s"] = observed(batcher)
+            for method, result in results.items():
                 runs[str(c)][method].append(result)
                 print(f"round {r} clients {c:2d} {method:12s} {result['tokens_per_s']:6.1f} tokens/s  "
                       f"tau {result['tau']:.2f}  window {result['mean_window']:.2f}  wrong {result['wrong']}",
                       flush=True)
     report = {"cycle_cost": models.call(decoder.cycle_cost, cost_prompt, window, batch=max_batch).__dict__, "window": window,
-              "max_new_tokens": max_new_tokens, "seconds": seconds, "rounds": rounds, "runs": runs, "summary": {}}
+              "max_new_tokens": max_new_tokens, "prompts": prompt_set, "seconds": seconds, "rounds": rounds, "runs": runs, "summary": {}}
     for c in levels:
         base = statistics.median(run["tokens_per_s"] for run in runs[str(c)]["target"])
         for method in configs:

@@ -15,9 +15,11 @@ lossless and adaptive judge (with ``--judge``) on GSM8K test questions; target o
 adaptive lossless on off-distribution chat prompts at concurrency 1. On ``one-at-a-time``:
 target only and fixed lossless at concurrency 16. Each run reports throughput (the tokens streamed
 in ``--seconds`` after ``--warmup``, while every client is busy), p50/p99 latency and time to first
-token (the first streamed piece). With ``--rounds`` > 1 every run is repeated, the methods' order
-rotated each round, and a method's ratio to target is the median of its ratios within rounds
-(a 2-core VM drifts by 20% between runs minutes apart). Every answer is checked against the
+token (the first streamed piece). At one client the methods take turns request by request (each
+method's throughput: its tokens over its requests' time), so the machine's drift hits them alike;
+at more, one closed-loop run follows another. With ``--rounds`` > 1 every run is repeated, the
+methods' order rotated each round, and a method's ratio to target is the median of its ratios
+within rounds (a 2-core VM drifts by 20% between runs minutes apart). Every answer is checked against the
 in-process decoder: target-only and lossless answers must be the target's greedy tokens
 (token for token); judge answers must be well formed (tokens and a finish reason; how often
 they equal the in-process batch-1 judge decode is reported, since an adaptive window depends
@@ -38,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clients import run_clients
+from clients import run_clients, take_turns
 from prompts import CHAT, gsm8k
 
 from autojudge.decoding import DecodeConfig
@@ -54,6 +56,29 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+def send(server: TritonServer, prompt: str, fields: dict, check, on_piece=None) -> dict:
+    """One streamed request, its answer checked: tokens, latency, time to first piece and metrics
+    (``ok`` False: failed, lost or wrong)."""
+    first = []
+
+    def piece(p: dict) -> None:
+        if not first:
+            first.append(time.perf_counter())
+        if on_piece:
+            on_piece(p)
+
+    start = time.perf_counter()
+    try:
+        answer = stream_grpc(server.grpc_url, request_arrays(prompt, **fields), on_piece=piece)
+        verdict = check(prompt, answer)
+        return {"ok": verdict is not False, "same": verdict is True, "tokens": len(answer["token_ids"]),
+                "latency": time.perf_counter() - start, "ttft": (first[0] if first else time.perf_counter()) - start,
+                "tau": answer["metrics"]["mean_acceptance_length"],
+                "window": answer["metrics"]["mean_window"], "batch": answer["metrics"]["mean_batch_size"]}
+    except Exception as exc:  # noqa: BLE001 - counted as lost
+        return {"ok": False, "error": str(exc)[:200], "tokens": 0}
+
+
 def run_load(server: TritonServer, prompts: list[str], check, fields: dict, clients: int, seconds: float,
              warmup: float) -> dict:
     """``clients`` threads, each sending the next prompt as soon as its last answer is in, until
@@ -63,36 +88,37 @@ def run_load(server: TritonServer, prompts: list[str], check, fields: dict, clie
     count_from, deadline = started + warmup, started + warmup + seconds
     records, lock, streamed = [], threading.Lock(), [0]
 
-    def on_piece(piece: dict, first: list) -> None:
-        now = time.perf_counter()
-        if not first:
-            first.append(now)
-        if count_from <= now <= deadline:
+    def on_piece(piece: dict) -> None:
+        if count_from <= time.perf_counter() <= deadline:
             with lock:
                 streamed[0] += len(piece["token_ids"])
 
     def client(index: int) -> None:
         i = index
         while time.perf_counter() < deadline:
-            prompt = prompts[i % len(prompts)]
+            record = send(server, prompts[i % len(prompts)], fields, check, on_piece)
             i += clients
-            first = []
-            start = time.perf_counter()
-            try:
-                answer = stream_grpc(server.grpc_url, request_arrays(prompt, **fields),
-                                     on_piece=lambda piece, first=first: on_piece(piece, first))
-                verdict = check(prompt, answer)
-                record = {"ok": verdict is not False, "same": verdict is True, "tokens": len(answer["token_ids"]),
-                          "latency": time.perf_counter() - start,
-                          "ttft": (first[0] if first else time.perf_counter()) - start,
-                          "tau": answer["metrics"]["mean_acceptance_length"],
-                          "window": answer["metrics"]["mean_window"], "batch": answer["metrics"]["mean_batch_size"]}
-            except Exception as exc:  # noqa: BLE001 - counted as lost
-                record = {"ok": False, "error": str(exc)[:200], "tokens": 0}
             with lock:
                 records.append(record)
 
     elapsed = run_clients(client, clients)
+    return summary_of(records, clients, elapsed, streamed[0] / seconds)
+
+
+def run_turns(server: TritonServer, prompts: list[str], checks: dict, fields: dict, seconds: float) -> dict:
+    """One client, the methods (``fields``: method -> request fields) taking turns request by request
+    for ``seconds`` per method (:func:`clients.take_turns`): each method's throughput is its tokens
+    over its requests' time."""
+    records = take_turns(lambda method, k: send(server, prompts[k % len(prompts)], fields[method], checks[method]),
+                         list(fields), seconds * len(fields))
+    results = {}
+    for method, done in records.items():
+        busy = sum(r.get("latency", 0.0) for r in done)
+        results[method] = summary_of(done, 1, busy, sum(r["tokens"] for r in done if r["ok"]) / busy)
+    return results
+
+
+def summary_of(records: list[dict], clients: int, elapsed: float, tokens_per_s: float) -> dict:
     done = [r for r in records if r["ok"]]
 
     def mean(key):
@@ -102,7 +128,7 @@ def run_load(server: TritonServer, prompts: list[str], check, fields: dict, clie
         "clients": clients, "seconds": elapsed, "requests": len(records), "lost_or_corrupted": len(records) - len(done),
         "errors": [r["error"] for r in records if "error" in r][:5],
         "same_as_in_process": sum(r["same"] for r in done) / len(done) if done else float("nan"),
-        "requests_per_s": len(done) / elapsed, "tokens_per_s": streamed[0] / seconds,
+        "requests_per_s": len(done) / elapsed, "tokens_per_s": tokens_per_s,
         "latency_p50_s": percentile([r["latency"] for r in done], 0.5),
         "latency_p99_s": percentile([r["latency"] for r in done], 0.99),
         "ttft_p50_s": percentile([r["ttft"] for r in done], 0.5),
@@ -132,7 +158,8 @@ def references(prompts: list[str], max_tokens: int, window: int, judge: Path | N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=30, help="Measured, per run.")
+    parser.add_argument("--seconds", type=float, default=30,
+                        help="Measured, per run (at one client, per method: the methods take turns).")
     parser.add_argument("--rounds", type=int, default=1,
                         help="Repeats of every run, the methods' order rotated each round; a method's ratio to "
                              "target is taken within each round (paired), so machine drift hits every method alike.")
@@ -171,15 +198,26 @@ def main() -> None:
     report = {"seconds": args.seconds, "rounds": args.rounds, "max_tokens": args.max_tokens, "window": args.window,
               "questions": len(questions), "chat_prompts": len(chat), "runs": []}
 
-    def measure(server, name, prompt_set, label, fields, clients, round_):
-        check = judge_check if fields.get("mode") == "judge" else lossless_check
-        result = {"server": name, "prompts": label, "method": method_name(fields), "fields": fields, "round": round_,
-                  **run_load(server, prompt_set, check, {**base, **fields}, clients, args.seconds, args.warmup)}
+    def check_for(fields):
+        return judge_check if fields.get("mode") == "judge" else lossless_check
+
+    def record(result):
         report["runs"].append(result)
         print(json.dumps({k: v for k, v in result.items() if k != "errors" or v}), flush=True)
 
-    def method_name(fields):
-        return next(k for k, v in methods.items() if v == fields)
+    def measure(server, name, prompt_set, label, keys, clients, round_):
+        """Each method in ``keys`` on ``prompt_set``: at one client taking turns request by request, at
+        more one closed-loop run after another (a batch holds one method's requests)."""
+        if clients == 1:
+            fields = {key: {**base, **methods[key]} for key in keys}
+            results = run_turns(server, prompt_set, {key: check_for(methods[key]) for key in keys}, fields,
+                                args.seconds)
+        else:
+            results = {key: run_load(server, prompt_set, check_for(methods[key]), {**base, **methods[key]}, clients,
+                                     args.seconds, args.warmup) for key in keys}
+        for key, result in results.items():
+            record({"server": name, "prompts": label, "method": key, "fields": methods[key], "round": round_,
+                    **result})
 
     servers = {"continuous": RepoSettings(judge=args.judge, window=args.window, max_tokens=args.max_tokens,
                                           instances=1, max_batch=16, max_queue=64),
@@ -195,13 +233,11 @@ def main() -> None:
                 for r in range(args.rounds):
                     if name == "continuous":
                         for clients in concurrency:
-                            for key in rotated(list(methods), r):
-                                measure(server, name, questions, "gsm8k", methods[key], clients, r)
-                        for key in rotated(["target", f"adaptive@{args.window}"], r):
-                            measure(server, name, chat, "chat", methods[key], 1, r)
+                            measure(server, name, questions, "gsm8k", rotated(list(methods), r), clients, r)
+                        measure(server, name, chat, "chat", rotated(["target", f"adaptive@{args.window}"], r), 1, r)
                     else:
-                        for key in rotated(["target", f"lossless@{args.window}"], r):
-                            measure(server, name, questions, "gsm8k", methods[key], max(concurrency), r)
+                        measure(server, name, questions, "gsm8k", rotated(["target", f"lossless@{args.window}"], r),
+                                max(concurrency), r)
 
     print_table(report)
     if args.json_out:
