@@ -88,10 +88,17 @@ def test_the_cycle_cost_is_measured_with_the_backends_own_steps(lm, make_lm):
 
 
 class _Clock:
-    now = 0.0
+    """A fake perf_counter; ``drift``: each call costs that much more than the one before (a VM slowing)."""
+
+    def __init__(self, drift: float = 0.0):
+        self.now, self.drift, self.calls = 0.0, drift, 0
 
     def __call__(self) -> float:
         return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds * (1 + self.drift * self.calls)
+        self.calls += 1
 
 
 class _PricedBatch:
@@ -105,11 +112,11 @@ class _PricedBatch:
     def verify(self, sequences, draft_tokens, need_logits, windows=None):
         if self.lengths is not None:  # a timed call: from the prompt, one token + its drafts
             assert all(len(s) == n + 1 for s, n in zip(sequences, self.lengths.tolist()))
-            self.clock.now += self.verify_s[draft_tokens.shape[1]] * (1 + 0.5 * (self.rows - 1))
+            self.clock.advance(self.verify_s[draft_tokens.shape[1]] * (1 + 0.5 * (self.rows - 1)))
             self.lengths = None
 
     def propose(self, sequences, w, need_hidden):
-        self.clock.now += 0.15 * w * self.rows
+        self.clock.advance(0.15 * w * self.rows)
 
     def keep(self, lengths):
         self.lengths = lengths
@@ -148,6 +155,19 @@ def test_the_cycle_cost_follows_what_each_window_really_costs(monkeypatch):
     assert many.wide == pytest.approx(cost.wide) and many.target_per_row == pytest.approx(0.5)
     assert many.draft_per_row == pytest.approx(0.15)
     assert many.cycle(5, 3) == pytest.approx(2 * 2.0 + 5 * 0.45)  # 3 rows: twice one row's forward, 3x the steps
+
+
+def test_the_cycle_cost_is_measured_in_turns_so_drift_does_not_price_a_window(monkeypatch):
+    """A machine slowing by 1% a call while the cost is measured: each repeat times every window in
+    turn, so a window's extra is what it costs more, not how much slower the machine had become by
+    its turn (timed one window after the other: W=1 4% dearer than plain, W=5 2.4x plain)."""
+    from autojudge.decoding import adaptive
+
+    clock = _Clock(drift=0.01)
+    monkeypatch.setattr(adaptive.time, "perf_counter", clock)
+    cost = CycleCost.measure(_PricedBackend(clock, [1.0, 1.0, 1.02, 1.0, 1.5, 2.0]), PROMPT, 5, repeats=3)
+    assert cost.wide[0] / cost.target < 0.02  # W=1 verifies at a plain cycle's cost
+    assert (cost.target + cost.wide[4]) / cost.target == pytest.approx(2.0, abs=0.15)  # W=5 at twice it
 
 
 def test_a_batch_probes_together_and_backs_off():

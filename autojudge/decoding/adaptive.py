@@ -122,22 +122,22 @@ class CycleCost:
 
         fresh = itertools.count(1)  # each timed call reads tokens never read before after the prompt: a backend
         # that reuses the KV blocks of a prefix it has seen (TensorRT-LLM's block reuse) must compute them all
-
-        def timed(run) -> float:
-            samples = []
-            for _ in range(repeats + 1):  # the first warms caches and kernels up
-                token = next(fresh)
-                start = time.perf_counter()
-                run([prompt + [token]] * batch, token)
-                samples.append(time.perf_counter() - start)
-                state.keep(lengths)  # forget what the call read: every sample starts from the prompt
-            return statistics.median(samples[1:])
-
-        verify = {w: timed(lambda seqs, token, w=w: state.verify(
+        calls = {w: (lambda seqs, token, w=w: state.verify(
             seqs, torch.full((batch, w), token, dtype=torch.long, device=backend.device), need_logits=False))
             for w in windows}
-        step = timed(lambda seqs, _: state.propose(seqs, 1, need_hidden=False))
-        return verify[0], [max(verify[w] - verify[0], 0.0) for w in windows if w], step
+        calls["draft"] = lambda seqs, _: state.propose(seqs, 1, need_hidden=False)
+        samples: dict = {key: [] for key in calls}
+        for repeat in range(repeats + 1):  # the first warms caches and kernels up; each repeat times every
+            for key, run in calls.items():  # call in turn, so the machine's drift (a VM's: 20% within a
+                token = next(fresh)  # minute) hits each alike, as timing one after the other would not
+                start = time.perf_counter()
+                run([prompt + [token]] * batch, token)
+                if repeat:
+                    samples[key].append(time.perf_counter() - start)
+                state.keep(lengths)  # forget what the call read: every sample starts from the prompt
+        plain = samples[windows[0]]  # each window's extra: the median of its differences within repeats
+        extras = [max(statistics.median(a - b for a, b in zip(samples[w], plain)), 0.0) for w in windows if w]
+        return statistics.median(plain), extras, statistics.median(samples["draft"])
 
 
 def expected_tokens(a: float, w: int) -> float:
