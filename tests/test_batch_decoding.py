@@ -217,6 +217,30 @@ def test_a_long_prompt_is_fed_in_chunks_beside_running_rows(pair):
         assert got.token_ids == want.token_ids and got.metrics.num_target_calls == want.metrics.num_target_calls
 
 
+def test_rows_joining_together_share_a_cycles_prompt_tokens(pair):
+    """A cycle feeds at most prefill_chunk prompt tokens: two rows joining together get half each,
+    one left feeding gets them all (a lone joiner is read in few cycles, a crowd never stalls the
+    batch for long); each row's output is still its batch-1 output."""
+    from autojudge.decoding.loop import Running
+
+    target, draft = pair
+    decoder = SpeculativeDecoder(target, draft)
+    config = DecodeConfig(mode="lossless", window=3, max_new_tokens=8)
+    long_prompt = PROMPTS[2] * 2  # 24 tokens
+    running = Running(decoder.backend, frozenset(), prefill_chunk=8)
+    short, long_ = running.join([PROMPTS[2], long_prompt], config)  # 12 and 24 tokens
+    fed = []
+    while running.rows[long_].prefilling:
+        running.cycle()
+        fed.append((running.rows[short].fed, running.rows[long_].fed))
+    assert fed == [(4, 4), (8, 8), (12, 12), (12, 20), (12, 24)]  # 4 + 4, then 8 for the one left
+    while running.active:
+        running.cycle()
+    for index, prompt in ((short, PROMPTS[2]), (long_, long_prompt)):
+        want = decoder.generate(prompt, config, eos_token_ids=frozenset())
+        assert running.pop(index).token_ids == want.token_ids
+
+
 def test_a_batch_that_never_empties_does_not_grow(pair):
     """Rows keep joining and leaving a running batch for many cycles (a server's life): holes left by
     departed rows, late joiners and rejected drafts are squeezed out, so the caches stay within twice

@@ -35,8 +35,9 @@ from autojudge.errors import AutoJudgeError
               help="Requests decoded together per instance (continuous batching; 1 = one at a time).")
 @click.option("--max-queue", type=click.IntRange(0), default=64, show_default=True,
               help="Requests waiting per instance beyond a full batch; one more gets a 'server is full' error.")
-@click.option("--prefill-chunk", type=click.IntRange(1), default=64, show_default=True,
-              help="Prompt tokens fed per cycle while a request joins (a long prompt never stalls the others).")
+@click.option("--prefill-chunk", type=click.IntRange(1), default=256, show_default=True,
+              help="Prompt tokens a cycle feeds in all, shared by the requests joining (a long prompt never "
+                   "stalls the others for long).")
 @click.option("--unary-instances", type=click.IntRange(1), default=4, show_default=True,
               help="Forwarding instances of the unary model `autojudge` (light: no model): unary requests in "
                    "flight; streaming and the OpenAI endpoint are not bounded by it.")

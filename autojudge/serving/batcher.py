@@ -1,7 +1,7 @@
 """Continuous batching: one running batch per model instance, decoded by one thread.
 
-A request joins the running batch at the next cycle (its prompt fed ``prefill_chunk`` tokens a
-cycle, so a long prompt never stalls the others for long), streams its tokens as cycles commit
+A request joins the running batch at the next cycle (a cycle feeds at most ``prefill_chunk``
+prompt tokens, shared by the requests joining, so a long prompt never stalls the others for long), streams its tokens as cycles commit
 them, and leaves when it ends, or within ``CANCEL_CHECK_S`` of its client going away. Each keeps its
 own mode, window, threshold, stop strings and budget (:class:`autojudge.decoding.loop.Running`).
 
@@ -60,7 +60,7 @@ class ContinuousBatcher:
     the models were loaded on; by default a new one, closed with the batcher). A thread serves one
     batcher at a time: another one's work waits until that batcher is closed."""
 
-    def __init__(self, loop: SpeculativeLoop, max_batch: int = 16, max_queue: int = 64, prefill_chunk: int = 64,
+    def __init__(self, loop: SpeculativeLoop, max_batch: int = 16, max_queue: int = 64, prefill_chunk: int = 256,
                  cost_prompt: Sequence[int] | None = None, cost_window: int = 8,
                  thread: ModelThread | None = None):
         if max_batch < 1 or max_queue < 0 or prefill_chunk < 1:

@@ -44,7 +44,7 @@ class RepoSettings:
     instances: int = 1  # instances of the decoding model, each with its own running batch
     max_batch: int = 16  # requests decoded together per instance (1 = one request at a time)
     max_queue: int = 64  # requests waiting per instance beyond a full batch; one more is refused
-    prefill_chunk: int = 64  # prompt tokens fed per cycle while a request joins
+    prefill_chunk: int = 256  # prompt tokens a cycle feeds, shared by the requests joining
     unary_instances: int = 4  # forwarding instances of "autojudge": unary requests in flight (each a process)
     device: str = "cpu"
     dtype: str = "float32"
