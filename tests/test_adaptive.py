@@ -238,6 +238,25 @@ def test_drafting_found_dearer_at_one_batch_size_is_dearer_at_the_others():
     assert cost.cycle(2, 8) == pytest.approx(2 * model.cycle(0, 8) + 3 * (model.cycle(2, 8) - model.cycle(0, 8)))
 
 
+def test_a_batch_size_that_only_drafted_learns_how_dear_drafting_is_there():
+    """Four rows that draft from their first decode cycle never time a plain one at 4 rows. Their
+    drafting cycles, 2x the plain cycle the start-up model implies, must not be read as "this batch
+    size's cycles are 2x dearer" (then drafting would stay as cheap as the model says, 1.28x): the
+    plain cycle comes from plain cycles measured at another size."""
+    model = CycleCost(target=1.0, target_per_token=0.0, draft=0.1, target_per_row=0.1, target_per_token_per_row=0.088,
+                      wide=(0.0,))
+    assert model.cycle(1, 4) / model.cycle(0, 4) == pytest.approx(1.28, abs=0.01)
+    fresh = ObservedCost(model)  # no plain cycle measured yet: the start-up model's
+    fresh.observe(1, 4, 2 * model.cycle(0, 4))
+    assert fresh.cycle(1, 4) / fresh.cycle(0, 4) == pytest.approx(2.0)
+    cost = ObservedCost(model)
+    cost.observe(0, 1, 1.5 * model.cycle(0, 1))  # one row alone: the machine 1.5x slower than at start-up
+    cost.observe(1, 4, 3 * model.cycle(0, 4))
+    assert cost.cycle(1, 4) / cost.cycle(0, 4) == pytest.approx(2.0)
+    assert cost.cycle(1, 3) / cost.cycle(0, 3) > 1.75  # and the lesson holds at the sizes next to it
+    assert not could_pay(cost, 4, 1)
+
+
 def test_a_served_batch_times_only_its_steady_decode_cycles(lm, make_lm):
     """A cycle that feeds a prompt chunk costs the chunk, not the window, and so does the draft's
     first read of what it has not read yet (a new row's prompt, or the tokens of idle cycles):

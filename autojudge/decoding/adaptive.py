@@ -342,8 +342,8 @@ class ObservedCost:
     """The start-up :class:`CycleCost`, corrected by what this batch's cycles really cost (a served
     batch has holes, longer contexts and per-row I/O the start-up measurement does not see): a
     (batch size, window) already run costs its decayed measured mean. Another one costs its batch
-    size's plain cycle (measured, or the model's scaled as the measured cycles at that size compare
-    with the model's) plus the model's extra for drafting, scaled by how much dearer drafting has
+    size's plain cycle (measured; where that size has only drafted, the model's scaled as
+    the plain cycles measured elsewhere compare with it) plus the model's extra for drafting, scaled by how much dearer drafting has
     turned out than the model said at the batch sizes where both were measured: the start-up
     model can be wrong about drafting alone (measured at 16 rows on a 2-core CPU: a W=1 cycle 2.1x a
     plain one where the model said 1.6x), and one batch size's lesson then holds for the others.
@@ -373,8 +373,17 @@ class ObservedCost:
         return max(plain + self._drafting_scale(batch) * self._model_extra(w, batch), floor)
 
     def _plain(self, batch: int) -> float:
-        """A cycle without drafting at ``batch`` rows."""
-        return self.seen.get((batch, 0), self.model.cycle(0, batch) * self._scale(batch))
+        """A cycle without drafting at ``batch`` rows: measured; or, where this batch size has only
+        drafted, as the plain cycles measured at other sizes (or at start-up) compare with the model (its drafting
+        cycles tell how dear drafting is, not what a plain cycle costs: scaled by them, drafting looked
+        as cheap as the model said; at 4 rows a W=1 cycle cost 2x a plain one for 25 cycles priced at
+        1.28x); or, nothing measured at that size, the model's."""
+        if (batch, 0) in self.seen:
+            return self.seen[(batch, 0)]
+        if any(b == batch for b, _ in self.seen):
+            plains = [s / self.model.cycle(0, b) for (b, v), s in self.seen.items() if v == 0] or [1.0]
+            return self.model.cycle(0, batch) * sum(plains) / len(plains)  # none measured: the start-up one's
+        return self.model.cycle(0, batch)  # nothing measured at this size
 
     def _scale(self, batch: int) -> float:
         """How the measured cycles at ``batch`` rows compare with the model (1.0: none measured)."""
@@ -385,8 +394,8 @@ class ObservedCost:
         return self.model.cycle(w, batch) - self.model.cycle(0, batch)
 
     def _drafting_scale(self, batch: int) -> float:
-        """Measured extra over the model's extra for drafting, over every batch size where both a
-        drafting and a plain cycle were measured; without one, the scale of ``batch``'s cycles."""
-        ratios = [(s - self.seen[(b, 0)]) / self._model_extra(v, b) for (b, v), s in self.seen.items()
-                  if v > 0 and (b, 0) in self.seen and self._model_extra(v, b) > 0]
+        """Measured extra over the model's extra for drafting, over every drafting cycle measured (past
+        its batch size's plain cycle, :meth:`_plain`); without one, the scale of ``batch``'s cycles."""
+        ratios = [(s - self._plain(b)) / self._model_extra(v, b) for (b, v), s in self.seen.items()
+                  if v > 0 and self._model_extra(v, b) > 0]
         return max(sum(ratios) / len(ratios), 0.0) if ratios else self._scale(batch)
