@@ -155,8 +155,9 @@ def main(target, draft, questions, prompt_set, max_new_tokens, window, concurren
                 print(f"round {r} clients {c:2d} {method:12s} {result['tokens_per_s']:6.1f} tokens/s  "
                       f"tau {result['tau']:.2f}  window {result['mean_window']:.2f}  wrong {result['wrong']}",
                       flush=True)
-    report = {"cycle_cost": models.call(decoder.cycle_cost, cost_prompt, window, batch=max_batch).__dict__, "window": window,
-              "max_new_tokens": max_new_tokens, "prompts": prompt_set, "seconds": seconds, "rounds": rounds, "runs": runs, "summary": {}}
+    report = {"cycle_cost": models.call(decoder.cycle_cost, cost_prompt, window, batch=max_batch).__dict__,
+              "window": window, "max_new_tokens": max_new_tokens, "prompts": prompt_set, "seconds": seconds,
+              "rounds": rounds, "runs": runs, "summary": {}}
     for c in levels:
         base = statistics.median(run["tokens_per_s"] for run in runs[str(c)]["target"])
         for method in configs:

@@ -76,7 +76,7 @@ def send(server: TritonServer, prompt: str, fields: dict, check, on_piece=None) 
                 "tau": answer["metrics"]["mean_acceptance_length"],
                 "window": answer["metrics"]["mean_window"], "batch": answer["metrics"]["mean_batch_size"]}
     except Exception as exc:  # noqa: BLE001 - counted as lost
-        return {"ok": False, "error": str(exc)[:200], "tokens": 0}
+        return {"ok": False, "error": str(exc)[:200], "tokens": 0, "latency": time.perf_counter() - start}
 
 
 def run_load(server: TritonServer, prompts: list[str], check, fields: dict, clients: int, seconds: float,
@@ -113,7 +113,7 @@ def run_turns(server: TritonServer, prompts: list[str], checks: dict, fields: di
                          list(fields), seconds * len(fields))
     results = {}
     for method, done in records.items():
-        busy = sum(r.get("latency", 0.0) for r in done)
+        busy = sum(r["latency"] for r in done)
         results[method] = summary_of(done, 1, busy, sum(r["tokens"] for r in done if r["ok"]) / busy)
     return results
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -21,19 +20,20 @@ def run_clients(client: Callable[[int], None], clients: int) -> float:
 
 
 def take_turns(send: Callable[[str, int], dict], methods: list[str], seconds: float) -> dict[str, list[dict]]:
-    """One client whose k-th prompt goes to every method in turn (the order rotated with k) until
-    ``seconds`` have passed after a first turn, which warms every method up and is dropped. At one
-    client a method's throughput is its tokens over its requests' time, and taking turns request by
-    request lets the machine's drift (a 2-core VM: 20% between runs minutes apart, within one run
-    too) hit every method alike. ``send(method, k)`` returns a record; each method's, in order."""
+    """One client whose k-th prompt goes to every method in turn (the order rotated with k): a first
+    turn warms every method up and is dropped, then turns follow until ``seconds`` have passed (at
+    least one). At one client a method's throughput is its tokens over its requests' time, and
+    taking turns request by request lets the machine's drift (a 2-core VM: 20% between runs minutes
+    apart, within one run too) hit every method alike. ``send(method, k)`` returns a record; each
+    method's, in order."""
     records: dict[str, list[dict]] = {m: [] for m in methods}
-    stop = None
-    for k in itertools.count():
-        if stop is not None and time.perf_counter() >= stop:
-            break
+    k, stop = 0, 0.0
+    while k < 2 or time.perf_counter() < stop:
         for method in methods[k % len(methods):] + methods[:k % len(methods)]:
             record = send(method, k)
             if k:
                 records[method].append(record)
-        stop = stop or time.perf_counter() + seconds
+        if not k:
+            stop = time.perf_counter() + seconds
+        k += 1
     return records

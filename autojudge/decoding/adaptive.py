@@ -342,9 +342,9 @@ class ObservedCost:
     """The start-up :class:`CycleCost`, corrected by what this batch's cycles really cost (a served
     batch has holes, longer contexts and per-row I/O the start-up measurement does not see): a
     (batch size, window) already run costs its decayed measured mean. Another one costs its batch
-    size's plain cycle (measured; where that size has only drafted, the model's scaled as
-    the plain cycles measured elsewhere compare with it) plus the model's extra for drafting, scaled by how much dearer drafting has
-    turned out than the model said at the batch sizes where both were measured: the start-up
+    size's plain cycle (measured; where that size has only drafted, the model's scaled as the plain
+    cycles measured elsewhere compare with it) plus the model's extra for drafting, scaled by how
+    much dearer drafting has turned out than the model said at the batch sizes where both were measured: the start-up
     model can be wrong about drafting alone (measured at 16 rows on a 2-core CPU: a W=1 cycle 2.1x a
     plain one where the model said 1.6x), and one batch size's lesson then holds for the others.
     Only decode cycles are observed (:meth:`autojudge.decoding.loop.Running.cycle`): one that feeds
@@ -374,10 +374,10 @@ class ObservedCost:
 
     def _plain(self, batch: int) -> float:
         """A cycle without drafting at ``batch`` rows: measured; or, where this batch size has only
-        drafted, as the plain cycles measured at other sizes (or at start-up) compare with the model (its drafting
-        cycles tell how dear drafting is, not what a plain cycle costs: scaled by them, drafting looked
-        as cheap as the model said; at 4 rows a W=1 cycle cost 2x a plain one for 25 cycles priced at
-        1.28x); or, nothing measured at that size, the model's."""
+        drafted, the model's scaled as the plain cycles measured at other sizes (or at start-up)
+        compare with it (its drafting cycles tell how dear drafting is, not what a plain cycle costs:
+        scaled by them, drafting looked as cheap as the model said; at 4 rows a W=1 cycle cost 2x a
+        plain one for 25 cycles priced at 1.28x); or, nothing measured at that size, the model's."""
         if (batch, 0) in self.seen:
             return self.seen[(batch, 0)]
         if any(b == batch for b, _ in self.seen):

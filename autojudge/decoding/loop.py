@@ -77,8 +77,8 @@ class _Row:
 @dataclass
 class Running:
     """A batch being decoded: ``join`` adds requests (each with its own config), ``cycle``
-    advances every active row, ``cancel`` makes one leave. ``prefill_chunk``: a cycle feeds at most this many
-    prompt tokens, shared equally by the rows still feeding theirs, so a joining prompt never stalls
+    advances every active row, ``cancel`` makes one leave. ``prefill_chunk``: a cycle feeds at most
+    this many prompt tokens, shared equally by the rows still feeding theirs, so a joining prompt never stalls
     the others for long however many join at once (and one joining alone is read in few cycles: at
     four clients on 2 cores, 64 tokens per row a cycle fed lone joiners' prompts in twice the cycles
     that joiners arriving together took, which cost adaptive rows, never in step, 6% of their time).

@@ -1,8 +1,8 @@
 """Continuous batching: one running batch per model instance, decoded by one thread.
 
 A request joins the running batch at the next cycle (a cycle feeds at most ``prefill_chunk``
-prompt tokens, shared by the requests joining, so a long prompt never stalls the others for long), streams its tokens as cycles commit
-them, and leaves when it ends, or within ``CANCEL_CHECK_S`` of its client going away. Each keeps its
+prompt tokens, shared by the requests joining, so a long prompt never stalls the others for
+long), streams its tokens as cycles commit them, and leaves when it ends, or within ``CANCEL_CHECK_S`` of its client going away. Each keeps its
 own mode, window, threshold, stop strings and budget (:class:`autojudge.decoding.loop.Running`).
 
 Admission: at most ``max_batch`` requests decode at once; up to ``max_queue`` more wait, and
