@@ -4,6 +4,7 @@ decoding when drafting does not pay; lossless output is the target's greedy outp
 from __future__ import annotations
 
 import itertools
+import math
 import time
 
 import pytest
@@ -212,9 +213,25 @@ def test_the_observed_cost_corrects_the_start_up_model():
     cost.observe(0, 4, 3 * model.cycle(0, 4))  # this batch's cycles cost 3x what start-up measured
     assert cost.cycle(2, 4) == pytest.approx(3 * model.cycle(2, 4)) and cost.cycle(2, 1) == model.cycle(2, 1)
     cost.observe(2, 4, 10.0)  # a window already run costs what it cost
-    assert cost.cycle(2, 4) == 10.0
-    cost.observe(2, 4, 20.0)
-    assert cost.cycle(2, 4) == pytest.approx(0.8 * 10 + 0.2 * 20)
+    assert cost.cycle(2, 4) == pytest.approx(10.0)
+    cost.observe(1, 4, 9.0)  # not next to a plain cycle: a decayed mean of what it cost
+    cost.observe(1, 4, 10.0)
+    assert cost.cycle(1, 4) == pytest.approx(0.8 * 9 + 0.2 * 10)
+
+
+def test_drafting_is_priced_against_the_plain_cycles_next_to_it():
+    """The machine's speed drifts (a VM's, within seconds) while a batch drafts for 19 cycles in 20: a
+    W=1 cycle 1.2x a plain one, timed against a plain cycle 20 cycles before, was priced by the drift.
+    Each switch between plain and drafting cycles pairs two cycles timed next to each other."""
+    model = CycleCost(target=1.0, target_per_token=0.0, draft=0.05, wide=(0.0,))  # the model says 1.05x
+    cost = ObservedCost(model)
+    ratios = []
+    for i in range(400):
+        w, speed = (0 if i % 20 == 0 else 1), 1 + 0.4 * math.sin(i / 15)  # seconds per unit of work
+        cost.observe(w, 1, speed * (1.2 if w else 1.0))
+        if i >= 40:
+            ratios.append(cost.cycle(1, 1) / cost.cycle(0, 1))
+    assert max(abs(r / 1.2 - 1) for r in ratios) < 0.05
 
 
 def test_noisy_timings_never_make_drafting_cheaper_than_the_model_says():

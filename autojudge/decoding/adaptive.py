@@ -350,15 +350,31 @@ class ObservedCost:
     Only decode cycles are observed (:meth:`autojudge.decoding.loop.Running.cycle`): one that feeds
     a prompt chunk pays a one-off the window does not cost again. So does one whose draft first
     catches up on a new row's prompt or on idle cycles' tokens; it is observed without that read
-    (where the backend cannot read it apart, without its proposal, the model's draft steps standing in)."""
+    (where the backend cannot read it apart, without its proposal, the model's draft steps standing in).
 
-    def __init__(self, model: CycleCost, memory: float = 0.8):
-        self.model, self.memory = model, memory
+    A VM's speed drifts within seconds (2 cores: successive cycles' times correlate 0.8, and means of
+    50 cycles ranged 39-60 ms), so a window timed now against a plain cycle timed many cycles ago says
+    more about the drift than about the window (one row, W=1 at 1.13x a plain cycle: priced 0.87x-1.57x,
+    10th to 90th percentile). Where the batch switches between plain and drafting cycles, the two next
+    to each other give a paired ratio; a window with paired ratios costs the plain cycle times their
+    decayed mean (``ratio_memory``)."""
+
+    def __init__(self, model: CycleCost, memory: float = 0.8, ratio_memory: float = 0.9):
+        self.model, self.memory, self.ratio_memory = model, memory, ratio_memory
         self.seen: dict[tuple[int, int], float] = {}  # (batch, w) -> seconds per cycle
+        self.ratios: dict[tuple[int, int], float] = {}  # (batch, w > 0) -> its cycle over the plain one next to it
+        self._last: tuple[int, int, float] | None = None  # the last cycle observed: (batch, w, seconds)
 
     def observe(self, w: int, batch: int, seconds: float) -> None:
         old = self.seen.get((batch, w))
         self.seen[(batch, w)] = seconds if old is None else self.memory * old + (1 - self.memory) * seconds
+        last, self._last = self._last, (batch, w, seconds)
+        if last is None or last[0] != batch or (last[1] == 0) == (w == 0) or min(seconds, last[2]) <= 0:
+            return  # not a switch between a plain and a drafting cycle of one batch size
+        (drafted, drafting_s), plain_s = ((w, seconds), last[2]) if w else ((last[1], last[2]), seconds)
+        ratio, old = drafting_s / plain_s, self.ratios.get((batch, drafted))
+        self.ratios[(batch, drafted)] = ratio if old is None else (
+            self.ratio_memory * old + (1 - self.ratio_memory) * ratio)
 
     def cycle(self, w: int, batch: int = 1) -> float:
         """Never less than the plain cycle plus the model's extra for drafting, scaled as the plain
@@ -368,6 +384,8 @@ class ObservedCost:
         if w == 0:
             return plain
         floor = plain * self.model.cycle(w, batch) / self.model.cycle(0, batch)
+        if (batch, w) in self.ratios:
+            return max(plain * self.ratios[(batch, w)], floor)
         if (batch, w) in self.seen:
             return max(self.seen[(batch, w)], floor)
         return max(plain + self._drafting_scale(batch) * self._model_extra(w, batch), floor)
