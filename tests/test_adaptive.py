@@ -432,28 +432,73 @@ def test_probes_wait_while_they_have_cost_more_than_their_budget():
     assert one[0][0].probing and alone.windows(one, cost) == [0]  # ...within the same budget
 
 
+def _hopeless_probes(decoder: SpeculativeDecoder, prompts: list[list[int]], **running_options):
+    """A batch of hopeless adaptive rows (they draft only in probes) whose draft's catch-up reads each take
+    0.3 s more, run for 60 cycles: (the batch, the window of each cycle)."""
+    from autojudge.decoding.loop import Running
+
+    running = Running(decoder.backend, frozenset(), CycleCost(1e-6, 0.0, 0.0), observe_costs=True, **running_options)
+    running.join(prompts, DecodeConfig(mode="lossless", window=3, max_new_tokens=200, adaptive=True))
+    for ctl in (row.controller for row in running.active):
+        _make_hopeless(ctl)
+    state = running.state
+    state.catch_up = lambda seqs, read=state.catch_up: (time.sleep(0.3), read(seqs))[1]
+    windows = []
+    for _ in range(60):
+        running.cycle()
+        windows.append(running.last_window)
+    return running, windows
+
+
 def test_a_running_batch_charges_its_probes_catch_up_reads(lm, make_lm):
     """Two hopeless rows whose probes each make the draft read for 0.3 s: within the default budget
     one probe is all 60 quick cycles can pay for; without a budget they probe on their doubling wait."""
-    from autojudge.decoding.loop import Running
-
     decoder = SpeculativeDecoder(lm, make_lm(tiny_model(7), "tiny-draft"))
     probes_made = {}
     for budget in (None, float("inf")):
-        running = Running(decoder.backend, frozenset(), CycleCost(1e-6, 0.0, 0.0), observe_costs=True,
-                          probes=BatchProbes() if budget is None else BatchProbes(budget=budget))
-        running.join([PROMPT, PROMPT[:5]], DecodeConfig(mode="lossless", window=3, max_new_tokens=200, adaptive=True))
-        for ctl in (row.controller for row in running.active):
-            _make_hopeless(ctl)  # the rows draft only in probes
-        state = running.state
-        state.catch_up = lambda seqs, read=state.catch_up: (time.sleep(0.3), read(seqs))[1]
-        windows = []
-        for _ in range(60):
-            running.cycle()
-            windows.append(running.last_window)
+        running, windows = _hopeless_probes(decoder, [PROMPT, PROMPT[:5]],
+                                            probes=BatchProbes() if budget is None else BatchProbes(budget=budget))
         probes_made[budget] = windows.count(1)
         assert running.probes.spent >= 0.3 * probes_made[budget] > 0  # each probe's catch-up read was charged
     assert probes_made[None] == 1 and probes_made[float("inf")] >= 3  # waits of 8, 16, 32 cycles
+
+
+def test_a_probe_waits_until_the_budget_covers_the_read_it_would_make_first(lm, make_lm):
+    """A probe's draft first reads every row's tokens since it last drafted (at 16 rows on 2 cores a first
+    probe read 16 prompts for 1.3-1.9 s of a 15 s run, charged only after). Priced beforehand, as the rows'
+    unread tokens times the read's cost per token (learned from reads made apart), it waits for the budget."""
+    decoder = SpeculativeDecoder(lm, make_lm(tiny_model(7), "tiny-draft"))
+    made, learned = {}, {}
+    for read_cost in (None, 1.0):  # unknown until a read is timed; one second a token
+        running, windows = _hopeless_probes(decoder, [PROMPT * 4, PROMPT * 3], read_cost=read_cost)
+        made[read_cost], learned[read_cost] = windows.count(1), running.read_cost
+    assert made == {None: 1, 1.0: 0}
+    unread = len(PROMPT) * 7 - 2 + 2 * 8  # both prompts but their last tokens, and 8 idle cycles' tokens
+    assert learned[None] == pytest.approx(0.3 / unread, rel=0.5)  # the probe's read, timed per token
+
+
+def test_no_probe_is_made_while_a_prompt_is_fed(lm, make_lm):
+    """In a cycle that feeds a joining prompt the draft would read the chunk too, and the probe's cost would
+    hide in the chunk's (a prefill cycle is charged only its read apart): probes wait for a decode cycle."""
+    from autojudge.decoding.loop import Running
+
+    decoder = SpeculativeDecoder(lm, make_lm(tiny_model(7), "tiny-draft"))
+    running = Running(decoder.backend, frozenset(), CycleCost(1e-6, 0.0, 0.0), prefill_chunk=2, observe_costs=True,
+                      probes=BatchProbes(probe_every=1, max_probe_every=1, budget=float("inf")))
+    config = DecodeConfig(mode="lossless", window=3, max_new_tokens=100, adaptive=True)
+    running.join([PROMPT], config)
+    _make_hopeless(running.active[0].controller)
+    for _ in range(6):
+        running.cycle()
+    running.join([PROMPT * 3], config)  # 27 tokens at 2 a cycle: 13 cycles feeding
+    _make_hopeless(running.active[1].controller)
+    windows = []
+    while running.active[1].prefilling:
+        running.cycle()
+        windows.append(running.last_window)
+    assert len(windows) >= 13 and max(windows) == 0
+    running.cycle()
+    assert running.last_window == 1 and running.probes.probed  # the first decode cycle probes
 
 
 def _simulated_speedups(acceptances: list[float], seconds: float, seed: int) -> dict[float, float]:

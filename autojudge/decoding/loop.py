@@ -19,6 +19,7 @@ on positions <= k alone, so clamping its count gives what the row would get by i
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -97,10 +98,16 @@ class Running:
     probes: BatchProbes = field(default_factory=BatchProbes)  # when adaptive rows of a batch may probe
     prior: PooledPrior = field(default_factory=PooledPrior)  # where a new row's acceptance estimate starts
     last_window: int = 0  # the batch's window in its last cycle
+    # seconds per token of the draft's catch-up read, what a probe costs before it drafts: learned from the
+    # reads made apart; until then the start-up draft step's cost per row more (None: not known, not priced)
+    read_cost: float | None = None
 
     def __post_init__(self) -> None:
         if self.observe_costs and isinstance(self.cost, CycleCost):
             self.cost = ObservedCost(self.cost)
+        model = self.cost.model if isinstance(self.cost, ObservedCost) else self.cost
+        if self.read_cost is None and model is not None and model.draft_per_row > 0:
+            self.read_cost = model.draft_per_row
 
     @torch.inference_mode()
     def join(self, prompts: Sequence[Sequence[int]], config: DecodeConfig = DecodeConfig(),
@@ -166,6 +173,7 @@ class Running:
         proposed_s = 0.0  # seconds the proposal took
         if int(row_w.max()):
             catch_up = max(len(seq) - row.draft_read for row, seq in zip(rows, sequences))
+            unread = sum(max(len(seq) - 1 - row.draft_read, 0) for row, seq in zip(rows, sequences))
             for row, seq in zip(rows, sequences):
                 row.draft_read = len(seq)
             # a steady cycle's draft lags by at most the last cycle's commit (its window + 1) + 1; any more
@@ -177,6 +185,9 @@ class Running:
                 reading = time.perf_counter()
                 state.catch_up(sequences)
                 apart_s = time.perf_counter() - reading
+                if unread >= SMALL_CATCH_UP:  # a read long enough to time per token
+                    per_token = apart_s / unread
+                    self.read_cost = per_token if self.read_cost is None else 0.7 * self.read_cost + 0.3 * per_token
             proposing = time.perf_counter()
             proposal = state.propose(sequences, int(row_w.max()), need_draft_hidden)
             proposed_s = time.perf_counter() - proposing
@@ -245,8 +256,12 @@ class Running:
         if not any(row.config.adaptive and row.window for row in rows):
             self.probes.probed = False
             return most
+        # before a probe the draft reads what it has not (priced as its learned cost per token); in a cycle that
+        # feeds a prompt it would read the chunks too, and its cost would hide in the chunk's: no probe there
+        unread = sum(max(len(row.tokens) - 1 - row.draft_read, 0) for row in rows)
+        upfront = math.inf if any(row.prefilling for row in rows) else (self.read_cost or 0.0) * unread
         return self.probes.windows([(row.controller, m, row.config.adaptive and bool(row.window))
-                                    for row, m in zip(rows, most)], self.cost)
+                                    for row, m in zip(rows, most)], self.cost, upfront)
 
     def _accept(self, rows: list[_Row], draft_tokens: torch.Tensor, draft_hidden: torch.Tensor | None,
                 verification: Verification) -> tuple[torch.Tensor, torch.Tensor]:
