@@ -18,6 +18,8 @@ from autojudge.decoding.adaptive import (
     ObservedCost,
     PooledPrior,
     WindowController,
+    batch_windows,
+    break_even,
     could_pay,
     expected_tokens,
 )
@@ -30,7 +32,7 @@ def test_the_controller_drafts_what_pays_and_looks_again_after_idling():
     assert expected_tokens(0.0, 5) == 1.0 and expected_tokens(1.0, 5) == 6.0
     sure = WindowController(8, cheap, prior=0.95, prior_weight=100)
     assert sure.window() == 8  # the draft is nearly always right and cheap: the whole window
-    hopeless = WindowController(8, CycleCost(1.0, 0.1, 0.3), prior=0.05, prior_weight=100, probe_every=3)
+    hopeless = _doubtful(WindowController(8, CycleCost(1.0, 0.1, 0.3), prior=0.05, prior_weight=100, probe_every=3))
     assert hopeless.window() == 0  # each draft token costs more than it returns: plain target decoding
     for _ in range(3):
         hopeless.update(0, 0)
@@ -175,7 +177,8 @@ def test_a_batch_probes_together_and_backs_off():
     """Several hopeless rows: one row's probe would make the whole batch wait for a draft step, so
     the batch grants probes together after its wait, and doubles the wait while they do not pay."""
     cost = CycleCost(1.0, 0.1, 0.3)
-    rows = [(WindowController(8, cost, prior=0.05, prior_weight=100, probe_every=1), 8, True) for _ in range(3)]
+    rows = [(_doubtful(WindowController(8, cost, prior=0.05, prior_weight=100, probe_every=1)), 8, True)
+            for _ in range(3)]
     for ctl, _, _ in rows:
         ctl.update(0, 0)  # idle: every row would like to probe now
     probes, granted = BatchProbes(probe_every=2, max_probe_every=8), []
@@ -351,8 +354,45 @@ def test_a_probe_at_one_row_is_timed_without_the_drafts_read_of_its_idle_tokens(
 
 
 def _make_hopeless(ctl: WindowController) -> None:
-    """As if every request before it had measured a draft that never agrees, 1000 trials' worth."""
+    """As if every request before it had measured a draft that never agrees, 1000 trials' worth (and yet
+    worth a look: the tests that use it are about what probes cost, not about whether they may pay)."""
     ctl.types, ctl.acceptance = ((0.0, 1000.0),), 0.0
+    _doubtful(ctl)
+
+
+def _doubtful(ctl: WindowController) -> WindowController:
+    """``ctl``, whose acceptance may always be above break-even: it probes whenever probes are due."""
+    ctl.chance_above = lambda acceptance: 1.0
+    return ctl
+
+
+def test_rows_probe_only_where_their_acceptance_may_pay_at_this_batch_size():
+    """At four rows a W=1 cycle costs 1.7x a plain one (2 cores), so drafting pays only above ~87%
+    acceptance; requests before measured ~45%, so a probe (3% of the batch's time) could not make the
+    batch draft, and nobody probes. Rows with no history (the broad guess alone) still look, and so do
+    the same math rows at one row, where W=1 costs 1.13x."""
+    cost = CycleCost(target=1.0, target_per_token=0.0, draft=0.13, target_per_row=0.3, draft_per_row=0.1,
+                     target_per_token_per_row=0.3, wide=(0.0,))
+    assert break_even(cost, 4, 1) == pytest.approx(1.1 * 1.7 - 1, abs=0.01)
+    math_prior, fresh = PooledPrior(), PooledPrior()
+    for _ in range(32):
+        ended = WindowController(1, cost)
+        ended.seen_accepted, ended.seen_trials = 9, 20
+        math_prior.learn("lossless", ended)
+
+    def idle(prior: PooledPrior, rows: int) -> list:
+        batch = [(prior.controller("lossless", 1, cost), 1, True) for _ in range(rows)]
+        for ctl, _, _ in batch:
+            for _ in range(ctl.probe_every):
+                ctl.update(0, 0)
+            assert ctl.probing
+        return batch
+
+    assert batch_windows(idle(math_prior, 4), cost) == [0] * 4
+    assert batch_windows(idle(fresh, 4), cost) == [1] * 4
+    alone = idle(math_prior, 1)
+    alone[0][0].acceptance = 0.2  # (a low estimate: it would not draft by choice)
+    assert batch_windows(alone, cost) == [1]
 
 
 def test_a_new_request_starts_from_what_the_requests_before_it_measured():
@@ -408,7 +448,8 @@ def test_probes_wait_while_they_have_cost_more_than_their_budget():
     never pay would spend a share of its time on them that grows with its rows. Probes wait
     until what they cost is within ``budget`` of the decoding time."""
     cost = CycleCost(1.0, 0.1, 0.3)
-    hopeless = [(WindowController(8, cost, prior=0.05, prior_weight=100, probe_every=1), 8, True) for _ in range(2)]
+    hopeless = [(_doubtful(WindowController(8, cost, prior=0.05, prior_weight=100, probe_every=1)), 8, True)
+                for _ in range(2)]
     probes = BatchProbes(probe_every=1, max_probe_every=1, budget=0.1)
     granted = []
     for _ in range(40):
@@ -420,7 +461,7 @@ def test_probes_wait_while_they_have_cost_more_than_their_budget():
     probe_cycles = [i for i, w in enumerate(granted) if w]
     assert probe_cycles[:4] == [1, 9, 18, 27]  # 1 s of probing per 10 s of cycles (without a budget: every other)
     assert probes.spent <= 0.1 * probes.elapsed + 1.0
-    one = [(WindowController(8, cost, prior=0.05, prior_weight=100, probe_every=1), 8, True)]
+    one = [(_doubtful(WindowController(8, cost, prior=0.05, prior_weight=100, probe_every=1)), 8, True)]
     alone = BatchProbes(budget=0.1)
     alone.windows(one, cost)
     one[0][0].update(0, 0)
