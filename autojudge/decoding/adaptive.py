@@ -321,7 +321,7 @@ def could_pay(cost: CycleCost | ObservedCost, batch: int, max_window: int) -> bo
 
 # A probe is made only where the row's acceptance is above the batch's break-even with at least this
 # posterior probability (:meth:`WindowController.chance_above`): at four rows on 2 cores a W=1 cycle
-# costs ~1.7x a plain one, break-even ~0.83, and math requests measured ~45% (chance ~0.5%), so their
+# costs ~1.7x a plain one, break-even ~0.87, and math requests measured ~45% (chance ~0.5%), so their
 # probes (3% of the batch's time) could never make it draft; a chat request at one row stops looking
 # once its rejections leave little chance above ~0.25.
 PROBE_CHANCE = 0.05
