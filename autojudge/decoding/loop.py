@@ -173,7 +173,7 @@ class Running:
         proposed_s = 0.0  # seconds the proposal took
         if int(row_w.max()):
             catch_up = max(len(seq) - row.draft_read for row, seq in zip(rows, sequences))
-            unread = sum(max(len(seq) - 1 - row.draft_read, 0) for row, seq in zip(rows, sequences))
+            unread = _draft_unread(rows, [len(seq) for seq in sequences])
             for row, seq in zip(rows, sequences):
                 row.draft_read = len(seq)
             # a steady cycle's draft lags by at most the last cycle's commit (its window + 1) + 1; any more
@@ -258,8 +258,8 @@ class Running:
             return most
         # before a probe the draft reads what it has not (priced as its learned cost per token); in a cycle that
         # feeds a prompt it would read the chunks too, and its cost would hide in the chunk's: no probe there
-        unread = sum(max(len(row.tokens) - 1 - row.draft_read, 0) for row in rows)
-        upfront = math.inf if any(row.prefilling for row in rows) else (self.read_cost or 0.0) * unread
+        upfront = math.inf if any(row.prefilling for row in rows) else (
+            (self.read_cost or 0.0) * _draft_unread(rows, [len(row.tokens) for row in rows]))
         return self.probes.windows([(row.controller, m, row.config.adaptive and bool(row.window))
                                     for row, m in zip(rows, most)], self.cost, upfront)
 
@@ -353,6 +353,11 @@ class Running:
     def results(self) -> list[GenerationResult]:
         """Every row's result, in the order they joined."""
         return [self.result(index) for index in sorted(self.rows)]
+
+
+def _draft_unread(rows: list[_Row], lengths: list[int]) -> int:
+    """Tokens the draft's catch-up would read (each row's ``lengths`` but its last token, past what it read)."""
+    return sum(max(n - 1 - row.draft_read, 0) for row, n in zip(rows, lengths))
 
 
 def mismatch_ok(config: DecodeConfig, backend: Backend, threshold: float | None, draft_tokens: torch.Tensor,
