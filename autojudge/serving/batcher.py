@@ -212,8 +212,8 @@ class ContinuousBatcher:
         old = self.running
         with self.cond:
             tickets, self.tickets, pending, self.pending = self.tickets, {}, self.pending, []
-        self.running = Running(old.backend, old.eos, old.cost, prefill_chunk=old.prefill_chunk,
-                               uses_draft=old.uses_draft, observe_costs=True, prior=old.prior)
+        self.running = Running(old.backend, old.eos, old.cost, prefill_chunk=old.prefill_chunk,  # what it learned stays
+                               uses_draft=old.uses_draft, observe_costs=True, prior=old.prior, read_cost=old.read_cost)
         for ticket in [*tickets.values(), *pending]:
             _quietly(ticket.on_done, None, error)
 
