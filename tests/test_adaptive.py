@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import perturbed, tiny_model
 
-from autojudge.decoding import DecodeConfig, SpeculativeDecoder
+from autojudge.decoding import DecodeConfig, SpeculativeDecoder, adaptive
 from autojudge.decoding.adaptive import (
     BatchProbes,
     CycleCost,
@@ -277,7 +277,7 @@ def test_a_batch_size_that_only_drafted_learns_how_dear_drafting_is_there():
     assert not could_pay(cost, 4, 1)
 
 
-def test_a_served_batch_times_only_its_steady_decode_cycles(lm, make_lm):
+def test_a_served_batch_times_only_its_steady_decode_cycles(lm, make_lm, probes_whatever_they_cost):
     """A cycle that feeds a prompt chunk costs the chunk, not the window, and so does the draft's
     first read of what it has not read yet (a new row's prompt, or the tokens of idle cycles):
     timing either into (batch, w) would make that window look dear whenever requests join. The
@@ -360,6 +360,13 @@ def _make_hopeless(ctl: WindowController) -> None:
     _doubtful(ctl)
 
 
+@pytest.fixture
+def probes_whatever_they_cost(monkeypatch):
+    """Probes due are made however dear (the tests that use it are about what probes cost, timed or
+    charged, not about whether they are worth it)."""
+    monkeypatch.setattr(adaptive, "probe_chance", lambda *args: 0.0)
+
+
 def _doubtful(ctl: WindowController) -> WindowController:
     """``ctl``, whose acceptance may always be above break-even: it probes whenever probes are due."""
     ctl.chance_above = lambda acceptance: 1.0
@@ -393,6 +400,32 @@ def test_rows_probe_only_where_their_acceptance_may_pay_at_this_batch_size():
     alone = idle(math_prior, 1)
     alone[0][0].acceptance = 0.2  # (a low estimate: it would not draft by choice)
     assert batch_windows(alone, cost) == [1]
+
+
+def test_a_probe_is_made_only_where_its_chance_of_paying_is_worth_its_price():
+    """A probe costs a W=1 cycle past a plain one and the draft's read before it; if drafting pays, it
+    gains at least GAIN_MARGIN of the plain cycles of the tokens the rows have left. At four rows
+    (W=1 1.7x a plain cycle) a 15% chance of paying is not worth a probe whose read costs two plain
+    cycles with 40 tokens left (served math requests probed for 2-3% of the batch's time so), but it
+    is with 1000 tokens left and nothing to read; at one row (W=1 1.13x) a cheap probe is worth it."""
+    cost = CycleCost(target=1.0, target_per_token=0.0, draft=0.13, target_per_row=0.3, draft_per_row=0.1,
+                     target_per_token_per_row=0.3, wide=(0.0,))
+
+    def probing(rows: int) -> list:
+        batch = [(WindowController(1, cost), 1, True) for _ in range(rows)]
+        for ctl, _, _ in batch:
+            ctl.acceptance = 0.2  # (too low to draft by choice)
+            ctl.chance_above = lambda acceptance: 0.15
+            for _ in range(ctl.probe_every):
+                ctl.update(0, 0)
+        return batch
+
+    four = cost.cycle(0, 4)
+    assert cost.cycle(1, 4) / four == pytest.approx(1.7, abs=0.01)
+    assert batch_windows(probing(4), cost, price=2 * four, horizon=40) == [0] * 4
+    assert batch_windows(probing(4), cost, price=0.0, horizon=1000) == [1] * 4
+    assert batch_windows(probing(1), cost, price=0.2 * cost.cycle(0, 1), horizon=40) == [1]
+    assert adaptive.probe_chance(cost, 1, 0.0, 1e9) == adaptive.PROBE_CHANCE  # the floor stands
 
 
 def test_a_new_request_starts_from_what_the_requests_before_it_measured():
@@ -491,7 +524,7 @@ def _hopeless_probes(decoder: SpeculativeDecoder, prompts: list[list[int]], **ru
     return running, windows
 
 
-def test_a_running_batch_charges_its_probes_catch_up_reads(lm, make_lm):
+def test_a_running_batch_charges_its_probes_catch_up_reads(lm, make_lm, probes_whatever_they_cost):
     """Two hopeless rows whose probes each make the draft read for 0.3 s: within the default budget
     one probe is all 60 quick cycles can pay for; without a budget they probe on their doubling wait."""
     decoder = SpeculativeDecoder(lm, make_lm(tiny_model(7), "tiny-draft"))

@@ -265,18 +265,22 @@ class PooledPrior:
                 (controller.seen_accepted, controller.seen_trials))
 
 
-def batch_windows(rows: list[tuple[WindowController, int, bool]], cost: CycleCost, probe: bool = True) -> list[int]:
+def batch_windows(rows: list[tuple[WindowController, int, bool]], cost: CycleCost, probe: bool = True,
+                  price: float = 0.0, horizon: float = math.inf) -> list[int]:
     """Each row's window for the next cycle. ``rows``: (its estimate, the most it may draft now,
     whether it adapts). A fixed row drafts its most; a probing row one token (when ``probe``:
     in a batch one row's probe makes every row wait for a draft step, so the batch grants probes
-    together, :class:`BatchProbes`); the other adaptive rows share the cap c that maximises the
-    batch's expected tokens per unit of its cycle cost, if that beats c = 0 by ``GAIN_MARGIN``."""
+    together, :class:`BatchProbes`) if the chance that drafting pays is worth the probe
+    (:func:`probe_chance`; ``price``: seconds the draft reads before it, ``horizon``: tokens the rows
+    have left); the other adaptive rows share the cap c that maximises the batch's expected tokens
+    per unit of its cycle cost, if that beats c = 0 by ``GAIN_MARGIN``."""
     widest = max((most for _, most, adaptive in rows if adaptive), default=0)
     probe = probe and any(ctl.probing for ctl, _, adaptive in rows if adaptive) and could_pay(cost, len(rows), widest)
     floor = break_even(cost, len(rows), widest) if probe else 1.0
+    least = probe_chance(cost, len(rows), price, horizon) if probe else 1.0
     # a row probes only where its acceptance may plausibly be high enough for drafting to pay here
     fixed = [most if not adaptive else (
-        min(1, most) if probe and ctl.probing and ctl.chance_above(floor) >= PROBE_CHANCE else None)
+        min(1, most) if probe and ctl.probing and ctl.chance_above(floor) >= least else None)
         for ctl, most, adaptive in rows]
     choices = range(widest + 1)
 
@@ -326,6 +330,19 @@ def could_pay(cost: CycleCost | ObservedCost, batch: int, max_window: int) -> bo
 # once its rejections leave little chance above ~0.25.
 PROBE_CHANCE = 0.05
 
+
+def probe_chance(cost: CycleCost | ObservedCost, batch: int, price: float, horizon: float) -> float:
+    """The least chance that drafting pays at which ``batch`` rows probe: ``PROBE_CHANCE``, or more
+    where the probe costs more than that chance of the gain would bring back. A probe costs a W=1
+    cycle past a plain one and the draft's read before it (``price`` seconds); if drafting pays, it
+    gains at least ``GAIN_MARGIN`` of the plain cycles of the ``horizon`` tokens the rows have left.
+    At four rows on 2 cores a probe cost ~3 plain cycles (its read: the rows' prompts) against a gain
+    of ~0.1 x 40 cycles: worth it only at a chance above ~70%, where 5% let math requests (~45%
+    acceptance, break-even ~0.87, yet broad posteriors: each had 1-3 probes' trials) probe for 2-3% of
+    the batch's time; at one row a probe costs ~0.3 plain cycles, and 5% stands over 100 tokens left."""
+    plain = cost.cycle(0, batch)
+    return max(PROBE_CHANCE, (cost.cycle(1, batch) - plain + price) / (GAIN_MARGIN * horizon * plain))
+
 # Probing costs more than its draft step: the draft first reads every row's tokens since the last look
 # (measured at 4 clients on 2 cores: 8 probes in 23 s took 2.5 s, 7% of a batch that never drafted).
 # The batch spends at most this share of its decoding time on probes.
@@ -358,14 +375,15 @@ class BatchProbes:
         if self.probed:
             self.spent += max(extra, 0.0)
 
-    def windows(self, rows: list[tuple[WindowController, int, bool]], cost: CycleCost, upfront: float = 0.0
-                ) -> list[int]:
+    def windows(self, rows: list[tuple[WindowController, int, bool]], cost: CycleCost, upfront: float = 0.0,
+                horizon: float = math.inf) -> list[int]:
         """Each row's window (:func:`batch_windows`); ``upfront``: seconds the draft would read for before a
-        probe (the rows' tokens since it last drafted), which must fit the budget too."""
+        probe (the rows' tokens since it last drafted), which must fit the budget too; ``horizon``: the
+        tokens the rows have left (a probe's possible gain)."""
         self.probed = False
         if len(rows) == 1:
             ctl, _, adaptive = rows[0]
-            chosen = batch_windows(rows, cost, probe=self.affordable(upfront))
+            chosen = batch_windows(rows, cost, probe=self.affordable(upfront), price=upfront, horizon=horizon)
             self.probed = adaptive and ctl.probing and chosen[0] > 0
             return chosen
         chosen = batch_windows(rows, cost, probe=False)  # what the batch drafts by choice
@@ -375,7 +393,7 @@ class BatchProbes:
         if (self.idle >= self.wait and self.affordable(upfront)
                 and any(ctl.probing for ctl, _, adaptive in rows if adaptive)):
             self.wait, self.idle = min(2 * self.wait, self.max_probe_every), 0
-            chosen = batch_windows(rows, cost, probe=True)
+            chosen = batch_windows(rows, cost, probe=True, price=upfront, horizon=horizon)
             self.probed = max(chosen, default=0) > 0
             return chosen
         self.idle += 1

@@ -260,8 +260,9 @@ class Running:
         # feeds a prompt it would read the chunks too, and its cost would hide in the chunk's: no probe there
         upfront = math.inf if any(row.prefilling for row in rows) else (
             (self.read_cost or 0.0) * _draft_unread(rows, [len(row.tokens) for row in rows]))
+        left = [row.config.max_new_tokens - len(row.generated) for row in rows if row.config.adaptive and row.window]
         return self.probes.windows([(row.controller, m, row.config.adaptive and bool(row.window))
-                                    for row, m in zip(rows, most)], self.cost, upfront)
+                                    for row, m in zip(rows, most)], self.cost, upfront, sum(left) / len(left))
 
     def _accept(self, rows: list[_Row], draft_tokens: torch.Tensor, draft_hidden: torch.Tensor | None,
                 verification: Verification) -> tuple[torch.Tensor, torch.Tensor]:
