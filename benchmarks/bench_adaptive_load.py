@@ -130,15 +130,18 @@ def main(target, draft, questions, prompt_set, max_new_tokens, window, concurren
                     "window": m.num_draft_tokens / max(m.num_target_calls, 1)}
 
         try:
-            records = take_turns(send, methods, seconds * len(methods))
+            turns = take_turns(send, methods, seconds * len(methods))
         finally:
             batcher.close()
-        return {method: {"tokens_per_s": sum(r["tokens"] for r in done) / sum(r["latency"] for r in done),
-                         "answers": len(done), "wrong": sum(r["wrong"] for r in done),
-                         "tau": statistics.fmean(r["tau"] for r in done),
-                         "mean_window": statistics.fmean(r["window"] for r in done),
-                         "observed_cycle_s": observed(batcher)}
-                for method, done in records.items()}
+        results = {}
+        for method, taken in turns.items():
+            done = [r for _, records in taken for r in records]
+            results[method] = {"tokens_per_s": sum(r["tokens"] for r in done) / sum(s for s, _ in taken),
+                               "answers": len(done), "wrong": sum(r["wrong"] for r in done),
+                               "tau": statistics.fmean(r["tau"] for r in done),
+                               "mean_window": statistics.fmean(r["window"] for r in done),
+                               "observed_cycle_s": observed(batcher)}
+        return results
 
     for r in range(rounds):
         for c in levels:

@@ -13,12 +13,16 @@ Two servers over the embedded pair, one after the other on the same cores:
 On ``continuous``, at concurrency 1, 4 and 16: target only, fixed-window lossless, adaptive
 lossless and adaptive judge (with ``--judge``) on GSM8K test questions; target only and
 adaptive lossless on off-distribution chat prompts at concurrency 1. On ``one-at-a-time``:
-target only and fixed lossless at concurrency 16. Each run reports throughput (the tokens streamed
-in ``--seconds`` after ``--warmup``, while every client is busy), p50/p99 latency and time to first
-token (the first streamed piece). At one client the methods take turns request by request (each
-method's throughput: its tokens over its requests' time), so the machine's drift hits them alike;
-at more, one closed-loop run follows another. With ``--rounds`` > 1 every run is repeated, the
-methods' order rotated each round, and a method's ratio to target is the median of its ratios
+target only and fixed lossless at concurrency 16. The methods take turns on one server, each turn a
+burst of the same prompts for every method (at one client one request; at c clients, c x
+``--per-client`` requests through c closed-loop clients, as vLLM's ``benchmark_serving
+--max-concurrency c`` sends them), the order rotated turn by turn, so the machine's drift hits
+every method alike; a method's throughput is its tokens over its turns' time (first request to last
+answer, the joining and the drain included). Each run reports throughput, p50/p99 latency and time
+to first token (the first streamed piece). ``--closed-loop`` runs one steady closed-loop run per
+method after another instead (the tokens streamed in ``--seconds`` after ``--warmup``). With
+``--rounds`` > 1 every run is repeated, the methods' order rotated each round, and a method's
+ratio to target is the median of its ratios
 within rounds (a 2-core VM drifts by 20% between runs minutes apart). Every answer is checked against the
 in-process decoder: target-only and lossless answers must be the target's greedy tokens
 (token for token); judge answers must be well formed (tokens and a finish reason; how often
@@ -105,16 +109,18 @@ def run_load(server: TritonServer, prompts: list[str], check, fields: dict, clie
     return summary_of(records, clients, elapsed, streamed[0] / seconds)
 
 
-def run_turns(server: TritonServer, prompts: list[str], checks: dict, fields: dict, seconds: float) -> dict:
-    """One client, the methods (``fields``: method -> request fields) taking turns request by request
-    for ``seconds`` per method (:func:`clients.take_turns`): each method's throughput is its tokens
-    over its requests' time."""
-    records = take_turns(lambda method, k: send(server, prompts[k % len(prompts)], fields[method], checks[method]),
-                         list(fields), seconds * len(fields))
+def run_turns(server: TritonServer, prompts: list[str], checks: dict, fields: dict, seconds: float, clients: int,
+              per_client: int) -> dict:
+    """The methods (``fields``: method -> request fields) taking turns for ``seconds`` per method, a
+    burst of ``clients * per_client`` prompts through ``clients`` clients at a time, the same prompts
+    for every method (:func:`clients.take_turns`): each method's throughput is its tokens over its
+    turns' time (a turn: from its first request to its last answer)."""
+    turns = take_turns(lambda method, i: send(server, prompts[i % len(prompts)], fields[method], checks[method]),
+                       list(fields), seconds * len(fields), clients, per_client)
     results = {}
-    for method, done in records.items():
-        busy = sum(r["latency"] for r in done)
-        results[method] = summary_of(done, 1, busy, sum(r["tokens"] for r in done if r["ok"]) / busy)
+    for method, taken in turns.items():
+        done, busy = [r for _, records in taken for r in records], sum(s for s, _ in taken)
+        results[method] = summary_of(done, clients, busy, sum(r["tokens"] for r in done if r["ok"]) / busy)
     return results
 
 
@@ -163,8 +169,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="Repeats of every run, the methods' order rotated each round; a method's ratio to "
                              "target is taken within each round (paired), so machine drift hits every method alike.")
+    parser.add_argument("--per-client", type=int, default=2,
+                        help="At more than one client, requests per client in each method's turn (a burst of "
+                             "clients x this many prompts).")
+    parser.add_argument("--closed-loop", action="store_true",
+                        help="At more than one client, one closed-loop run per method after another (tokens "
+                             "streamed in --seconds after --warmup) instead of taking turns burst by burst.")
     parser.add_argument("--warmup", type=float, default=8,
-                        help="Seconds at the start of each run whose tokens are not counted (every client joins at once).")
+                        help="With --closed-loop: seconds at the start of each run whose tokens are not counted "
+                             "(every client joins at once).")
     parser.add_argument("--questions", type=int, default=16, help="Distinct GSM8K test questions cycled through.")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--window", type=int, default=4)
@@ -172,9 +185,17 @@ def main() -> None:
     parser.add_argument("--baseline-instances", type=int, default=2,
                         help="Instances of the one-at-a-time server (each one batch row, cores shared).")
     parser.add_argument("--no-baseline", action="store_true", help="Skip the one-at-a-time server.")
+    parser.add_argument("--methods", help="Comma-separated, of target, lossless, adaptive, adaptive-judge "
+                                           "(default: all; adaptive-judge needs --judge; target always runs).")
     parser.add_argument("--judge", type=Path, help="A judge for the embedded pair; without it, no judge runs.")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
+    names = ("target", "lossless", "adaptive", "adaptive-judge")
+    wanted = {"target", *(args.methods.split(",") if args.methods else names[:3] + names[3:] * bool(args.judge))}
+    if wanted - set(names):
+        parser.error(f"--methods: unknown {sorted(wanted - set(names))}; choose from {', '.join(names)}")
+    if "adaptive-judge" in wanted and not args.judge:
+        parser.error("--methods adaptive-judge needs --judge")
 
     questions, chat = gsm8k(args.questions), CHAT
     t0 = time.perf_counter()
@@ -194,9 +215,12 @@ def main() -> None:
                f"adaptive@{args.window}": {"mode": "lossless", "window": args.window, "adaptive": True}}
     if args.judge:
         methods[f"adaptive-judge@{args.window}"] = {"mode": "judge", "window": args.window, "adaptive": True}
+    methods = {key: fields for key, fields in methods.items() if key.split("@")[0] in wanted}
     concurrency = [int(c) for c in args.concurrency.split(",")]
     report = {"seconds": args.seconds, "rounds": args.rounds, "max_tokens": args.max_tokens, "window": args.window,
-              "questions": len(questions), "chat_prompts": len(chat), "runs": []}
+              "questions": len(questions), "chat_prompts": len(chat),
+              "load": "closed-loop" if args.closed_loop else f"turns of bursts, {args.per_client} per client",
+              "runs": []}
 
     def check_for(fields):
         return judge_check if fields.get("mode") == "judge" else lossless_check
@@ -206,15 +230,16 @@ def main() -> None:
         print(json.dumps({k: v for k, v in result.items() if k != "errors" or v}), flush=True)
 
     def measure(server, name, prompt_set, label, keys, clients, round_):
-        """Each method in ``keys`` on ``prompt_set``: at one client taking turns request by request, at
-        more one closed-loop run after another (a batch holds one method's requests)."""
-        if clients == 1:
-            fields = {key: {**base, **methods[key]} for key in keys}
-            results = run_turns(server, prompt_set, {key: check_for(methods[key]) for key in keys}, fields,
-                                args.seconds)
-        else:
+        """Each method in ``keys`` on ``prompt_set``, taking turns burst by burst (or with
+        ``--closed-loop``, at more than one client, one closed-loop run after another); a batch holds
+        one method's requests."""
+        if args.closed_loop and clients > 1:
             results = {key: run_load(server, prompt_set, check_for(methods[key]), {**base, **methods[key]}, clients,
                                      args.seconds, args.warmup) for key in keys}
+        else:
+            fields = {key: {**base, **methods[key]} for key in keys}
+            results = run_turns(server, prompt_set, {key: check_for(methods[key]) for key in keys}, fields,
+                                args.seconds, clients, 1 if clients == 1 else args.per_client)
         for key, result in results.items():
             record({"server": name, "prompts": label, "method": key, "fields": methods[key], "round": round_,
                     **result})
@@ -234,9 +259,12 @@ def main() -> None:
                     if name == "continuous":
                         for clients in concurrency:
                             measure(server, name, questions, "gsm8k", rotated(list(methods), r), clients, r)
-                        measure(server, name, chat, "chat", rotated(["target", f"adaptive@{args.window}"], r), 1, r)
+                        on_chat = [key for key in ("target", f"adaptive@{args.window}") if key in methods]
+                        if len(on_chat) > 1:
+                            measure(server, name, chat, "chat", rotated(on_chat, r), 1, r)
                     else:
-                        measure(server, name, questions, "gsm8k", rotated(["target", f"lossless@{args.window}"], r),
+                        measure(server, name, questions, "gsm8k",
+                                rotated([key for key in ("target", f"lossless@{args.window}") if key in methods], r),
                                 max(concurrency), r)
 
     print_table(report)

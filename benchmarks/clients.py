@@ -19,21 +19,43 @@ def run_clients(client: Callable[[int], None], clients: int) -> float:
     return time.perf_counter() - started
 
 
-def take_turns(send: Callable[[str, int], dict], methods: list[str], seconds: float) -> dict[str, list[dict]]:
-    """One client whose k-th prompt goes to every method in turn (the order rotated with k): a first
-    turn warms every method up and is dropped, then turns follow until ``seconds`` have passed (at
-    least one). At one client a method's throughput is its tokens over its requests' time, and
-    taking turns request by request lets the machine's drift (a 2-core VM: 20% between runs minutes
-    apart, within one run too) hit every method alike. ``send(method, k)`` returns a record; each
-    method's, in order."""
-    records: dict[str, list[dict]] = {m: [] for m in methods}
-    k, stop = 0, 0.0
+def take_turns(send: Callable[[str, int], dict], methods: list[str], seconds: float, clients: int = 1,
+               per_client: int = 1) -> dict[str, list[tuple[float, list[dict]]]]:
+    """The methods take turns, each turn the same burst of ``clients * per_client`` prompts for every
+    method (the order rotated turn by turn): turn k sends prompts k*n .. k*n + n-1 (n the burst's
+    size) through ``clients`` closed-loop clients, and the next method starts when the last answer
+    is in -- vLLM's ``benchmark_serving --max-concurrency`` in miniature, one method after another.
+    A first turn warms every method up and is dropped, then turns follow until ``seconds`` have
+    passed (at least one). A method's throughput is its tokens over its turns' time; taking turns
+    a burst at a time lets the machine's drift (a 2-core VM: 20% between runs minutes apart, within
+    one run too) hit every method alike, and every method decodes the same prompts. ``send(method,
+    i)`` returns one request's record; per method, its turns as (seconds, records)."""
+    turns: dict[str, list[tuple[float, list[dict]]]] = {m: [] for m in methods}
+    size, k, stop = clients * per_client, 0, 0.0
     while k < 2 or time.perf_counter() < stop:
         for method in methods[k % len(methods):] + methods[:k % len(methods)]:
-            record = send(method, k)
+            turn = burst(lambda i, method=method, first=k * size: send(method, first + i), size, clients)
             if k:
-                records[method].append(record)
+                turns[method].append(turn)
         if not k:
             stop = time.perf_counter() + seconds
         k += 1
-    return records
+    return turns
+
+
+def burst(send: Callable[[int], dict], requests: int, clients: int) -> tuple[float, list[dict]]:
+    """``send(i)`` for i in 0..requests-1 through ``clients`` closed-loop clients (each takes the next
+    index as soon as its last answer is in); the seconds until the last answer and the records in
+    index order."""
+    records: list[dict | None] = [None] * requests
+    next_index, lock = iter(range(requests)), threading.Lock()
+
+    def client(_: int) -> None:
+        while True:
+            with lock:
+                i = next(next_index, None)
+            if i is None:
+                return
+            records[i] = send(i)
+
+    return run_clients(client, min(clients, requests)), records
