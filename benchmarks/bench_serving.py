@@ -165,13 +165,14 @@ def references(prompts: list[str], max_tokens: int, window: int, judge: Path | N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=30,
-                        help="Measured, per run (at one client, per method: the methods take turns).")
+                        help="Measured per method and run (the methods take turns until each has had about this "
+                             "long, at least one turn each after a first, unmeasured one).")
     parser.add_argument("--rounds", type=int, default=1,
                         help="Repeats of every run, the methods' order rotated each round; a method's ratio to "
                              "target is taken within each round (paired), so machine drift hits every method alike.")
-    parser.add_argument("--per-client", type=int, default=2,
+    parser.add_argument("--per-client", type=int, default=1,
                         help="At more than one client, requests per client in each method's turn (a burst of "
-                             "clients x this many prompts).")
+                             "clients x this many prompts; more: less of a turn is its joining and its drain).")
     parser.add_argument("--closed-loop", action="store_true",
                         help="At more than one client, one closed-loop run per method after another (tokens "
                              "streamed in --seconds after --warmup) instead of taking turns burst by burst.")
