@@ -428,6 +428,21 @@ def test_a_probe_is_made_only_where_its_chance_of_paying_is_worth_its_price():
     assert adaptive.probe_chance(cost, 1, 0.0, 1e9) == adaptive.PROBE_CHANCE  # the floor stands
 
 
+def test_drafting_by_choice_pays_its_share_of_the_drafts_read_first():
+    """Before a batch drafts, its draft reads every row's tokens since it last did (at 16 rows after a
+    join: 16 prompts, ~1 s on 2 cores). That read is divided among the cycles it serves: a W=1 cycle
+    worth 1.33x a plain one alone is not worth starting where the read costs 20 plain cycles and the
+    row has 64 tokens left, and is with 1000 left, or with nothing to read."""
+    cost = CycleCost(target=1.0, target_per_token=0.0, draft=0.13, wide=(0.0,))
+    row = WindowController(1, cost)
+    row.acceptance = 0.5  # 1.5 tokens a W=1 cycle of 1.13 plain ones
+    plain = cost.cycle(0, 1)
+    assert cost.cycle(1, 1) / plain == pytest.approx(1.13, abs=0.01) and not row.probing
+    assert batch_windows([(row, 1, True)], cost) == [1]
+    assert batch_windows([(row, 1, True)], cost, price=20 * plain, horizon=64) == [0]
+    assert batch_windows([(row, 1, True)], cost, price=20 * plain, horizon=1000) == [1]
+
+
 def test_a_new_request_starts_from_what_the_requests_before_it_measured():
     cost = CycleCost(target=1.0, target_per_token=0.02, draft=0.05)
     prior = PooledPrior()
@@ -504,6 +519,26 @@ def test_probes_wait_while_they_have_cost_more_than_their_budget():
     one[0][0].update(0, 0)
     one[0][0].update(0, 0)
     assert one[0][0].probing and alone.windows(one, cost) == [0]  # ...within the same budget
+
+
+def test_the_probe_budget_holds_over_any_stretch_of_a_servers_life():
+    """An hour of decoding without a probe saves up at most 3% of the budget's memory (60 s / ln 2), not
+    3% of the hour (108 s: probes back to back for some 100 cycles)."""
+    cost = CycleCost(1.0, 0.1, 0.3)
+    hopeless = [(_doubtful(WindowController(8, cost, prior=0.05, prior_weight=100, probe_every=1)), 8, True)
+                for _ in range(2)]
+    probes = BatchProbes(probe_every=1, max_probe_every=1)
+    for _ in range(3600):
+        probes.record(1.0, 0.0)  # plain cycles of 1 s
+    granted = []
+    for _ in range(200):
+        windows = probes.windows(hopeless, cost)
+        granted.append(max(windows) > 0)
+        probes.record(2.0 if granted[-1] else 1.0, 1.0 if granted[-1] else 0.0)  # a probe: 1 s more
+        for ctl, _, _ in hopeless:
+            ctl.update(max(windows), 0)
+    assert 1 <= sum(granted[:10]) <= 4  # 0.03 x 87 s saved: two or three probes at once
+    assert sum(granted) <= 12  # then one per ~33 s of cycles
 
 
 def _hopeless_probes(decoder: SpeculativeDecoder, prompts: list[list[int]], **running_options):

@@ -271,9 +271,12 @@ def batch_windows(rows: list[tuple[WindowController, int, bool]], cost: CycleCos
     whether it adapts). A fixed row drafts its most; a probing row one token (when ``probe``:
     in a batch one row's probe makes every row wait for a draft step, so the batch grants probes
     together, :class:`BatchProbes`) if the chance that drafting pays is worth the probe
-    (:func:`probe_chance`; ``price``: seconds the draft reads before it, ``horizon``: tokens the rows
-    have left); the other adaptive rows share the cap c that maximises the batch's expected tokens
-    per unit of its cycle cost, if that beats c = 0 by ``GAIN_MARGIN``."""
+    (:func:`probe_chance`; ``price``: seconds the draft reads before it drafts, ``horizon``: tokens the
+    rows have left); the other adaptive rows share the cap c that maximises the batch's expected
+    tokens per unit of its cycle cost, if that beats c = 0 by ``GAIN_MARGIN``. A cycle that drafts
+    costs its share of that read too, as the cycles it serves divide it (the tokens left over the
+    tokens a cycle commits): at 16 rows the draft first read 16 prompts, ~1 s on 2 cores, for a
+    choice priced as the W=1 cycle alone."""
     widest = max((most for _, most, adaptive in rows if adaptive), default=0)
     probe = probe and any(ctl.probing for ctl, _, adaptive in rows if adaptive) and could_pay(cost, len(rows), widest)
     floor = break_even(cost, len(rows), widest) if probe else 1.0
@@ -289,8 +292,11 @@ def batch_windows(rows: list[tuple[WindowController, int, bool]], cost: CycleCos
 
     def value(c: int) -> float:
         ws = windows(c)
-        return sum(expected_tokens(ctl.acceptance, w) for w, (ctl, _, _) in zip(ws, rows)) / cost.cycle(
-            max(ws, default=0), len(rows))
+        tokens = sum(expected_tokens(ctl.acceptance, w) for w, (ctl, _, _) in zip(ws, rows))
+        seconds = cost.cycle(max(ws, default=0), len(rows))
+        if max(ws, default=0) and price:  # the draft's read before it drafts, shared by the cycles it serves
+            seconds += price * tokens / len(rows) / horizon
+        return tokens / seconds
 
     best = max(choices, key=value)
     return windows(best if value(best) > (1 + GAIN_MARGIN) * value(0) else 0)
@@ -356,10 +362,15 @@ class BatchProbes:
     controller. Either way a probe waits while what probes have cost (``record``: a probe cycle's
     seconds past a plain cycle, its draft's catch-up read included) exceeds ``budget`` of the
     batch's decoding time, and while the read it would make first does not fit in what is left
-    (at 16 rows a first probe made the draft read 16 prompts: 1.3-1.9 s of a 15 s run on 2 cores)."""
+    (at 16 rows a first probe made the draft read 16 prompts: 1.3-1.9 s of a 15 s run on 2 cores).
+    Both sums forget with a half-life of ``memory_s`` seconds of decoding, so the budget holds over
+    any stretch of a server's life: an hour without probes would otherwise have saved 108 s of them
+    for one burst; now at most ``budget`` of ``memory_s / ln 2`` (3% of 87 s) is saved up."""
 
-    def __init__(self, probe_every: int = 8, max_probe_every: int = 128, budget: float = PROBE_BUDGET):
+    def __init__(self, probe_every: int = 8, max_probe_every: int = 128, budget: float = PROBE_BUDGET,
+                 memory_s: float = 60.0):
         self.probe_every, self.max_probe_every, self.budget = probe_every, max_probe_every, budget
+        self.memory_s = memory_s
         self.wait, self.idle = probe_every, 0
         self.spent, self.elapsed = 0.0, 0.0  # seconds: on probes past plain cycles; of every cycle
         self.probed = False  # the windows last returned hold a probe
@@ -371,26 +382,28 @@ class BatchProbes:
 
     def record(self, seconds: float, extra: float) -> None:
         """A cycle took ``seconds``, ``extra`` of them more than a plain cycle: a probe's is charged."""
-        self.elapsed += seconds
+        kept = 0.5 ** (seconds / self.memory_s)
+        self.spent, self.elapsed = self.spent * kept, self.elapsed * kept + seconds
         if self.probed:
             self.spent += max(extra, 0.0)
 
     def windows(self, rows: list[tuple[WindowController, int, bool]], cost: CycleCost, upfront: float = 0.0,
-                horizon: float = math.inf) -> list[int]:
+                horizon: float = math.inf, probe_now: bool = True) -> list[int]:
         """Each row's window (:func:`batch_windows`); ``upfront``: seconds the draft would read for before a
         probe (the rows' tokens since it last drafted), which must fit the budget too; ``horizon``: the
-        tokens the rows have left (a probe's possible gain)."""
+        tokens the rows have left (a probe's possible gain); ``probe_now`` False: no probe in this cycle."""
         self.probed = False
         if len(rows) == 1:
             ctl, _, adaptive = rows[0]
-            chosen = batch_windows(rows, cost, probe=self.affordable(upfront), price=upfront, horizon=horizon)
+            chosen = batch_windows(rows, cost, probe=probe_now and self.affordable(upfront), price=upfront,
+                                   horizon=horizon)
             self.probed = adaptive and ctl.probing and chosen[0] > 0
             return chosen
-        chosen = batch_windows(rows, cost, probe=False)  # what the batch drafts by choice
+        chosen = batch_windows(rows, cost, probe=False, price=upfront, horizon=horizon)  # what it drafts by choice
         if max(chosen, default=0) > 0:
             self.wait, self.idle = self.probe_every, 0
             return chosen
-        if (self.idle >= self.wait and self.affordable(upfront)
+        if (self.idle >= self.wait and probe_now and self.affordable(upfront)
                 and any(ctl.probing for ctl, _, adaptive in rows if adaptive)):
             self.wait, self.idle = min(2 * self.wait, self.max_probe_every), 0
             chosen = batch_windows(rows, cost, probe=True, price=upfront, horizon=horizon)

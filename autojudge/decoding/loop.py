@@ -19,7 +19,6 @@ on positions <= k alone, so clamping its count gives what the row would get by i
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -256,13 +255,13 @@ class Running:
         if not any(row.config.adaptive and row.window for row in rows):
             self.probes.probed = False
             return most
-        # before a probe the draft reads what it has not (priced as its learned cost per token); in a cycle that
-        # feeds a prompt it would read the chunks too, and its cost would hide in the chunk's: no probe there
-        upfront = math.inf if any(row.prefilling for row in rows) else (
-            (self.read_cost or 0.0) * _draft_unread(rows, [len(row.tokens) for row in rows]))
+        # before it drafts the draft reads what it has not (priced as its learned cost per token); in a cycle
+        # that feeds a prompt it would read the chunks too, and a probe's cost would hide in the chunk's: no probe
+        upfront = (self.read_cost or 0.0) * _draft_unread(rows, [len(row.tokens) for row in rows])
         left = [row.config.max_new_tokens - len(row.generated) for row in rows if row.config.adaptive and row.window]
         return self.probes.windows([(row.controller, m, row.config.adaptive and bool(row.window))
-                                    for row, m in zip(rows, most)], self.cost, upfront, sum(left) / len(left))
+                                    for row, m in zip(rows, most)], self.cost, upfront, sum(left) / len(left),
+                                   probe_now=not any(row.prefilling for row in rows))
 
     def _accept(self, rows: list[_Row], draft_tokens: torch.Tensor, draft_hidden: torch.Tensor | None,
                 verification: Verification) -> tuple[torch.Tensor, torch.Tensor]:
