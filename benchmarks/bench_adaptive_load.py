@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import click
-from clients import run_clients, take_turns
+from clients import pooled, run_clients, take_turns
 from prompts import CHAT, gsm8k
 
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder
@@ -135,8 +135,8 @@ def main(target, draft, questions, prompt_set, max_new_tokens, window, concurren
             batcher.close()
         results = {}
         for method, taken in turns.items():
-            done = [r for _, records in taken for r in records]
-            results[method] = {"tokens_per_s": sum(r["tokens"] for r in done) / sum(s for s, _ in taken),
+            busy, done = pooled(taken)
+            results[method] = {"tokens_per_s": sum(r["tokens"] for r in done) / busy,
                                "answers": len(done), "wrong": sum(r["wrong"] for r in done),
                                "tau": statistics.fmean(r["tau"] for r in done),
                                "mean_window": statistics.fmean(r["window"] for r in done),

@@ -44,7 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clients import run_clients, take_turns
+from clients import pooled, run_clients, take_turns
 from prompts import CHAT, gsm8k
 
 from autojudge.decoding import DecodeConfig
@@ -119,7 +119,7 @@ def run_turns(server: TritonServer, prompts: list[str], checks: dict, fields: di
                        list(fields), seconds * len(fields), clients, per_client)
     results = {}
     for method, taken in turns.items():
-        done, busy = [r for _, records in taken for r in records], sum(s for s, _ in taken)
+        busy, done = pooled(taken)
         results[method] = summary_of(done, clients, busy, sum(r["tokens"] for r in done if r["ok"]) / busy)
     return results
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 
 def run_clients(client: Callable[[int], None], clients: int) -> float:
@@ -47,15 +48,12 @@ def burst(send: Callable[[int], dict], requests: int, clients: int) -> tuple[flo
     """``send(i)`` for i in 0..requests-1 through ``clients`` closed-loop clients (each takes the next
     index as soon as its last answer is in); the seconds until the last answer and the records in
     index order."""
-    records: list[dict | None] = [None] * requests
-    next_index, lock = iter(range(requests)), threading.Lock()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=min(clients, requests)) as pool:
+        records = list(pool.map(send, range(requests)))
+    return time.perf_counter() - started, records
 
-    def client(_: int) -> None:
-        while True:
-            with lock:
-                i = next(next_index, None)
-            if i is None:
-                return
-            records[i] = send(i)
 
-    return run_clients(client, min(clients, requests)), records
+def pooled(turns: list[tuple[float, list[dict]]]) -> tuple[float, list[dict]]:
+    """A method's turns (:func:`take_turns`) as one: their seconds summed, their records in order."""
+    return sum(seconds for seconds, _ in turns), [r for _, records in turns for r in records]

@@ -330,10 +330,11 @@ def could_pay(cost: CycleCost | ObservedCost, batch: int, max_window: int) -> bo
 
 
 # A probe is made only where the row's acceptance is above the batch's break-even with at least this
-# posterior probability (:meth:`WindowController.chance_above`): at four rows on 2 cores a W=1 cycle
-# costs ~1.7x a plain one, break-even ~0.87, and math requests measured ~45% (chance ~0.5%), so their
-# probes (3% of the batch's time) could never make it draft; a chat request at one row stops looking
-# once its rejections leave little chance above ~0.25.
+# posterior probability (:meth:`WindowController.chance_above`; more where the probe is dear,
+# :func:`probe_chance`): at four rows on 2 cores a W=1 cycle costs ~1.7x a plain one, break-even ~0.87,
+# and math requests with 20 trials each behind their prior (~45%) have a chance of ~0.5%, so their probes
+# could never make it draft; a chat request at one row stops looking once its rejections leave little
+# chance above ~0.25.
 PROBE_CHANCE = 0.05
 
 
@@ -376,9 +377,8 @@ class BatchProbes:
         self.probed = False  # the windows last returned hold a probe
 
     def affordable(self, upfront: float = 0.0) -> bool:
-        """Whether a probe whose draft must first read for about ``upfront`` seconds fits the budget (an
-        infinite ``upfront``, a probe not allowed now, never does)."""
-        return math.isfinite(upfront) and self.spent + upfront <= self.budget * self.elapsed
+        """Whether a probe whose draft must first read for about ``upfront`` seconds fits the budget."""
+        return self.spent + upfront <= self.budget * self.elapsed
 
     def record(self, seconds: float, extra: float) -> None:
         """A cycle took ``seconds``, ``extra`` of them more than a plain cycle: a probe's is charged."""
