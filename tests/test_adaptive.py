@@ -32,7 +32,8 @@ def test_the_controller_drafts_what_pays_and_looks_again_after_idling():
     assert expected_tokens(0.0, 5) == 1.0 and expected_tokens(1.0, 5) == 6.0
     sure = WindowController(8, cheap, prior=0.95, prior_weight=100)
     assert sure.window() == 8  # the draft is nearly always right and cheap: the whole window
-    hopeless = _doubtful(WindowController(8, CycleCost(1.0, 0.1, 0.3), prior=0.05, prior_weight=100, probe_every=3))
+    hopeless = _doubtful(WindowController(8, CycleCost(1.0, 0.1, 0.3), prior=0.05, prior_weight=100, probe_every=3,
+                                           first_look=3))
     assert hopeless.window() == 0  # each draft token costs more than it returns: plain target decoding
     for _ in range(3):
         hopeless.update(0, 0)
@@ -355,8 +356,9 @@ def test_a_probe_at_one_row_is_timed_without_the_drafts_read_of_its_idle_tokens(
 
 def _make_hopeless(ctl: WindowController) -> None:
     """As if every request before it had measured a draft that never agrees, 1000 trials' worth (and yet
-    worth a look: the tests that use it are about what probes cost, not about whether they may pay)."""
-    ctl.types, ctl.acceptance = ((0.0, 1000.0),), 0.0
+    worth a look: the tests that use it are about what probes cost, not about whether they may pay), and
+    past its first look: it looks again after ``probe_every`` idle cycles."""
+    ctl.types, ctl.acceptance, ctl.wait = ((0.0, 1000.0),), 0.0, ctl.probe_every
     _doubtful(ctl)
 
 
@@ -489,6 +491,27 @@ def test_a_few_tokens_tell_which_of_the_requests_before_it_a_new_one_is_like():
     for _ in range(3):
         pooled.update(1, 0)
     assert pooled.acceptance > 0.2
+
+
+def test_a_new_request_looks_soon_whatever_the_requests_before_it_measured():
+    """After 20 chat requests (4% accepted) and 4 math ones (45%), a math request starts below
+    break-even and drafts nothing by choice; it looks after two idle cycles (not eight), and an
+    accepted look makes it draft. Served, math requests after 20 chat ones drafted 0.4 tokens a cycle
+    where before them they drafted 0.9."""
+    cost = CycleCost(target=1.0, target_per_token=0.02, draft=0.05)
+    prior = PooledPrior()
+    for kind in [(27, 60)] * 4 + [(2, 60)] * 20:
+        ctl = prior.controller("lossless", 4, cost)
+        ctl.seen_accepted, ctl.seen_trials = kind
+        prior.learn("lossless", ctl)
+    math_ = prior.controller("lossless", 4, cost)
+    assert math_.acceptance < 0.2 and math_.window() == 0
+    math_.update(0, 0)
+    assert math_.window() == 0
+    math_.update(0, 0)
+    assert math_.probing and math_.window() == 1  # its first look
+    math_.update(1, 1)
+    assert math_.acceptance > 0.3 and math_.window() > 0  # accepted: it is like the math requests
 
 
 def test_probes_wait_while_they_have_cost_more_than_their_budget():
