@@ -1,14 +1,17 @@
-"""Adaptive speculation in a running batch under closed-loop load, in one process.
+"""Adaptive speculation in a running batch under load, in one process.
 
 The served model's batcher (:class:`autojudge.serving.batcher.ContinuousBatcher`) without the
-server around it: ``c`` client threads each submit a GSM8K test question, wait for its answer and
-submit the next, for ``--seconds`` per run. Methods: ``target`` (plain greedy), ``lossless@W``
-(fixed window) and ``adaptive@W`` (window 0..W per row, capped for the batch by the cycle cost).
-At one client the methods take turns request by request on one batcher (a method's
-throughput: its tokens over its requests' time), so the machine's drift hits them alike; at more,
-each run has a fresh batcher. Runs are repeated ``--rounds`` times, the methods' order rotated each
-round; each cell reports the median round and the spread. Every lossless and
-adaptive answer must equal the target's greedy answer (the script checks it).
+server around it. Methods: ``target`` (plain greedy), ``lossless@W`` (fixed window) and
+``adaptive@W`` (window 0..W per row, capped for the batch by the cycle cost). At every concurrency
+the methods take turns on one batcher, each turn the same burst of ``c x --per-client`` GSM8K test
+questions through ``c`` client threads (as ``bench_serving.py`` sends them), the order rotated turn
+by turn, so the machine's drift hits them alike; a method's throughput is its tokens over its turns'
+time. ``--closed-loop`` runs, at more than one client, one closed-loop run per method after another
+on a fresh batcher each instead. Every cycle of a method's turns is tallied (rows, window, seconds,
+:class:`autojudge.decoding.loop.CycleRecord`), so a gap between methods can be read cycle by cycle:
+how many cycles drafted, what they cost, what the rest cost. Runs are repeated ``--rounds`` times,
+the methods' order rotated each round; each cell reports the median round and the spread. Every
+lossless and adaptive answer must equal the target's greedy answer (the script checks it).
 
 Without the tritonserver, its clients and their IPC on the same cores, this isolates what the
 schedule itself costs or gains; ``bench_serving.py`` is the served measurement.
@@ -29,6 +32,7 @@ from clients import pooled, run_clients, take_turns
 from prompts import CHAT, gsm8k
 
 from autojudge.decoding import DecodeConfig, SpeculativeDecoder
+from autojudge.decoding.loop import CycleRecord
 from autojudge.models import encode_prompt, load_draft, load_target, quiet_transformers
 from autojudge.models.model_thread import ModelThread
 from autojudge.serving.batcher import ContinuousBatcher
@@ -64,6 +68,27 @@ def closed_loop(batcher: ContinuousBatcher, prompts: list[list[int]], config: De
             "mean_window": statistics.fmean(x for *_, x in done) if done else 0.0}
 
 
+class CycleTally:
+    """Each cycle's record (``ContinuousBatcher(on_cycle=...)``) under the (method, turn) being sent:
+    the methods take turns, one burst at a time, so every cycle belongs to one method's turn."""
+
+    def __init__(self):
+        self.key: tuple[str, int] | None = None
+        self.records: dict[tuple[str, int], list[CycleRecord]] = {}
+
+    def __call__(self, record: CycleRecord) -> None:  # on the batch thread
+        self.records.setdefault(self.key, []).append(record)
+
+    def summary(self, method: str) -> dict:
+        """A method's measured turns (the first, unmeasured turn left out), cycle by cycle in sum."""
+        cycles = [r for (m, turn), records in self.records.items() if m == method and turn > 0 for r in records]
+        drafting = [r for r in cycles if r.window]
+        return {"cycles": len(cycles), "cycle_s": sum(r.seconds for r in cycles),
+                "mean_rows": statistics.fmean(r.rows for r in cycles) if cycles else 0.0,
+                "drafting_cycles": len(drafting), "drafting_cycle_s": sum(r.seconds for r in drafting),
+                "drafting_rows": sum(r.drafting for r in drafting), "read_apart_s": sum(r.read_s for r in cycles)}
+
+
 @click.command()
 @click.option("--target", default="embedded", show_default=True)
 @click.option("--draft", default="embedded", show_default=True)
@@ -74,14 +99,19 @@ def closed_loop(batcher: ContinuousBatcher, prompts: list[list[int]], config: De
 @click.option("--window", type=int, default=4, show_default=True)
 @click.option("--concurrency", default="1,4,16", show_default=True, help="Comma-separated client counts.")
 @click.option("--seconds", type=float, default=20.0, show_default=True,
-              help="Measured, per run (at one client, per method: the methods take turns).")
+              help="Measured per method and run (the methods take turns until each has had about this long).")
+@click.option("--per-client", type=int, default=1, show_default=True,
+              help="At more than one client, requests per client in each method's turn.")
+@click.option("--closed-loop", "one_after_another", is_flag=True,
+              help="At more than one client, one closed-loop run per method after another (a fresh batcher each, "
+                   "tokens streamed in --seconds after --warmup) instead of taking turns burst by burst.")
 @click.option("--warmup", type=float, default=3.0, show_default=True,
-              help="Seconds at the start of each run whose tokens are not counted (every client joins at once).")
+              help="With --closed-loop: seconds at the start of each run whose tokens are not counted.")
 @click.option("--rounds", type=int, default=3, show_default=True, help="Repeats of every (concurrency, method).")
 @click.option("--max-batch", type=int, default=16, show_default=True, help="The batcher's batch rows.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results as JSON here.")
-def main(target, draft, questions, prompt_set, max_new_tokens, window, concurrency, seconds, warmup, rounds, max_batch,
-         out):
+def main(target, draft, questions, prompt_set, max_new_tokens, window, concurrency, seconds, per_client, one_after_another,
+         warmup, rounds, max_batch, out):
     quiet_transformers()
     models = ModelThread()  # loads, checks and decodes: every torch call on one thread, as the server does
 
@@ -116,12 +146,16 @@ def main(target, draft, questions, prompt_set, max_new_tokens, window, concurren
         """(batch rows)x(window) -> the cycle's observed seconds, at the batcher's end."""
         return {f"{b}x{w}": s for (b, w), s in sorted(getattr(batcher.cost, "seen", {}).items())}
 
-    def taking_turns(methods: list[str], seconds: float) -> dict[str, dict]:
-        """One client on one batcher, the methods taking turns request by request."""
+    def taking_turns(methods: list[str], seconds: float, clients: int) -> dict[str, dict]:
+        """The methods take turns on one batcher, burst by burst (one request at one client; at c,
+        c x ``per_client`` requests through c clients), every cycle tallied under its method's turn."""
+        tally = CycleTally()
         batcher = ContinuousBatcher(decoder, max_batch=max_batch, max_queue=64, cost_prompt=cost_prompt,
-                                    cost_window=window, thread=models)
+                                    cost_window=window, thread=models, on_cycle=tally)
+        size = clients * (per_client if clients > 1 else 1)
 
         def send(method: str, k: int) -> dict:
+            tally.key = (method, k // size)  # (every request of a burst has the same method and turn)
             start = time.perf_counter()
             result = batcher.generate(prompts[k % len(prompts)], configs[method], timeout=600)
             m = result.metrics
@@ -130,7 +164,7 @@ def main(target, draft, questions, prompt_set, max_new_tokens, window, concurren
                     "window": m.num_draft_tokens / max(m.num_target_calls, 1)}
 
         try:
-            turns = take_turns(send, methods, seconds * len(methods))
+            turns = take_turns(send, methods, seconds * len(methods), clients, size // clients)
         finally:
             batcher.close()
         results = {}
@@ -140,14 +174,14 @@ def main(target, draft, questions, prompt_set, max_new_tokens, window, concurren
                                "answers": len(done), "wrong": sum(r["wrong"] for r in done),
                                "tau": statistics.fmean(r["tau"] for r in done),
                                "mean_window": statistics.fmean(r["window"] for r in done),
-                               "observed_cycle_s": observed(batcher)}
+                               "turns_s": busy, "cycles": tally.summary(method), "observed_cycle_s": observed(batcher)}
         return results
 
     for r in range(rounds):
         for c in levels:
             order = list(configs)[r % len(configs):] + list(configs)[:r % len(configs)]
-            if c == 1:  # one client: the methods take turns request by request, on one batcher
-                results = taking_turns(order, seconds)
+            if c == 1 or not one_after_another:  # the methods take turns burst by burst, on one batcher
+                results = taking_turns(order, seconds, c)
             else:
                 results = {}
                 for method in order:
@@ -155,11 +189,16 @@ def main(target, draft, questions, prompt_set, max_new_tokens, window, concurren
                     results[method]["observed_cycle_s"] = observed(batcher)
             for method, result in results.items():
                 runs[str(c)][method].append(result)
+                cycles = result.get("cycles")
+                drafted = "" if cycles is None else (
+                    f"  cycles {cycles['cycles']} ({cycles['cycle_s']:.1f} s, {cycles['mean_rows']:.1f} rows), "
+                    f"drafting {cycles['drafting_cycles']} ({cycles['drafting_cycle_s']:.1f} s)")
                 print(f"round {r} clients {c:2d} {method:12s} {result['tokens_per_s']:6.1f} tokens/s  "
-                      f"tau {result['tau']:.2f}  window {result['mean_window']:.2f}  wrong {result['wrong']}",
+                      f"tau {result['tau']:.2f}  window {result['mean_window']:.2f}  wrong {result['wrong']}{drafted}",
                       flush=True)
     report = {"cycle_cost": models.call(decoder.cycle_cost, cost_prompt, window, batch=max_batch).__dict__,
               "window": window, "max_new_tokens": max_new_tokens, "prompts": prompt_set, "seconds": seconds,
+              "per_client": per_client, "closed_loop": one_after_another,
               "rounds": rounds, "runs": runs, "summary": {}}
     for c in levels:
         base = statistics.median(run["tokens_per_s"] for run in runs[str(c)]["target"])

@@ -241,6 +241,28 @@ def test_rows_joining_together_share_a_cycles_prompt_tokens(pair):
         assert running.pop(index).token_ids == want.token_ids
 
 
+def test_each_cycle_is_reported_with_its_rows_and_window(pair):
+    """``on_cycle`` sees every cycle: how many rows it held, fed a prompt chunk, drafted, and the
+    batch's window (a target row and a prompt chunk draft nothing)."""
+    from autojudge.decoding.loop import Running
+
+    target, draft = pair
+    decoder = SpeculativeDecoder(target, draft)
+    records = []
+    running = Running(decoder.backend, frozenset(), prefill_chunk=8, on_cycle=records.append)
+    running.join([PROMPTS[1]], DecodeConfig(mode="lossless", window=3, max_new_tokens=8))  # 3 tokens: fed at once
+    running.join([PROMPTS[2]], DecodeConfig(mode="target", max_new_tokens=8))  # 12 tokens: 4, then 8
+    cycles = 0
+    while running.active:
+        running.cycle()
+        cycles += 1
+    assert len(records) == cycles
+    seen = [(r.rows, r.feeding, r.drafting, r.window) for r in records]
+    assert seen[:2] == [(2, 2, 1, 3), (2, 1, 1, 3)]
+    assert all(r.drafting <= 1 and (r.window > 0) == (r.drafting > 0) and r.seconds > r.read_s >= 0 for r in records)
+    assert seen[-1][0] == 1  # one row left: the other ended first
+
+
 def test_a_batch_that_never_empties_does_not_grow(pair):
     """Rows keep joining and leaving a running batch for many cycles (a server's life): holes left by
     departed rows, late joiners and rejected drafts are squeezed out, so the caches stay within twice

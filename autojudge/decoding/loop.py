@@ -39,6 +39,18 @@ OnTokens = Callable[[int, list[int], SpecDecodeMetrics], None]
 SMALL_CATCH_UP = 32  # draft tokens over the batch whose catch-up read costs a few draft steps at most
 
 
+@dataclass(frozen=True)
+class CycleRecord:
+    """What one cycle of a :class:`Running` batch did (for ``on_cycle``: a schedule seen cycle by cycle)."""
+
+    rows: int  # batch rows in the cycle
+    feeding: int  # of them, rows fed a prompt chunk (still prefilling when it began)
+    drafting: int  # of them, rows that drafted (window > 0)
+    window: int  # the batch's window w: draft tokens proposed per row (0: plain target decoding)
+    seconds: float  # the whole cycle
+    read_s: float  # of it, the draft reading a long lag apart before it proposed (0.0: none)
+
+
 @dataclass
 class _Row:
     tokens: list[int]  # prompt + committed
@@ -100,6 +112,7 @@ class Running:
     # seconds per token of the draft's catch-up read, what a probe costs before it drafts: learned from the
     # reads made apart; until then the start-up draft step's cost per row more (None: not known, not priced)
     read_cost: float | None = None
+    on_cycle: Callable[[CycleRecord], None] | None = None  # called after every cycle (on the decoding thread)
 
     def __post_init__(self) -> None:
         if self.observe_costs and isinstance(self.cost, CycleCost):
@@ -245,6 +258,8 @@ class Running:
                 seconds += self.cost.model.draft_steps(w, len(rows)) - proposed_s
             self.cost.observe(w, len(rows), seconds)
         self.last_window = w
+        if self.on_cycle is not None:
+            self.on_cycle(CycleRecord(len(rows), joining, int((row_w > 0).sum()), w, took, apart_s or 0.0))
         return ended
 
     def _windows(self, rows: list[_Row], feeding: list[bool]) -> list[int]:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from autojudge.decoding import DecodeConfig, SpeculativeLoop
 from autojudge.decoding.config import GenerationResult
-from autojudge.decoding.loop import Running
+from autojudge.decoding.loop import CycleRecord, Running
 from autojudge.decoding.metrics import SpecDecodeMetrics
 from autojudge.errors import AutoJudgeError
 from autojudge.models.model_thread import ModelThread
@@ -58,11 +58,12 @@ class _Ticket:
 class ContinuousBatcher:
     """``thread``: the :class:`ModelThread` the batch measures its cycle cost and decodes on (the one
     the models were loaded on; by default a new one, closed with the batcher). A thread serves one
-    batcher at a time: another one's work waits until that batcher is closed."""
+    batcher at a time: another one's work waits until that batcher is closed. ``on_cycle``: called
+    on that thread with each cycle's :class:`~autojudge.decoding.loop.CycleRecord`."""
 
     def __init__(self, loop: SpeculativeLoop, max_batch: int = 16, max_queue: int = 64, prefill_chunk: int = 256,
                  cost_prompt: Sequence[int] | None = None, cost_window: int = 8,
-                 thread: ModelThread | None = None):
+                 thread: ModelThread | None = None, on_cycle: Callable[[CycleRecord], None] | None = None):
         if max_batch < 1 or max_queue < 0 or prefill_chunk < 1:
             raise AutoJudgeError(f"max_batch >= 1, max_queue >= 0 and prefill_chunk >= 1 are needed, got "
                                  f"{max_batch}, {max_queue}, {prefill_chunk}")
@@ -74,7 +75,7 @@ class ContinuousBatcher:
             cost = self.model_thread.call(loop.cycle_cost, list(cost_prompt), min(cost_window, backend.max_window),
                                           batch=max_batch)
         self.running = Running(backend, backend.eos_token_ids, cost, prefill_chunk=prefill_chunk,
-                               uses_draft=backend.has_draft, observe_costs=True, prior=loop.prior)
+                               uses_draft=backend.has_draft, observe_costs=True, prior=loop.prior, on_cycle=on_cycle)
         self.queue: deque[_Ticket] = deque()
         self.tickets: dict[int, _Ticket] = {}  # running row index -> its ticket
         self.pending: list[_Ticket] = []  # taken off the queue, not yet in ``tickets``
@@ -213,7 +214,8 @@ class ContinuousBatcher:
         with self.cond:
             tickets, self.tickets, pending, self.pending = self.tickets, {}, self.pending, []
         self.running = Running(old.backend, old.eos, old.cost, prefill_chunk=old.prefill_chunk,  # what it learned stays
-                               uses_draft=old.uses_draft, observe_costs=True, prior=old.prior, read_cost=old.read_cost)
+                               uses_draft=old.uses_draft, observe_costs=True, prior=old.prior, read_cost=old.read_cost,
+                               on_cycle=old.on_cycle)
         for ticket in [*tickets.values(), *pending]:
             _quietly(ticket.on_done, None, error)
 
