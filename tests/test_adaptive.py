@@ -358,7 +358,7 @@ def _make_hopeless(ctl: WindowController) -> None:
     """As if every request before it had measured a draft that never agrees, 1000 trials' worth (and yet
     worth a look: the tests that use it are about what probes cost, not about whether they may pay), and
     past its first look: it looks again after ``probe_every`` idle cycles."""
-    ctl.types, ctl.acceptance, ctl.wait = ((0.0, 1000.0),), 0.0, ctl.probe_every
+    ctl.types, ctl.acceptance, ctl.wait, ctl.idle = ((0.0, 1000.0),), 0.0, ctl.probe_every, 0
     _doubtful(ctl)
 
 
@@ -683,3 +683,24 @@ def test_mixed_traffic_gets_near_what_each_kind_gets_alone():
     runs = [_simulated_speedups([0.45, 0.05], 60.0, seed) for seed in range(6)]
     assert sum(r[0.45] for r in runs) / len(runs) >= 0.88 * 1.25
     assert min(r[0.05] for r in runs) >= 0.97
+
+
+def test_an_adaptive_row_drafts_from_its_first_decode_cycle_not_in_its_prompts_last_chunk(lm, make_lm):
+    """Where drafting pays (a draft that always agrees, drafting free), an adaptive row joining a chunked
+    batch still does not draft in the cycle that feeds the rest of its prompt, whose draft would first read
+    the whole prompt (a burst's first request, alone for one cycle, read it for nothing); it drafts from the
+    next cycle on. A fixed window drafts at once."""
+    from autojudge.decoding.loop import Running
+
+    decoder = SpeculativeDecoder(lm, make_lm(tiny_model(7), "tiny-draft"))
+    for adapts, want in ((True, [0, 3]), (False, [3, 3])):
+        running = Running(decoder.backend, frozenset(), CycleCost(1.0, 0.0, 0.0), prefill_chunk=64)
+        running.join([PROMPT], DecodeConfig(mode="lossless", window=3, max_new_tokens=40, adaptive=adapts))
+        ctl = running.active[0].controller
+        ctl.types = ((1000.0, 1.0),)
+        ctl.acceptance = ctl._posterior_mean()
+        windows = []
+        for _ in range(2):
+            running.cycle()
+            windows.append(running.last_window)
+        assert windows == want
