@@ -152,10 +152,10 @@ def main(target, draft, questions, prompt_set, max_new_tokens, window, concurren
         tally = CycleTally()
         batcher = ContinuousBatcher(decoder, max_batch=max_batch, max_queue=64, cost_prompt=cost_prompt,
                                     cost_window=window, thread=models, on_cycle=tally)
-        size = clients * (per_client if clients > 1 else 1)
+        per = per_client if clients > 1 else 1  # requests per client in a turn
 
         def send(method: str, k: int) -> dict:
-            tally.key = (method, k // size)  # (every request of a burst has the same method and turn)
+            tally.key = (method, k // (clients * per))  # (every request of a burst has the same method and turn)
             start = time.perf_counter()
             result = batcher.generate(prompts[k % len(prompts)], configs[method], timeout=600)
             m = result.metrics
@@ -164,7 +164,7 @@ def main(target, draft, questions, prompt_set, max_new_tokens, window, concurren
                     "window": m.num_draft_tokens / max(m.num_target_calls, 1)}
 
         try:
-            turns = take_turns(send, methods, seconds * len(methods), clients, size // clients)
+            turns = take_turns(send, methods, seconds * len(methods), clients, per)
         finally:
             batcher.close()
         results = {}

@@ -268,7 +268,7 @@ class Running:
         cycle that feeds the rest of their prompt (chunked prefill, a server's batch): to draft there the
         draft would first read the whole prompt, wasted where the batch grows by the next cycle past what
         drafting pays for (a burst's first request, joining alone: measured at 4 clients in process, 9 of
-        12 bursts began with such a cycle, 270-400 ms against 175-295 ms plain, the batch's only drafting
+        12 bursts began with such a cycle, 215-404 ms against 174-294 ms plain, the batch's only drafting
         bar two probes)."""
         most = [0 if part or (row.config.adaptive and row.prefilling)
                 else max(0, min(row.window, row.config.max_new_tokens - len(row.generated) - 1))
