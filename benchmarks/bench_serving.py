@@ -49,7 +49,7 @@ from prompts import CHAT, gsm8k
 
 from autojudge.decoding import DecodeConfig
 from autojudge.serving.client import request_arrays, stream_grpc
-from autojudge.serving.repo import RepoSettings, write_repo
+from autojudge.serving.repo import STREAM_MODEL, RepoSettings, write_repo
 from autojudge.serving.server import TritonServer
 
 
@@ -190,6 +190,9 @@ def main() -> None:
                                            "(default: all; adaptive-judge needs --judge; target always runs).")
     parser.add_argument("--judge", type=Path, help="A judge for the embedded pair; without it, no judge runs.")
     parser.add_argument("--json-out", type=Path)
+    parser.add_argument("--cycle-log", type=Path,
+                        help="Have the continuous server write each cycle of its batch to this JSON-lines file "
+                             "(autojudge.serving.cycle_log; each run's wall-clock span is in --json-out to match).")
     args = parser.parse_args()
     names = ("target", "lossless", "adaptive", "adaptive-judge")
     wanted = {"target", *(args.methods.split(",") if args.methods else names[:3] + names[3:] * bool(args.judge))}
@@ -234,6 +237,7 @@ def main() -> None:
         """Each method in ``keys`` on ``prompt_set``, taking turns burst by burst (or with
         ``--closed-loop``, at more than one client, one closed-loop run after another); a batch holds
         one method's requests."""
+        began = time.time()
         if args.closed_loop and clients > 1:
             results = {key: run_load(server, prompt_set, check_for(methods[key]), {**base, **methods[key]}, clients,
                                      args.seconds, args.warmup) for key in keys}
@@ -243,7 +247,7 @@ def main() -> None:
                                 args.seconds, clients, 1 if clients == 1 else args.per_client)
         for key, result in results.items():
             record({"server": name, "prompts": label, "method": key, "fields": methods[key], "round": round_,
-                    **result})
+                    "wall_span": [began, time.time()], **result})
 
     servers = {"continuous": RepoSettings(judge=args.judge, window=args.window, max_tokens=args.max_tokens,
                                           instances=1, max_batch=16, max_queue=64),
@@ -254,7 +258,9 @@ def main() -> None:
             if name == "one-at-a-time" and args.no_baseline:
                 continue
             deployment = Path(tmp) / name
-            write_repo(deployment, settings)
+            logged = {STREAM_MODEL: {"cycle_log": str(args.cycle_log.resolve())}} if (
+                args.cycle_log and name == "continuous") else None
+            write_repo(deployment, settings, parameters=logged)
             with TritonServer(deployment / "models", log_file=Path(tmp) / f"{name}.log") as server:
                 for r in range(args.rounds):
                     if name == "continuous":

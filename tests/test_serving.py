@@ -488,3 +488,27 @@ def test_the_service_loads_measures_and_decodes_on_one_thread(in_process):
     in_process.run(request, on_piece=lambda *a: seen.add(threading.current_thread()))
     assert in_process.batcher.model_thread is in_process.thread  # the thread from_parameters loaded the models on
     assert seen == {in_process.thread.thread} and in_process.thread.thread is not threading.current_thread()
+
+
+def test_the_cycle_log_writes_each_served_cycle_with_what_the_schedule_knew(deployment, tmp_path):
+    model = deployment / "models" / "autojudge_stream"
+    config = validate_config((model / "config.pbtxt").read_text(), "autojudge_stream")
+    params = {key: value.string_value for key, value in config.parameters.items()}
+    log = tmp_path / "logs" / "cycles.jsonl"
+    service = DecodeService.from_parameters({**params, "cycle_log": str(log)}, model)
+    try:
+        request = ServeRequest(prompt=PROMPTS[0], max_tokens=16, mode="lossless", window=4, threshold=None, stop=(),
+                               adaptive=True)
+        _, _, metrics = service.run(request)
+    finally:
+        service.close()
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(lines) == metrics["num_target_calls"]  # one line per cycle, the request alone in the batch
+    assert sum(line["window"] for line in lines) / len(lines) == pytest.approx(metrics["mean_window"])
+    assert all(line["rows"] == 1 and line["plain_s"] > 0 and line["w1_s"] >= line["plain_s"] for line in lines)
+    assert [line["feeding"] for line in lines] == [1] + [0] * (len(lines) - 1)  # the prompt fed in one chunk
+    assert lines[0]["active"][0]["mode"] == "lossless" and lines[0]["active"][0]["adaptive"]
+    assert [line["active"][0]["generated"] for line in lines[:-1]] == sorted(
+        line["active"][0]["generated"] for line in lines[:-1])  # the row grows cycle by cycle, then leaves
+    assert lines[-1]["active"] == [] and lines[-1]["prior"].get("lossless", {"requests": 0})["requests"] == (
+        1 if any(line["window"] for line in lines) else 0)  # the ended request is remembered if it drafted

@@ -44,8 +44,11 @@ from dataclasses import dataclass
 # A gain within timing noise is not taken: the batch drafts only where its expected tokens per unit of
 # cost beat plain decoding by more than this, and probes only where a perfect draft would (could_pay).
 # (Observed costs are decayed means of many cycles; at one row a W=1 cycle costs 1.1-1.2x a plain one and
-# the embedded pair's 45% acceptance gains 1.2-1.3x: at 15% the schedule took that gain only now and then.)
-GAIN_MARGIN = 0.10
+# the embedded pair's 45% acceptance gains 1.2-1.3x: at 15% the schedule took that gain only now and then.
+# At 10% it stopped drafting wherever a GSM8K answer began with a few rejections, as many do, where its
+# paired W=1 ratio was known to ~1% (983 pairs served at one row: median 1.143): replayed on the pair's own
+# acceptance traces with the served costs, math's mean window 0.83 against 0.98 at 5%, chat 0.99x either way.)
+GAIN_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -149,15 +152,16 @@ class WindowController:
     """One request's acceptance estimate, and when it is time to probe again.
 
     The estimate is the posterior mean of the request's acceptance given its own decayed counts,
-    under a prior that is a mixture of ``types``: (accepted, rejected) pseudo-counts of Beta
-    distributions, each type equally likely before the request has drafted (one type, by default:
-    ``prior`` weighted as ``prior_weight`` trials). A request's evidence makes the types that explain
-    it likelier (by their beta-binomial marginal likelihood), so a few rejections tell a chat
-    request from the math requests before it. The types' pseudo-counts decay with the request's own."""
+    under a prior that is a mixture of ``types``: (share, accepted, rejected), a Beta distribution's
+    pseudo-counts and how likely it is before the request has drafted (shares are relative; one
+    type, by default: ``prior`` weighted as ``prior_weight`` trials). A request's evidence makes the
+    types that explain it likelier (by their beta-binomial marginal likelihood), so a few rejections
+    tell a chat request from the math requests before it. The types' pseudo-counts decay with the
+    request's own."""
 
     def __init__(self, max_window: int, cost: CycleCost, prior: float = 0.5, prior_weight: float = 2.0,
                  memory: float = 0.98, probe_every: int = 8, max_probe_every: int = 128,
-                 types: tuple[tuple[float, float], ...] = (), first_look: int = 2):
+                 types: tuple[tuple[float, float, float], ...] = (), first_look: int = 2):
         self.max_window, self.cost, self.memory = max_window, cost, memory
         self.probe_every, self.max_probe_every = probe_every, max_probe_every
         # a new request looks after ``first_look`` idle cycles, not ``probe_every``: its prior mixes the requests
@@ -165,7 +169,7 @@ class WindowController:
         # after 8 cycles, some drafted 0.03 tokens a cycle where alone they draft ~1 (simulated at one row, 20
         # seeds: math after 20 chat requests 1.11x target-only looking after 8 cycles, 1.15x after 2; chat alike)
         self.wait = min(first_look, probe_every)
-        self.types = types or ((prior * prior_weight, (1 - prior) * prior_weight),)
+        self.types = types or ((1.0, prior * prior_weight, (1 - prior) * prior_weight),)
         self.prior_left = 1.0  # the share of the types' pseudo-counts not yet decayed
         self.accepted, self.trials = 0.0, 0.0  # this request's decayed counts
         self.seen_accepted, self.seen_trials = 0, 0  # this request's own counts, never decayed
@@ -176,9 +180,9 @@ class WindowController:
         """(weight, accepted, rejected): each type's share of the posterior and its Beta's pseudo-counts."""
         accepted, rejected = self.accepted, self.trials - self.accepted
         evidence, betas = [], []
-        for a, r in self.types:
+        for share, a, r in self.types:
             a, r = max(a * self.prior_left, 1e-6), max(r * self.prior_left, 1e-6)
-            evidence.append(_log_beta(a + accepted, r + rejected) - _log_beta(a, r))
+            evidence.append(math.log(share) + _log_beta(a + accepted, r + rejected) - _log_beta(a, r))
             betas.append((a + accepted, r + rejected))
         top = max(evidence)
         weights = [math.exp(e - top) for e in evidence]
@@ -188,11 +192,16 @@ class WindowController:
     def _posterior_mean(self) -> float:
         return sum(w * a / (a + r) for w, a, r in self._posterior())
 
-    def chance_above(self, acceptance: float) -> float:
-        """The posterior probability that this request's acceptance exceeds ``acceptance``."""
+    def above(self, acceptance: float) -> tuple[float, float]:
+        """(the posterior probability that this request's acceptance exceeds ``acceptance``, its
+        posterior mean where it does): for a Beta(a, r), E[x; x > f] = a / (a + r) * P(Beta(a + 1, r) > f)."""
         from scipy.special import betainc  # the regularised incomplete beta function: a Beta's CDF
 
-        return sum(w * (1.0 - float(betainc(a, r, acceptance))) for w, a, r in self._posterior())
+        chance = mass = 0.0
+        for w, a, r in self._posterior():
+            chance += w * (1.0 - float(betainc(a, r, acceptance)))
+            mass += w * a / (a + r) * (1.0 - float(betainc(a + 1, r, acceptance)))
+        return chance, (mass / chance if chance > 0 else acceptance)
 
     @property
     def measured(self) -> float | None:
@@ -244,20 +253,36 @@ class PooledPrior:
     knows and requests it does not: a chat request after math requests drafted until some 15
     rejections outweighed the math requests' 45%, and a math request after chat requests started
     below break-even (simulated at one row, math and chat alternating: math 1.07x where alone it
-    gets 1.25x)."""
+    gets 1.25x).
 
-    def __init__(self, start: float = 0.5, start_weight: float = 2.0, weight: float = 20.0, remember: int = 32):
+    Requests are remembered by acceptance bin (``bins`` of equal width, the last ``remember / bins``
+    in each), and the remembered requests' shares are split equally among the bins, not among the
+    requests: how often a kind came recently says little about the next request, and where it
+    counted (the last ``remember`` requests, each an equal share), a phase of one kind wiped out the others. After
+    35 chat requests (7-10% accepted) every remembered type was chat's, and a math request's chance
+    of paying stayed below what a probe's read of its prompt costs: it never drafted, so taught the
+    prior nothing, and the next one neither (served at one client, math's mean window fell from
+    0.84 before a chat phase to 0.29 after; replayed on the embedded pair's own acceptance traces,
+    0.90 to 0.11)."""
+
+    def __init__(self, start: float = 0.5, start_weight: float = 2.0, weight: float = 20.0, remember: int = 32,
+                 bins: int = 5):
         self.start, self.start_weight, self.weight = start, start_weight, weight
-        self.ended: dict[str, deque[tuple[int, int]]] = {}  # mode -> (accepted, trials) of its last requests
-        self.remember = remember
+        # mode -> acceptance bin -> (accepted, trials) of the last requests in it
+        self.ended: dict[str, dict[int, deque[tuple[int, int]]]] = {}
+        self.remember, self.bins = remember, bins
 
-    def types(self, mode: str) -> tuple[tuple[float, float], ...]:
-        """(accepted, rejected) pseudo-counts: the broad guess, then each remembered request."""
-        broad = (self.start * self.start_weight, (1 - self.start) * self.start_weight)
-        types = [broad]
-        for accepted, trials in self.ended.get(mode, ()):
-            scale = min(1.0, self.weight / (trials + 1))
-            types.append(((accepted + 0.5) * scale, (trials - accepted + 0.5) * scale))
+    def types(self, mode: str) -> tuple[tuple[float, float, float], ...]:
+        """(share, accepted, rejected): the broad guess (share 1), then each remembered request (all of
+        them together: share n, the number remembered, split equally among the bins)."""
+        types = [(1.0, self.start * self.start_weight, (1 - self.start) * self.start_weight)]
+        bins = [kept for kept in self.ended.get(mode, {}).values() if kept]
+        remembered = sum(len(kept) for kept in bins)
+        for kept in bins:
+            for accepted, trials in kept:
+                scale = min(1.0, self.weight / (trials + 1))
+                types.append((remembered / len(bins) / len(kept), (accepted + 0.5) * scale,
+                              (trials - accepted + 0.5) * scale))
         return tuple(types)
 
     def controller(self, mode: str, max_window: int, cost) -> WindowController:
@@ -266,8 +291,10 @@ class PooledPrior:
     def learn(self, mode: str, controller: WindowController) -> None:
         """An ended request's own counts (one that never drafted tells nothing)."""
         if controller.seen_trials:
-            self.ended.setdefault(mode, deque(maxlen=self.remember)).append(
-                (controller.seen_accepted, controller.seen_trials))
+            accepted, trials = controller.seen_accepted, controller.seen_trials
+            kept = self.ended.setdefault(mode, {}).setdefault(
+                min(int(accepted / trials * self.bins), self.bins - 1), deque(maxlen=-(-self.remember // self.bins)))
+            kept.append((accepted, trials))
 
 
 def batch_windows(rows: list[tuple[WindowController, int, bool]], cost: CycleCost, probe: bool = True,
@@ -276,7 +303,7 @@ def batch_windows(rows: list[tuple[WindowController, int, bool]], cost: CycleCos
     whether it adapts). A fixed row drafts its most; a probing row one token (when ``probe``:
     in a batch one row's probe makes every row wait for a draft step, so the batch grants probes
     together, :class:`BatchProbes`) if the chance that drafting pays is worth the probe
-    (:func:`probe_chance`; ``price``: seconds the draft reads before it drafts, ``horizon``: tokens the
+    (:func:`probe_pays`; ``price``: seconds the draft reads before it drafts, ``horizon``: tokens the
     rows have left); the other adaptive rows share the cap c that maximises the batch's expected
     tokens per unit of its cycle cost, if that beats c = 0 by ``GAIN_MARGIN``. A cycle that drafts
     costs its share of that read too, as the cycles it serves divide it (the tokens left over the
@@ -285,11 +312,12 @@ def batch_windows(rows: list[tuple[WindowController, int, bool]], cost: CycleCos
     widest = max((most for _, most, adaptive in rows if adaptive), default=0)
     probe = probe and any(ctl.probing for ctl, _, adaptive in rows if adaptive) and could_pay(cost, len(rows), widest)
     floor = break_even(cost, len(rows), widest) if probe else 1.0
-    least = probe_chance(cost, len(rows), price, horizon) if probe else 1.0
-    # a row probes only where its acceptance may plausibly be high enough for drafting to pay here
-    fixed = [most if not adaptive else (
-        min(1, most) if probe and ctl.probing and ctl.chance_above(floor) >= least else None)
-        for ctl, most, adaptive in rows]
+
+    def looks(ctl: WindowController) -> bool:  # its acceptance may plausibly be high enough for drafting to pay
+        return probe_pays(cost, len(rows), widest, *ctl.above(floor), price, horizon)
+
+    fixed = [most if not adaptive else (min(1, most) if probe and ctl.probing and looks(ctl) else None)
+             for ctl, most, adaptive in rows]
     choices = range(widest + 1)
 
     def windows(c: int) -> list[int]:
@@ -335,25 +363,32 @@ def could_pay(cost: CycleCost | ObservedCost, batch: int, max_window: int) -> bo
 
 
 # A probe is made only where the row's acceptance is above the batch's break-even with at least this
-# posterior probability (:meth:`WindowController.chance_above`; more where the probe is dear,
-# :func:`probe_chance`): at four rows on 2 cores a W=1 cycle costs ~1.7x a plain one, break-even ~0.87,
-# and math requests with 20 trials each behind their prior (~45%) have a chance of ~0.5%, so their probes
-# could never make it draft; a chat request at one row stops looking once its rejections leave little
-# chance above ~0.25.
+# posterior probability (:meth:`WindowController.above`; and only where that chance of what drafting would
+# gain is worth the probe's price, :func:`probe_pays`): at four rows on 2 cores a W=1 cycle costs ~1.7x a
+# plain one, break-even ~0.87, and math requests with 20 trials each behind their prior (~45%) have a
+# chance of ~0.5%, so their probes could never make it draft; a chat request at one row stops looking
+# once its rejections leave little chance above ~0.25.
 PROBE_CHANCE = 0.05
 
 
-def probe_chance(cost: CycleCost | ObservedCost, batch: int, price: float, horizon: float) -> float:
-    """The least chance that drafting pays at which ``batch`` rows probe: ``PROBE_CHANCE``, or more
-    where the probe costs more than that chance of the gain would bring back. A probe costs a W=1
-    cycle past a plain one and the draft's read before it (``price`` seconds); if drafting pays, it
-    gains at least ``GAIN_MARGIN`` of the plain cycles of the ``horizon`` tokens the rows have left.
-    At four rows on 2 cores a probe cost ~3 plain cycles (its read: the rows' prompts) against a gain
-    of ~0.1 x 40 cycles: worth it only at a chance above ~70%, where 5% let math requests (~45%
-    acceptance, break-even ~0.87, yet broad posteriors: each had 1-3 probes' trials) probe for 2-3% of
-    the batch's time; at one row a probe costs ~0.3 plain cycles, and 5% stands over 100 tokens left."""
+def probe_pays(cost: CycleCost | ObservedCost, batch: int, max_window: int, chance: float, mean: float, price: float,
+               horizon: float) -> bool:
+    """Whether a probe at ``batch`` rows is worth its price, where drafting pays with posterior probability
+    ``chance`` (at least ``PROBE_CHANCE``), at ``mean`` acceptance where it does. A probe costs a W=1 cycle
+    past a plain one and the draft's read before it (``price`` seconds); if drafting pays, drafting at the
+    best window up to ``max_window`` saves that share of the plain cycles of the ``horizon`` tokens the rows
+    have left. At four rows on 2 cores a probe cost ~3 plain cycles (its read: the rows' prompts) against
+    ~0.1 of 40 plain cycles saved: worth it only at a chance above ~70%, where a chance of 5% let math
+    requests (~45% acceptance, break-even ~0.87, yet broad posteriors: each had 1-3 probes' trials) probe
+    for 2-3% of the batch's time. What is saved was once priced at ``GAIN_MARGIN`` alone, the least a
+    paying draft gains: at one row a math request's first probe (its read: the prompt, ~1.3 plain cycles)
+    then needed a 23% chance, where its draft, if it pays, gains ~25%."""
+    if chance < PROBE_CHANCE:
+        return False
     plain = cost.cycle(0, batch)
-    return max(PROBE_CHANCE, (cost.cycle(1, batch) - plain + price) / (GAIN_MARGIN * horizon * plain))
+    speedup = max(expected_tokens(mean, w) * plain / cost.cycle(w, batch) for w in range(1, max(max_window, 1) + 1))
+    saved = horizon * plain * max(0.0, 1.0 - 1.0 / speedup)
+    return chance * saved >= cost.cycle(1, batch) - plain + price
 
 # Probing costs more than its draft step: the draft first reads every row's tokens since the last look
 # (measured at 4 clients on 2 cores: 8 probes in 23 s took 2.5 s, 7% of a batch that never drafted).

@@ -10,9 +10,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from autojudge.decoding import DecodeConfig, GenerationResult, SpeculativeLoop
+from autojudge.decoding.loop import CycleRecord
 from autojudge.decoding.metrics import SpecDecodeMetrics
 from autojudge.models.model_thread import ModelThread
 from autojudge.serving.batcher import ContinuousBatcher
+from autojudge.serving.cycle_log import CycleLog
 from autojudge.serving.requests import ServeDefaults, ServeRequest, messages_of
 
 # A streamed piece: (new text, new token ids, metrics so far)
@@ -84,6 +86,7 @@ class DecodeService:
     chat: bool = True
     batching: dict = field(default_factory=dict)  # ContinuousBatcher settings: max_batch, max_queue, prefill_chunk
     thread: ModelThread | None = None  # the thread the models were loaded on (None: the batcher starts one)
+    cycle_log: CycleLog | None = None  # where each cycle of the batch is written (the ``cycle_log`` parameter)
     _batcher: ContinuousBatcher | None = None
 
     @classmethod
@@ -116,7 +119,9 @@ class DecodeService:
             loop = _in_process_decoder(params, judge)
             defaults = ServeDefaults.from_parameters(params, judge is not None, "lossless", 4)
         batching = {key: int(params[key]) for key in ("max_batch", "max_queue", "prefill_chunk") if params.get(key)}
-        return cls(loop, defaults, chat=params.get("chat", "true") == "true", batching=batching, thread=thread)
+        log = CycleLog(Path(model_dir, params["cycle_log"])) if params.get("cycle_log") else None
+        return cls(loop, defaults, chat=params.get("chat", "true") == "true", batching=batching, thread=thread,
+                   cycle_log=log)
 
     @property
     def batcher(self) -> ContinuousBatcher:
@@ -124,13 +129,20 @@ class DecodeService:
         if self._batcher is None:
             self._batcher = ContinuousBatcher(self.decoder, **self.batching,
                                               cost_prompt=self.prompt_ids("Hello! How are you today?"),
-                                              cost_window=self.defaults.window, thread=self.thread)
+                                              cost_window=self.defaults.window, thread=self.thread,
+                                              on_cycle=self._log_cycle if self.cycle_log else None)
         return self._batcher
+
+    def _log_cycle(self, record: CycleRecord) -> None:
+        if self._batcher is not None and self.cycle_log is not None:
+            self.cycle_log(record, self._batcher.running)
 
     def close(self) -> None:
         if self._batcher is not None:
             self._batcher.close()
             self._batcher = None
+        if self.cycle_log is not None:
+            self.cycle_log.close()
         if self.thread is not None:
             self.thread.close()
             self.thread = None
