@@ -278,8 +278,15 @@ def test_repo_command_writes_a_deployment_and_reports_bad_options(tmp_path):
     assert result.exit_code == 0, result.output
     config = validate_config((tmp_path / "d/models/autojudge_stream/config.pbtxt").read_text(), "s")
     assert config.parameters["default_window"].string_value == "6" and config.instance_group[0].count == 3
+    assert "cycle_log" not in config.parameters
     result = CliRunner().invoke(main, ["repo", "--out", str(tmp_path / "e"), "--mode", "judge"])
     assert result.exit_code == 2 and "needs --judge" in result.output
+    result = CliRunner().invoke(main, ["repo", "--out", str(tmp_path / "f"), "--cycle-log", "cycles.jsonl"])
+    assert result.exit_code == 0, result.output
+    config = validate_config((tmp_path / "f/models/autojudge_stream/config.pbtxt").read_text(), "s")
+    assert config.parameters["cycle_log"].string_value == str(Path("cycles.jsonl").resolve())  # the decoding model's
+    unary = validate_config((tmp_path / "f/models/autojudge/config.pbtxt").read_text(), "u")
+    assert "cycle_log" not in unary.parameters
 
 
 def test_serve_command_starts_answers_and_stops_cleanly_on_ctrl_c(deployment):

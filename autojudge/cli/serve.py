@@ -54,9 +54,13 @@ from autojudge.errors import AutoJudgeError
               help="tensorrt-llm: the deployment description the engines were built from.")
 @click.option("--no-engine-check", is_flag=True, help="tensorrt-llm: write the repository even if the engines "
                                                       "are not built yet.")
+@click.option("--cycle-log", type=click.Path(dir_okay=False, path_type=Path),
+              help="python: append one JSON line per decoding cycle to this file (rows, window, seconds, and what "
+                   "the adaptive schedule knew: costs, break-even, each row's acceptance estimate), to see why "
+                   "a request's window moved.")
 def repo(out, target, draft, judge_path, default_mode, window, threshold, max_tokens, max_tokens_limit, instances,
          max_batch, max_queue, prefill_chunk, unary_instances, device, dtype, torch_threads, force, flavour,
-         config_path, no_engine_check):
+         config_path, no_engine_check, cycle_log):
     """Write a Triton model repository that serves AutoJudge.
 
     \b
@@ -73,9 +77,11 @@ def repo(out, target, draft, judge_path, default_mode, window, threshold, max_to
     the python flavour with `autojudge-trt serve --repo OUT`; deployment.json holds the
     command for the TensorRT-LLM flavour.
     """
-    from autojudge.serving.repo import RepoSettings, write_repo
+    from autojudge.serving.repo import STREAM_MODEL, RepoSettings, write_repo
 
     if flavour == "tensorrt-llm":
+        if cycle_log is not None:
+            raise click.UsageError("--cycle-log is for --flavour python")
         if config_path is None:
             raise click.UsageError("--flavour tensorrt-llm needs --config (the deployment description)")
         from autojudge.deploy.config import load_config
@@ -97,7 +103,8 @@ def repo(out, target, draft, judge_path, default_mode, window, threshold, max_to
                             max_tokens_limit=max_tokens_limit, instances=instances, device=device, dtype=dtype,
                             torch_threads=torch_threads, max_batch=max_batch, max_queue=max_queue,
                             prefill_chunk=prefill_chunk, unary_instances=unary_instances)
-    models = write_repo(out, settings, force=force)
+    logged = {STREAM_MODEL: {"cycle_log": str(cycle_log.resolve())}} if cycle_log else None
+    models = write_repo(out, settings, force=force, parameters=logged)
     click.echo(f"wrote {models} (models: autojudge, autojudge_stream); serve it with: "
                f"autojudge-trt serve --repo {out}")
 
