@@ -35,9 +35,8 @@ def trace(decoder, prompt_ids: list[int], max_tokens: int) -> tuple[list[int], l
     draft = decoder.backend.draft
     with torch.inference_mode():
         hidden = draft.hidden_states(torch.tensor([prompt_ids + answer]), draft.new_cache())  # [1, S, H]
-        predicted = draft.greedy(hidden)[0]  # [S]: predicted[i] follows the first i + 1 tokens
-    start = len(prompt_ids) - 1
-    return answer, [int(predicted[start + t] == token) for t, token in enumerate(answer)]
+        predicted = draft.greedy(hidden[:, len(prompt_ids) - 1:])[0]  # [A + 1]: predicted[t] follows answer[:t]
+    return answer, [int(predicted[t] == token) for t, token in enumerate(answer)]
 
 
 def main() -> None:
@@ -60,8 +59,9 @@ def main() -> None:
     for kind, prompts in (("gsm8k", gsm8k(args.questions)), ("chat", CHAT)):
         rows = []
         for prompt in prompts:
-            answer, match = trace(decoder, encode_prompt(target.tokenizer, prompt), args.max_tokens)
-            rows.append({"prompt": prompt, "prompt_tokens": len(encode_prompt(target.tokenizer, prompt)),
+            ids = encode_prompt(target.tokenizer, prompt)
+            answer, match = trace(decoder, ids, args.max_tokens)
+            rows.append({"prompt": prompt, "prompt_tokens": len(ids),
                          "answer": answer, "match": "".join(map(str, match))})
             print(f"{kind}: {sum(match)}/{len(match)} matched: {prompt[:60]!r}", flush=True)
         report["kinds"][kind] = rows

@@ -664,36 +664,64 @@ def test_no_probe_is_made_while_a_prompt_is_fed(lm, make_lm):
     assert running.last_window == 1 and running.probes.probed  # the first decode cycle probes
 
 
+ONE_ROW_MS = {0: 45, 1: 52, 2: 75, 3: 78, 4: 95}  # a cycle's cost by window at one row (the embedded pair, 2 cores)
+ONE_ROW_MODEL = CycleCost(target=0.0297, target_per_token=0.0039, draft=0.0045, wide=(0.0, 0.009, 0.0093, 0.0157))
+
+
+def _one_row_request(schedule: tuple, length: int, accepts, rnd, fixed: int | None = None, prompt_tokens: int = 0,
+                     read_per_token: float = 0.0, horizon: bool = False) -> float:
+    """Seconds one ``length``-token request takes alone under ``schedule`` (ObservedCost, BatchProbes,
+    PooledPrior, shared by the requests one after another), each cycle at position t with window w
+    accepting ``accepts(t, w)`` draft tokens and costing ``ONE_ROW_MS`` +-10% noise, plus the draft's
+    read of what it has not read before it drafts (``read_per_token`` plain cycles a token, the
+    ``prompt_tokens`` first); ``horizon``: the schedule is told the tokens left. ``fixed``: every cycle
+    at that window (no noise, nothing learned) instead of the schedule."""
+    cost, probes, prior = schedule
+    plain, ctl = ONE_ROW_MS[0] / 1000, prior.controller("lossless", 4, cost)
+    t = read = last_w = 0
+    seconds = 0.0
+    while t < length:
+        known = prompt_tokens + t  # the tokens the target has read
+        most, unread = min(4, length - t - 1), read_per_token * plain * (known - read)
+        w = min(fixed, most) if fixed is not None else probes.windows(
+            [(ctl, most, True)], cost, unread, horizon=length - t if horizon else math.inf)[0]
+        accepted = accepts(t, w)
+        took = ONE_ROW_MS[w] / 1000 * (1 + (0.1 * rnd.uniform(-1, 1) if fixed is None else 0.0))
+        reading = unread if w and known - read > last_w + 2 else 0.0
+        read = known if w else read
+        if fixed is None:
+            probes.record(took + reading, took + reading - cost.cycle(0, 1))
+            cost.observe(w, 1, took)
+            ctl.update(w, accepted)
+        t, last_w, seconds = t + accepted + 1, w, seconds + took + reading
+    prior.learn("lossless", ctl)
+    return seconds
+
+
 def _simulated_speedups(acceptances: list[float], seconds: float, seed: int) -> dict[float, float]:
-    """Tokens/s of the one-row adaptive schedule over target-only, against known costs (the embedded
-    pair's at one row on 2 cores, ms: plain 45, W=1..4 52, 75, 78, 95, each cycle +-10% noise) and
-    64-token requests one after another, the k-th with a draft whose tokens are each accepted with
-    chance ``acceptances[k % len(acceptances)]``: per acceptance, over its requests."""
+    """Tokens/s of the one-row adaptive schedule over target-only, against known costs (``ONE_ROW_MS``,
+    each cycle +-10% noise) and 64-token requests one after another, the k-th with a draft whose tokens
+    are each accepted with chance ``acceptances[k % len(acceptances)]``: per acceptance, over its requests."""
     import random
 
-    true_ms = {0: 45, 1: 52, 2: 75, 3: 78, 4: 95}
-    model = CycleCost(target=0.0297, target_per_token=0.0039, draft=0.0045, wide=(0.0, 0.009, 0.0093, 0.0157))
-    rnd, cost, probes, prior = random.Random(seed), ObservedCost(model), BatchProbes(), PooledPrior()
+    rnd, schedule = random.Random(seed), (ObservedCost(ONE_ROW_MODEL), BatchProbes(), PooledPrior())
     elapsed, made, took_per = 0.0, {}, {}
     for k in itertools.count():
         if elapsed >= seconds:
             break
         acceptance = acceptances[k % len(acceptances)]
-        ctl, left = prior.controller("lossless", 4, cost), 64
-        while left > 0:
-            w = probes.windows([(ctl, min(4, left - 1), True)], cost)[0]
+
+        def accepts(t: int, w: int, acceptance=acceptance) -> int:
             accepted = 0
             while accepted < w and rnd.random() < acceptance:
                 accepted += 1
-            took = true_ms[w] / 1000 * (1 + 0.1 * rnd.uniform(-1, 1))
-            probes.record(took, took - cost.cycle(0, 1))
-            cost.observe(w, 1, took)
-            ctl.update(w, accepted)
-            elapsed, left = elapsed + took, left - accepted - 1
-            made[acceptance] = made.get(acceptance, 0) + accepted + 1
-            took_per[acceptance] = took_per.get(acceptance, 0.0) + took
-        prior.learn("lossless", ctl)
-    return {a: made[a] / took_per[a] * true_ms[0] / 1000 for a in made}
+            return accepted
+
+        took = _one_row_request(schedule, 64, accepts, rnd)
+        elapsed += took
+        made[acceptance] = made.get(acceptance, 0) + 64
+        took_per[acceptance] = took_per.get(acceptance, 0.0) + took
+    return {a: made[a] / took_per[a] * ONE_ROW_MS[0] / 1000 for a in made}
 
 
 @pytest.mark.parametrize(("acceptance", "best_fixed"), [(0.05, 1.0), (0.45, 1.25), (0.8, 1.70)])
@@ -738,7 +766,6 @@ def test_an_adaptive_row_drafts_from_its_first_decode_cycle_not_in_its_prompts_l
 
 
 TRACES = Path(__file__).resolve().parent / "data" / "acceptance_traces_embedded.json"
-ONE_ROW_MS = {0: 45, 1: 52, 2: 75, 3: 78, 4: 95}  # a cycle's cost by window at one row (as _simulated_speedups)
 READ_PER_TOKEN = 0.011  # the draft's catch-up read per token, in plain cycles (served: 0.36 ms against 33.5 ms)
 
 
@@ -753,33 +780,22 @@ def _replayed(phases: list[tuple[str, int]], seed: int, fixed: int | None = None
     import random
 
     kinds = json.loads(TRACES.read_text())["kinds"]
-    rnd, model = random.Random(seed), CycleCost(target=0.0297, target_per_token=0.0039, draft=0.0045,
-                                                 wide=(0.0, 0.009, 0.0093, 0.0157))
-    cost, probes, prior, taken = ObservedCost(model), BatchProbes(), PooledPrior(), dict.fromkeys(kinds, 0)
-    plain, speedups = ONE_ROW_MS[0] / 1000, []
+    rnd, schedule = random.Random(seed), (ObservedCost(ONE_ROW_MODEL), BatchProbes(), PooledPrior())
+    taken, speedups = dict.fromkeys(kinds, 0), []
     for kind, requests in phases:
         seconds = tokens = 0.0
         for _ in range(requests):
             row = kinds[kind][taken[kind] % len(kinds[kind])]
             taken[kind] += 1
-            match, ctl, t, read, last_w = [int(m) for m in row["match"]], prior.controller("lossless", 4, cost), 0, 0, 0
-            while t < len(match):
-                known = row["prompt_tokens"] + t  # the tokens the target has read
-                most = min(4, len(match) - t - 1)
-                w = min(fixed, most) if fixed is not None else probes.windows(
-                    [(ctl, most, True)], cost, READ_PER_TOKEN * plain * (known - read), horizon=len(match) - t)[0]
-                accepted = next((i for i in range(w) if not match[t + i]), w)
-                took = ONE_ROW_MS[w] / 1000 * (1 + (0.1 * rnd.uniform(-1, 1) if fixed is None else 0.0))
-                reading = READ_PER_TOKEN * plain * (known - read) if w and known - read > last_w + 2 else 0.0
-                read = known if w else read
-                if fixed is None:
-                    probes.record(took + reading, took + reading - cost.cycle(0, 1))
-                    cost.observe(w, 1, took)
-                    ctl.update(w, accepted)
-                t, last_w, seconds = t + accepted + 1, w, seconds + took + reading
+            match = [int(m) for m in row["match"]]
+
+            def accepts(t: int, w: int, match=match) -> int:
+                return next((i for i in range(w) if not match[t + i]), w)
+
+            seconds += _one_row_request(schedule, len(match), accepts, rnd, fixed, row["prompt_tokens"],
+                                        READ_PER_TOKEN, horizon=True)
             tokens += len(match)
-            prior.learn("lossless", ctl)
-        speedups.append(tokens * plain / seconds)
+        speedups.append(tokens * ONE_ROW_MS[0] / 1000 / seconds)
     return speedups
 
 

@@ -133,9 +133,8 @@ class DecodeService:
                                               on_cycle=self._log_cycle if self.cycle_log else None)
         return self._batcher
 
-    def _log_cycle(self, record: CycleRecord) -> None:
-        if self._batcher is not None and self.cycle_log is not None:
-            self.cycle_log(record, self._batcher.running)
+    def _log_cycle(self, record: CycleRecord) -> None:  # (cycles begin after the batcher is made)
+        self.cycle_log(record, self._batcher.running)
 
     def close(self) -> None:
         if self._batcher is not None:
